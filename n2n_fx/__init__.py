@@ -1,0 +1,91 @@
+"""n2n_fx: Net2Net (Chen, Goodfellow, Shlens, ICLR 2016) for any traceable PyTorch model.
+
+    plan = n2n_fx.plan(model, example_inputs)           # spaces: .name .width .frozen
+    student = n2n_fx.widen(model, example_inputs, factor=2.0, seed=0)
+    student = n2n_fx.deepen(model, example_inputs, after=["layer.name"], seed=0)
+    report = n2n_fx.verify(teacher, student, example_inputs)   # .ok .max_abs_err .max_rel_err
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from .deepen import Net2DeeperNet
+from .errors import (
+    ConstraintError,
+    DeepenError,
+    FrozenSpaceError,
+    N2NError,
+    NotPreservedError,
+    SpecError,
+    TraceFailure,
+    UnknownNodeError,
+    UnknownSpaceError,
+    WidthError,
+)
+from .infer import Analysis, Space, infer
+from .plan import Plan
+from .spec import load_table
+from .trace import as_inputs, trace
+from .verify import Report, verify
+from .widen import Net2WiderNet
+
+__version__ = "0.1.0"
+
+
+def plan(model: torch.nn.Module, example_inputs: Any, *, factor: float | None = None,
+         widths: dict[str, int] | None = None, seed: int = 0, symmetry: str = "none",
+         noise_std: float = 0.01, leaf_modules: Sequence[type] = ()) -> Plan:
+    """Trace `model`, infer its spaces and plan their widths (current widths unless asked)."""
+    gm = trace(model, example_inputs, leaf_modules=leaf_modules)
+    return Plan(infer(gm), factor=factor, widths=widths, seed=seed, symmetry=symmetry, noise_std=noise_std)
+
+
+def widen(model: torch.nn.Module, example_inputs: Any, *, factor: float | None = None,
+          widths: dict[str, int] | None = None, seed: int = 0, symmetry: str = "none",
+          noise_std: float = 0.01, leaf_modules: Sequence[type] = ()) -> torch.fx.GraphModule:
+    """Net2WiderNet: a wider student computing the teacher's function (symmetry 'none'/'split').
+
+    Give `factor` (a real >= 1, applied to every widenable space) or `widths` ({space: units});
+    with neither, every widenable space doubles. The teacher is not modified.
+    """
+    if factor is None and not widths:
+        factor = 2.0
+    p = plan(model, example_inputs, factor=factor, widths=widths, seed=seed, symmetry=symmetry,
+             noise_std=noise_std, leaf_modules=leaf_modules)
+    return apply_plan(p)
+
+
+def apply_plan(p: Plan) -> torch.fx.GraphModule:
+    """Run the Net2WiderNet pass on a copy of the plan's graph."""
+    import copy
+
+    student = copy.deepcopy(p.analysis.gm)
+    return Net2WiderNet(p)(student).graph_module
+
+
+def deepen(model: torch.nn.Module, example_inputs: Any, *, after: Sequence[str], seed: int = 0,
+           activation: str | None = "auto", batch_norm: bool = False, bn_mode: str = "eval",
+           kernel_size: int = 3, leaf_modules: Sequence[type] = ()) -> torch.fx.GraphModule:
+    """Net2DeeperNet: insert an identity layer after each named node or module.
+
+    `seed` is accepted for symmetry with widen (the identity construction draws nothing).
+    """
+    if isinstance(after, str):
+        after = [after]
+    inputs = as_inputs(example_inputs)
+    gm = trace(model, inputs, leaf_modules=leaf_modules)
+    deeper = Net2DeeperNet(after, inputs, activation=activation, batch_norm=batch_norm, bn_mode=bn_mode,
+                           kernel_size=kernel_size)
+    return deeper(gm).graph_module
+
+
+__all__ = [
+    "Analysis", "ConstraintError", "DeepenError", "FrozenSpaceError", "N2NError", "Net2DeeperNet",
+    "Net2WiderNet", "NotPreservedError", "Plan", "Report", "Space", "SpecError", "TraceFailure",
+    "UnknownNodeError", "UnknownSpaceError", "WidthError", "apply_plan", "deepen", "infer", "load_table",
+    "plan", "trace", "verify", "widen",
+]

@@ -1,0 +1,193 @@
+"""Net2DeeperNet as an FX pass: insert identity layers after named nodes.
+
+The inserted block is an identity Linear (features on the last axis) or ConvNd (channels on axis
+1; odd or even kernels with 'same' padding, the tap at (k-1)//2), optionally a BatchNorm set to
+undo its own normalisation, and a copy of the activation that produced the node when the table
+marks it idempotent on its range (phi(phi(v)) = phi(v)). A non-idempotent activation is refused.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.fx
+from torch import nn
+from torch.fx.passes.infra.pass_base import PassBase, PassResult
+from torch.fx.passes.shape_prop import TensorMetadata
+
+from . import spaces as S
+from .errors import DeepenError, UnknownNodeError
+from .infer import infer, op_label
+from .spec import load_table
+
+_CONVS = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+_BNS = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
+
+
+def identity_tap(kernel_size: int) -> int:
+    """Index of the tap that makes a stride-1 'same'-padded conv the identity (left pad)."""
+    return (kernel_size - 1) // 2
+
+
+def identity_linear(features: int, dtype: torch.dtype) -> nn.Linear:
+    layer = nn.Linear(features, features, dtype=dtype)
+    with torch.no_grad():
+        layer.weight.copy_(torch.eye(features, dtype=dtype))
+        layer.bias.zero_()
+    return layer
+
+
+def identity_conv(channels: int, spatial: int, kernel_size: int, dtype: torch.dtype) -> nn.Module:
+    conv = _CONVS[spatial](channels, channels, kernel_size, padding="same", dtype=dtype)
+    tap = identity_tap(kernel_size)
+    with torch.no_grad():
+        conv.weight.zero_()
+        idx = torch.arange(channels)
+        conv.weight[(idx, idx) + (tap,) * spatial] = 1.0
+        conv.bias.zero_()
+    return conv
+
+
+def undo_batch_norm(value: torch.Tensor, axis: int, spatial: int, mode: str, eps: float = 1e-5) -> nn.Module:
+    """A BatchNorm that is the identity on `value`: gamma = sqrt(var + eps), beta = mean.
+
+    eval: running statistics are the value's statistics, so the layer is the identity for every
+    input in eval mode. train: gamma and beta come from this batch's (biased) statistics, so the
+    layer is the identity on this batch.
+    """
+    dims = [d for d in range(value.ndim) if d != axis]
+    mean = value.mean(dims)
+    var_biased = value.var(dims, unbiased=False)
+    var_unbiased = value.var(dims, unbiased=True) if value.numel() // value.shape[axis] > 1 else var_biased
+    bn = _BNS[max(spatial, 1)](value.shape[axis], eps=eps, dtype=value.dtype)
+    with torch.no_grad():
+        bn.running_mean.copy_(mean)
+        bn.running_var.copy_(var_unbiased)
+        var = var_unbiased if mode == "eval" else var_biased  # the variance the layer divides by
+        bn.weight.copy_(torch.sqrt(var + eps))
+        bn.bias.copy_(mean)
+    return bn
+
+
+def _find_node(gm: torch.fx.GraphModule, name: str) -> torch.fx.Node:
+    exact = [n for n in gm.graph.nodes if n.name == name]
+    if exact:
+        return exact[0]
+    by_module = [n for n in gm.graph.nodes if n.op == "call_module" and n.target == name]
+    if len(by_module) == 1:
+        return by_module[0]
+    if len(by_module) > 1:
+        raise UnknownNodeError(f"module {name!r} is called {len(by_module)} times", node=name, op="call_module",
+                               fix=f"name one call by its node name: {[n.name for n in by_module]}")
+    names = [n.target if n.op == "call_module" else n.name for n in gm.graph.nodes if n.op not in ("output",)]
+    raise UnknownNodeError(f"no node or module named {name!r}", node=name, op="deepen",
+                           fix=f"use a module name or FX node name, e.g. {names[-6:]}")
+
+
+def _capture(gm: torch.fx.GraphModule, nodes: list[torch.fx.Node], inputs: tuple, mode: str) -> dict[str, torch.Tensor]:
+    """Values of `nodes` on `inputs`, run on a copy (the student's statistics are not touched)."""
+    probe = copy.deepcopy(gm)
+    probe.train(mode == "train")
+    seen: dict[str, torch.Tensor] = {}
+    wanted = {n.name for n in nodes}
+
+    class _Probe(torch.fx.Interpreter):
+        def run_node(self, n: torch.fx.Node) -> Any:
+            out = super().run_node(n)
+            if n.name in wanted:
+                seen[n.name] = out.detach().clone()
+            return out
+
+    with torch.no_grad():
+        _Probe(probe).run(*inputs)
+    return seen
+
+
+class Net2DeeperNet(PassBase):
+    def __init__(self, after: Sequence[str], example_inputs: tuple, *, activation: str | None = "auto",
+                 batch_norm: bool = False, bn_mode: str = "eval", kernel_size: int = 3) -> None:
+        super().__init__()
+        if activation not in ("auto", None, "none"):
+            raise DeepenError(f"activation must be 'auto' or None, got {activation!r}", op="deepen",
+                              fix="'auto' repeats an idempotent activation; None inserts a linear identity layer")
+        if bn_mode not in ("eval", "train"):
+            raise DeepenError(f"bn_mode must be 'eval' or 'train', got {bn_mode!r}", op="deepen",
+                              fix="bn_mode='eval' (running statistics) or 'train' (this batch)")
+        if not isinstance(kernel_size, int) or kernel_size < 1:
+            raise DeepenError(f"kernel_size must be a positive int, got {kernel_size!r}", op="deepen",
+                              fix="use kernel_size=3 (odd) or 2 (even; padded on the right)")
+        self.after, self.inputs = list(after), example_inputs
+        self.activation = None if activation == "none" else activation
+        self.batch_norm, self.bn_mode, self.kernel_size = batch_norm, bn_mode, kernel_size
+
+    def call(self, graph_module: torch.fx.GraphModule) -> PassResult:
+        gm, table = graph_module, load_table()
+        nodes = [_find_node(gm, name) for name in self.after]
+        analysis = infer(gm, table)
+        captured = _capture(gm, nodes, self.inputs, self.bn_mode) if self.batch_norm else {}
+        for node in nodes:
+            self._insert(gm, node, analysis.vals.get(node.name), captured.get(node.name), table)
+        gm.graph.lint()
+        gm.recompile()
+        return PassResult(gm, bool(nodes))
+
+    def _insert(self, gm: torch.fx.GraphModule, node: torch.fx.Node, val: Any, value: torch.Tensor | None,
+                table) -> None:
+        meta = node.meta.get("tensor_meta")
+        if not isinstance(meta, TensorMetadata) or len(meta.shape) < 2 or not meta.dtype.is_floating_point:
+            raise DeepenError("an identity layer needs a floating tensor with a feature or channel axis",
+                              node=node.name, op=op_label(node, gm) if node.op != "placeholder" else "input",
+                              fix="deepen after a hidden activation, e.g. a ReLU output")
+        shape, dtype = tuple(meta.shape), meta.dtype
+        conv_like = len(shape) >= 4 or (len(shape) == 3 and val is not None
+                                         and S.is_spaced(val.layouts[1]) and not S.is_spaced(val.layouts[2]))
+        axis = 1 if conv_like else len(shape) - 1
+        layers: list[nn.Module] = []
+        if conv_like:
+            layers.append(identity_conv(shape[1], len(shape) - 2, self.kernel_size, dtype))
+        else:
+            layers.append(identity_linear(shape[-1], dtype))
+        if self.batch_norm:
+            if not conv_like and len(shape) == 3:
+                raise DeepenError("BatchNorm1d normalises axis 1, but these features are on the last axis",
+                                  node=node.name, op="deepen", fix="pass batch_norm=False here")
+            assert value is not None
+            layers.append(undo_batch_norm(value, axis, len(shape) - 2 if conv_like else 1, self.bn_mode))
+        act_node_fn = None
+        spec = table.lookup(node, gm) if node.op in ("call_module", "call_function", "call_method") else None
+        if self.activation == "auto" and spec is not None and spec.activation:
+            if not spec.idempotent:
+                raise DeepenError(
+                    f"the identity layer would be followed by {spec.name}, which is not idempotent "
+                    f"({spec.name}({spec.name}(v)) != {spec.name}(v)), so the function would change",
+                    node=node.name, op=op_label(node, gm),
+                    fix="pass activation=None to insert a linear identity layer, or deepen after a ReLU-family "
+                        "activation")
+            if node.op == "call_module":
+                layers.append(copy.deepcopy(gm.get_submodule(node.target)))
+            else:
+                act_node_fn = (node.op, node.target, node.args[1:], dict(node.kwargs))
+        name = self._module_name(gm, node)
+        gm.add_submodule(name, nn.Sequential(*layers))
+        with gm.graph.inserting_after(node):
+            first = gm.graph.call_module(name, (node,))
+        last = first
+        if act_node_fn is not None:
+            op, target, rest, kwargs = act_node_fn
+            with gm.graph.inserting_after(first):
+                last = gm.graph.create_node(op, target, (first, *rest), kwargs)
+        node.replace_all_uses_with(last, delete_user_cb=lambda user: user is not first)
+        first.meta["tensor_meta"] = meta
+        last.meta["tensor_meta"] = meta
+
+    @staticmethod
+    def _module_name(gm: torch.fx.GraphModule, node: torch.fx.Node) -> str:
+        base = f"n2n_deepen.{node.name}"
+        name, k = base, 2
+        existing = dict(gm.named_modules())
+        while name in existing:
+            name, k = f"{base}_{k}", k + 1
+        return name

@@ -1,0 +1,679 @@
+"""Remapping inference: one forward pass over the FX graph that finds the spaces.
+
+Every node's value gets a layout per axis (see spaces.py). Each call is looked up in the rule
+table and handled by its kind's rule below; a call the table does not know stops: every space it
+touches is frozen with reason `unknown_op`. The result lists the spaces (leaf atoms that own at
+least one producer), what binds each parameter axis, and the literal rewrites the student needs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.fx
+from torch.fx.passes.shape_prop import TensorMetadata
+
+from . import spaces as S
+from .spaces import Atom, Fixed, Layout, Reason, Seg
+from .spec import OpSpec, RuleTable, bind, load_table
+
+ParamAxis = tuple[str, int]
+
+
+@dataclass
+class Val:
+    """A tensor value: its shape, a layout per axis, and which parameter axis each axis is."""
+
+    shape: tuple[int, ...]
+    layouts: tuple[Layout, ...]
+    param_axes: tuple[ParamAxis | None, ...] | None = None
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+
+@dataclass(frozen=True)
+class Scalar:
+    """A Python number computed in the graph; `taint` holds the atoms whose width it depends on."""
+
+    taint: frozenset[Atom] = frozenset()
+
+
+@dataclass
+class Rewrite:
+    """A literal in the student's graph that depends on widths (view sizes, split sizes, groups)."""
+
+    node: str
+    what: str  # "view_shape" | "split_sizes" | "groups"
+    layouts: tuple[Layout, ...]
+    dim: int = 0
+
+
+@dataclass
+class ModuleAttr:
+    module: str
+    attr: str
+    layout: Layout
+
+
+@dataclass
+class GroupedContract:
+    """Grouped conv: rows of group k contract, on weight axis 1, with input piece k."""
+
+    param: str
+    in_pieces: list[Layout]
+    out_pieces: list[Layout]
+
+
+@dataclass
+class Space:
+    """A set of units widened by one g: what the user sees in the plan."""
+
+    name: str
+    width: int
+    atom: Atom
+    producers: list[str] = field(default_factory=list)
+    carriers: list[str] = field(default_factory=list)
+    consumers: list[str] = field(default_factory=list)
+    reasons: tuple[Reason, ...] = ()
+
+    @property
+    def frozen(self) -> str | None:
+        return str(self.reasons[0]) if self.reasons else None
+
+
+@dataclass
+class Analysis:
+    gm: torch.fx.GraphModule
+    vals: dict[str, Any]
+    param_layouts: dict[ParamAxis, Layout]
+    roles: dict[ParamAxis, set[str]]
+    grouped: list[GroupedContract]
+    ties: list[list[Layout]]
+    rewrites: list[Rewrite]
+    module_attrs: list[ModuleAttr]
+    spaces: list[Space]
+    ops: dict[str, str]  # node name -> table entry name (or "unknown")
+
+    def space_of(self, atom: Atom) -> Space | None:
+        root = S.find(atom)
+        for sp in self.spaces:
+            if S.find(sp.atom) is root:
+                return sp
+        return None
+
+
+def op_label(node: torch.fx.Node, gm: torch.nn.Module) -> str:
+    if node.op == "call_module":
+        return type(gm.get_submodule(node.target)).__name__
+    if node.op == "call_function":
+        return getattr(node.target, "__name__", str(node.target))
+    return str(node.target)
+
+
+def _walk(value: Any) -> Iterator[Any]:
+    if isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _walk(v)
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _walk(v)
+    else:
+        yield value
+
+
+def _norm_dim(dim: int, ndim: int) -> int:
+    return dim + ndim if dim < 0 else dim
+
+
+class Inference:
+    def __init__(self, gm: torch.fx.GraphModule, table: RuleTable | None = None) -> None:
+        self.gm = gm
+        self.table = table or load_table()
+        self.vals: dict[str, Any] = {}
+        self.param_layouts: dict[ParamAxis, Layout] = {}
+        self.roles: dict[ParamAxis, set[str]] = {}
+        self.grouped: list[GroupedContract] = []
+        self.ties: list[list[Layout]] = []
+        self.rewrites: list[Rewrite] = []
+        self.module_attrs: list[ModuleAttr] = []
+        self.ops: dict[str, str] = {}
+        self.node: torch.fx.Node | None = None
+
+    # ------------------------------------------------------------------ helpers
+    def reason(self, code: str, detail: str = "") -> Reason:
+        node = self.node
+        assert node is not None
+        return Reason(code, node.name, op_label(node, self.gm), detail)
+
+    def freeze_all(self, value: Any, reason: Reason) -> None:
+        for v in _walk(value):
+            if isinstance(v, Val):
+                for layout in v.layouts:
+                    for atom in S.atoms_of(layout):
+                        S.freeze(atom, reason)
+            elif isinstance(v, Scalar):
+                for atom in v.taint:
+                    S.freeze(atom, reason)
+
+    def from_meta(self, meta: Any) -> Any:
+        """A value with only fixed axes, shaped like the node's recorded output."""
+        if isinstance(meta, TensorMetadata):
+            shape = tuple(int(d) for d in meta.shape)
+            return Val(shape, tuple(S.fixed(d) if d else () for d in shape))
+        if isinstance(meta, (list, tuple)):
+            return tuple(self.from_meta(m) for m in meta)
+        return Scalar()
+
+    def out_meta(self) -> Any:
+        assert self.node is not None
+        return self.node.meta.get("tensor_meta")
+
+    def param_val(self, qualname: str, tensor: torch.Tensor) -> Val:
+        layouts, axes = [], []
+        for axis, size in enumerate(tensor.shape):
+            key = (qualname, axis)
+            if key not in self.param_layouts:
+                self.param_layouts[key] = (Seg(Atom(size, f"{qualname}:{axis}", free=True)),) if size > 1 else S.fixed(size)
+            layouts.append(self.param_layouts[key])
+            axes.append(key)
+        return Val(tuple(tensor.shape), tuple(layouts), tuple(axes))
+
+    def role(self, val: Any, axis: int, role: str) -> bool:
+        """Record how a parameter axis is used; False when `val` is not a parameter."""
+        if not isinstance(val, Val) or val.param_axes is None or val.param_axes[axis] is None:
+            return False
+        self.roles.setdefault(val.param_axes[axis], set()).add(role)
+        return True
+
+    def value(self, arg: Any) -> Any:
+        if isinstance(arg, torch.fx.Node):
+            return self.vals[arg.name]
+        if isinstance(arg, (list, tuple)):
+            return type(arg)(self.value(a) for a in arg)
+        if isinstance(arg, dict):
+            return {k: self.value(v) for k, v in arg.items()}
+        if isinstance(arg, slice):
+            return slice(self.value(arg.start), self.value(arg.stop), self.value(arg.step))
+        return arg
+
+    # ------------------------------------------------------------------ driver
+    def run(self) -> Analysis:
+        for node in self.gm.graph.nodes:
+            self.node = node
+            if node.op == "placeholder":
+                self.vals[node.name] = self.from_meta(node.meta.get("tensor_meta"))
+            elif node.op == "get_attr":
+                obj = _get_attr(self.gm, node.target)
+                self.vals[node.name] = self.param_val(node.target, obj) if isinstance(obj, torch.Tensor) else Scalar()
+            elif node.op == "output":
+                self.freeze_all(self.value(node.args), self.reason("model_output", "bound to a model output"))
+            else:
+                self.vals[node.name] = self.call(node)
+        self.node = None
+        self._check_roles()
+        self._check_ties()
+        return Analysis(self.gm, self.vals, self.param_layouts, self.roles, self.grouped, self.ties,
+                        self.rewrites, self.module_attrs, self._spaces(), self.ops)
+
+    def call(self, node: torch.fx.Node) -> Any:
+        args, kwargs = self.value(node.args), self.value(node.kwargs)
+        has_tensor = any(isinstance(v, Val) for v in _walk((args, kwargs)))
+        spec = self.table.lookup(node, self.gm)
+        if spec is None and node.op == "call_function" and not has_tensor and not isinstance(self.out_meta(), TensorMetadata) \
+                and getattr(node.target, "__module__", None) in ("_operator", "operator", "builtins"):
+            # Python arithmetic on sizes (c * h * w): the result depends on whatever its inputs did
+            taint = frozenset(a for v in _walk((args, kwargs)) if isinstance(v, Scalar) for a in v.taint)
+            return Scalar(taint)
+        if spec is None:
+            self.ops[node.name] = "unknown"
+            return self.stop(args, kwargs, self.reason("unknown_op", "no entry in specs/ops.toml"))
+        self.ops[node.name] = spec.name
+        if node.op == "call_method":
+            bound = bind(spec, args, kwargs)
+        elif node.op == "call_module":
+            bound = self.bind_module(node, spec, args, kwargs)
+        else:
+            bound = bind(spec, args, kwargs)
+        if spec.kind not in ("reshape", "getitem", "shape_query", "split"):
+            tainted = [v for v in _walk(bound) if isinstance(v, Scalar) and v.taint]
+            if tainted:
+                self.freeze_all(tainted, self.reason("size_used", "a width-dependent size feeds a computation"))
+        if spec.kind == "stop":
+            return self.stop(args, kwargs, self.reason("unsupported_op", spec.reason))
+        return getattr(self, f"rule_{spec.kind}")(spec, bound)
+
+    def bind_module(self, node: torch.fx.Node, spec: OpSpec, args: tuple, kwargs: dict) -> dict[str, Any]:
+        mod = self.gm.get_submodule(node.target)
+        bound = bind(spec, args[:1], {}) if args else {}
+        for name, attr in spec.params.items():
+            t = getattr(mod, attr, None)
+            bound[name] = self.param_val(f"{node.target}.{attr}", t) if isinstance(t, torch.Tensor) else None
+        for name, attr in spec.config.items():
+            bound[name] = getattr(mod, attr)
+        return bound
+
+    def stop(self, args: Any, kwargs: Any, reason: Reason) -> Any:
+        self.freeze_all((args, kwargs), reason)
+        return self.from_meta(self.out_meta())
+
+    def _check_roles(self) -> None:
+        for key, roles in self.roles.items():
+            if "contract" in roles and roles & {"out", "carry"}:
+                for atom in S.atoms_of(self.param_layouts[key]):
+                    S.freeze(atom, Reason("param_role_conflict", key[0], "parameter",
+                                          f"axis {key[1]} is both copied and contracted (tied weights)"))
+
+    def _check_ties(self) -> None:
+        for group in self.ties:
+            atoms = [a for layout in group for a in S.atoms_of(layout)]
+            frozen = [r for a in atoms for r in S.find(a).frozen]
+            bad = frozen or any(len(S.normalize(layout)) != 1 for layout in group)
+            if bad and atoms:
+                reason = frozen[0] if frozen else Reason("constraint", "-", "conv", "grouped conv piece is not one space")
+                for a in atoms:
+                    S.freeze(a, reason)
+
+    def _spaces(self) -> list[Space]:
+        found: dict[int, Space] = {}
+        order: list[int] = []
+        for (param, axis), layout in self.param_layouts.items():
+            roles = self.roles.get((param, axis), {"carry"})
+            offset, norm = 0, S.normalize(layout)
+            for seg in norm:
+                if isinstance(seg, Seg):
+                    root = S.find(seg.atom)
+                    if root.id not in found:
+                        found[root.id] = Space("", root.width, root)
+                        order.append(root.id)
+                    sp = found[root.id]
+                    owner = param.rsplit(".", 1)[0] if "." in param else param
+                    label = owner if len(norm) == 1 else f"{owner}[{offset}:{offset + seg.size}]"
+                    if "out" in roles:
+                        sp.producers.append(label)
+                    if "contract" in roles:
+                        sp.consumers.append(label)
+                    if "carry" in roles or not roles & {"out", "contract"}:
+                        sp.carriers.append(label)
+                offset += seg.size
+        result, names = [], set()
+        for rid in order:
+            sp = found[rid]
+            if not sp.producers and not (sp.carriers and sp.consumers):
+                continue  # a parameter axis that meets no hidden unit (kernel taps, ...)
+            base = (sp.producers or sp.carriers)[0]
+            name, k = base, 2
+            while name in names:
+                name, k = f"{base}#{k}", k + 1
+            names.add(name)
+            sp.name = name
+            sp.reasons = tuple(S.find(sp.atom).frozen)
+            result.append(sp)
+        return result
+
+    # ------------------------------------------------------------------ rules, one per kind
+    def broadcast(self, tensors: list[Val], shape: tuple[int, ...], reason: Reason) -> tuple[Layout, ...]:
+        nd, out = len(shape), []
+        for k, size in enumerate(shape):
+            cands = []
+            for v in tensors:
+                j = k - (nd - v.ndim)
+                if j >= 0 and v.shape[j] == size and size != 1:
+                    cands.append(v.layouts[j])
+            if not cands:
+                out.append(S.fixed(size))
+                continue
+            for c in cands[1:]:
+                S.unify(cands[0], c, reason)
+            out.append(S.normalize(cands[0]))
+        return tuple(out)
+
+    def rule_elementwise(self, spec: OpSpec, a: dict[str, Any]) -> Any:
+        meta = self.out_meta()
+        tensors = [v for v in _walk(a) if isinstance(v, Val)]
+        if not isinstance(meta, TensorMetadata):
+            return self.stop(a, {}, self.reason("unsupported_op", "elementwise op without a tensor result"))
+        shape = tuple(int(d) for d in meta.shape)
+        layouts = self.broadcast(tensors, shape, self.reason(
+            "fixed_coupling", "aligned with a fixed tensor (model input, constant or unknown op output)"))
+        for v in tensors:
+            for j in range(v.ndim):
+                self.role(v, j, "carry")
+        return Val(shape, layouts)
+
+    def rule_channelwise(self, spec: OpSpec, a: dict[str, Any]) -> Any:
+        x, meta = a.get("input"), self.out_meta()
+        if not isinstance(x, Val) or not isinstance(meta, TensorMetadata) or len(meta.shape) != x.ndim:
+            return self.stop(a, {}, self.reason("unsupported_op", "unexpected operands for a channelwise op"))
+        ch = _norm_dim(spec.channel_axis or 1, x.ndim)
+        shape = tuple(int(d) for d in meta.shape)
+        layouts = []
+        for k in range(x.ndim):
+            if k == ch or (k == 0 and shape[0] == x.shape[0] and ch > 0):
+                layouts.append(x.layouts[k])  # the channel axis, and the batch axis, pass through
+            else:
+                if S.is_spaced(x.layouts[k]):
+                    self.freeze_all(Val((x.shape[k],), (x.layouts[k],)), self.reason("pooled_over", f"axis {k} is pooled"))
+                layouts.append(S.fixed(shape[k]))
+        for name in spec.per_channel:
+            t = a.get(name)
+            if isinstance(t, Val):
+                if t.ndim != 1 or t.shape[0] != x.shape[ch]:
+                    self.freeze_all(x.layouts[ch], self.reason("unsupported_op", f"{name} is not per-channel"))
+                    continue
+                S.unify(x.layouts[ch], t.layouts[0], self.reason("fixed_coupling", f"{name} is not a parameter"))
+                if not self.role(t, 0, "carry"):
+                    self.freeze_all(Val(x.shape, (x.layouts[ch],)), self.reason("fixed_coupling", f"{name} is computed"))
+        self.module_attr(spec, "channels", x.layouts[ch])
+        return Val(shape, tuple(layouts))
+
+    def module_attr(self, spec: OpSpec, role: str, layout: Layout) -> None:
+        node = self.node
+        if node is not None and node.op == "call_module" and role in spec.attrs:
+            self.module_attrs.append(ModuleAttr(node.target, spec.attrs[role], layout))
+
+    def rule_dense(self, spec: OpSpec, a: dict[str, Any]) -> Any:
+        x, w, b = a.get("input"), a.get("weight"), a.get("bias")
+        if not (isinstance(x, Val) and isinstance(w, Val) and w.param_axes and w.ndim == 2):
+            return self.stop(a, {}, self.reason("unsupported_op", "linear whose weight is not a parameter"))
+        S.unify(x.layouts[-1], w.layouts[1], self.reason("fixed_coupling", "in-features meet a fixed axis"))
+        self.role(w, 1, "contract")
+        self.role(w, 0, "out")
+        if isinstance(b, Val):
+            S.unify(w.layouts[0], b.layouts[0], self.reason("fixed_coupling", "bias"))
+            if not self.role(b, 0, "carry"):
+                self.freeze_all(b, self.reason("fixed_coupling", "bias is computed, not a parameter"))
+        self.module_attr(spec, "in", x.layouts[-1])
+        self.module_attr(spec, "out", w.layouts[0])
+        meta = self.out_meta()
+        return Val(tuple(int(d) for d in meta.shape), x.layouts[:-1] + (S.normalize(w.layouts[0]),))
+
+    def rule_matmul(self, spec: OpSpec, a: dict[str, Any]) -> Any:
+        x, w = a.get("input"), a.get("other")
+        meta = self.out_meta()
+        if not (isinstance(x, Val) and isinstance(w, Val) and w.ndim == 2 and x.ndim >= 2
+                and w.param_axes and w.param_axes[0] and w.param_axes[1]):
+            return self.stop(a, {}, self.reason("activation_matmul",
+                                                "contraction of two activations (or a 1-D operand) has no rule yet"))
+        S.unify(x.layouts[-1], w.layouts[0], self.reason("fixed_coupling", "contracted axis meets a fixed axis"))
+        self.role(w, 0, "contract")
+        self.role(w, 1, "out")
+        return Val(tuple(int(d) for d in meta.shape), x.layouts[:-1] + (S.normalize(w.layouts[1]),))
+
+    def rule_conv(self, spec: OpSpec, a: dict[str, Any]) -> Any:
+        x, w, b = a.get("input"), a.get("weight"), a.get("bias")
+        groups = a.get("groups", 1)
+        meta = self.out_meta()
+        if not (isinstance(x, Val) and isinstance(w, Val) and w.param_axes and isinstance(groups, int)
+                and isinstance(meta, TensorMetadata)):
+            return self.stop(a, {}, self.reason("unsupported_op", "conv whose weight is not a parameter"))
+        shape = tuple(int(d) for d in meta.shape)
+        ch = x.ndim - (w.ndim - 2) - 1
+        c_in, c_out = x.shape[ch], w.shape[0]
+        fixed_reason = self.reason("fixed_coupling", "conv channels meet a fixed axis")
+        for k in range(ch + 1, x.ndim):
+            if S.is_spaced(x.layouts[k]):
+                self.freeze_all(Val((1,), (x.layouts[k],)), self.reason("pooled_over", "spatial axis is a space"))
+        if groups == 1:
+            S.unify(x.layouts[ch], w.layouts[1], fixed_reason)
+            self.role(w, 1, "contract")
+            self.role(w, 0, "out")
+            out = S.normalize(w.layouts[0])
+        elif groups == c_in:  # depthwise: output channel o reads input channel o // multiplier
+            out = S.stride(x.layouts[ch], c_out // c_in)
+            S.unify(out, w.layouts[0], fixed_reason)
+            self.role(w, 0, "carry")
+            self._rewrite_groups(spec, x.layouts[ch])
+        else:
+            cut = self.reason("constraint", f"groups={groups}: a piece must not straddle groups")
+            ins = S.pieces(x.layouts[ch], [c_in // groups] * groups, cut)
+            outs = S.pieces(w.layouts[0], [c_out // groups] * groups, cut)
+            self.role(w, 0, "out")
+            self.role(w, 1, "grouped")
+            self.grouped.append(GroupedContract(w.param_axes[0][0], ins, outs))
+            self.ties.extend([ins, outs])
+            out = S.normalize(w.layouts[0])
+        if isinstance(b, Val):
+            S.unify(out, b.layouts[0], fixed_reason)
+            if not self.role(b, 0, "carry"):
+                self.freeze_all(b, self.reason("fixed_coupling", "bias is computed, not a parameter"))
+        self.module_attr(spec, "in", x.layouts[ch])
+        self.module_attr(spec, "out", out)
+        layouts = x.layouts[:ch] + (out,) + tuple(S.fixed(d) for d in shape[ch + 1:])
+        return Val(shape, layouts)
+
+    def _rewrite_groups(self, spec: OpSpec, layout: Layout) -> None:
+        node = self.node
+        assert node is not None
+        if node.op == "call_module":
+            self.module_attr(spec, "groups", layout)
+        else:
+            self.rewrites.append(Rewrite(node.name, "groups", (layout,)))
+
+    def rule_concat(self, spec: OpSpec, a: dict[str, Any]) -> Any:
+        tensors = [t for t in a.get("tensors", ()) if isinstance(t, Val)]
+        meta = self.out_meta()
+        if not tensors or len(tensors) != len(a.get("tensors", ())) or not isinstance(meta, TensorMetadata):
+            return self.stop(a, {}, self.reason("unsupported_op", "cat of non-tensors"))
+        shape = tuple(int(d) for d in meta.shape)
+        dim = _norm_dim(a.get("dim", 0), len(shape))
+        tensors = [t for t in tensors if t.ndim == len(shape)]  # legacy cat skips empty 1-D tensors
+        layouts = []
+        for k in range(len(shape)):
+            if k == dim:
+                layouts.append(tuple(s for t in tensors for s in S.normalize(t.layouts[k])))
+            else:
+                for t in tensors[1:]:
+                    S.unify(tensors[0].layouts[k], t.layouts[k], self.reason("fixed_coupling", f"cat axis {k}"))
+                layouts.append(S.normalize(tensors[0].layouts[k]))
+        return Val(shape, tuple(layouts))
+
+    def rule_stack(self, spec: OpSpec, a: dict[str, Any]) -> Any:
+        tensors = [t for t in a.get("tensors", ()) if isinstance(t, Val)]
+        meta = self.out_meta()
+        if not tensors or len(tensors) != len(a.get("tensors", ())) or not isinstance(meta, TensorMetadata):
+            return self.stop(a, {}, self.reason("unsupported_op", "stack of non-tensors"))
+        shape = tuple(int(d) for d in meta.shape)
+        dim = _norm_dim(a.get("dim", 0), len(shape))
+        layouts = list(self.broadcast(tensors, tensors[0].shape, self.reason("fixed_coupling", "stack")))
+        layouts.insert(dim, S.fixed(shape[dim]))
+        return Val(shape, tuple(layouts))
+
+    def rule_split(self, spec: OpSpec, a: dict[str, Any]) -> Any:
+        x, meta = a.get("input"), self.out_meta()
+        if not isinstance(x, Val) or not isinstance(meta, (list, tuple)):
+            return self.stop(a, {}, self.reason("unsupported_op", "split of a non-tensor"))
+        self.freeze_all([v for v in _walk(a) if isinstance(v, Scalar)], self.reason("size_used", "split size"))
+        dim = _norm_dim(a.get("dim", 0), x.ndim)
+        sizes = [int(m.shape[dim]) for m in meta]
+        parts = S.pieces(x.layouts[dim], sizes, self.reason("constraint", "split inside a stride-mapped unit"))
+        self.rewrites.append(Rewrite(self.node.name, "split_sizes", tuple(parts), dim))
+        return tuple(Val(tuple(int(d) for d in m.shape), x.layouts[:dim] + (p,) + x.layouts[dim + 1:]) for m, p in zip(meta, parts))
+
+    def rule_getitem(self, spec: OpSpec, a: dict[str, Any]) -> Any:
+        x, index = a.get("input"), a.get("index")
+        if isinstance(x, (list, tuple)):
+            return x[index] if isinstance(index, (int, slice)) else self.stop(a, {}, self.reason("unsupported_op", "dynamic index"))
+        if isinstance(x, Scalar):
+            return x
+        meta = self.out_meta()
+        if not isinstance(x, Val) or not isinstance(meta, TensorMetadata):
+            return self.stop(a, {}, self.reason("unsupported_op", "indexing"))
+        idx = index if isinstance(index, tuple) else (index,)
+        if any(isinstance(v, (Val, Scalar)) for v in _walk(idx)) or any(
+                not isinstance(i, (int, slice, type(None), type(Ellipsis))) for i in idx):
+            return self.stop(a, {}, self.reason("unsupported_op", "advanced or dynamic indexing"))
+        n_real = sum(1 for i in idx if isinstance(i, (int, slice)))
+        if Ellipsis in idx:
+            e = idx.index(Ellipsis)
+            idx = idx[:e] + (slice(None),) * (x.ndim - n_real) + idx[e + 1:]
+        idx = idx + (slice(None),) * (x.ndim - sum(1 for i in idx if isinstance(i, (int, slice))))
+        shape = tuple(int(d) for d in meta.shape)
+        layouts, k = [], 0
+        for i in idx:
+            if i is None:
+                layouts.append(S.fixed(1))
+                continue
+            lay = x.layouts[k]
+            full = isinstance(i, slice) and i == slice(None)
+            if full:
+                layouts.append(lay)
+            else:
+                if S.is_spaced(lay):
+                    self.freeze_all(Val((1,), (lay,)), self.reason("index_on_space", f"indexing {i!r} on a space"))
+                if isinstance(i, slice):
+                    layouts.append(S.fixed(shape[len(layouts)]))
+            k += 1
+        return Val(shape, tuple(layouts))
+
+    def rule_reshape(self, spec: OpSpec, a: dict[str, Any]) -> Any:
+        x, meta = a.get("input"), self.out_meta()
+        if not isinstance(x, Val) or not isinstance(meta, TensorMetadata):
+            return self.stop(a, {}, self.reason("unsupported_op", "reshape of a non-tensor"))
+        shape = tuple(int(d) for d in meta.shape)
+        layouts = reshape_layouts(x.shape, x.layouts, shape, self.reason)
+        if "shape" in a:
+            sizes = a["shape"]
+            for k, (arg, lay) in enumerate(zip(sizes, layouts)):
+                if isinstance(arg, Scalar) and S.is_spaced(lay):
+                    need = {S.find(t) for t in S.atoms_of(lay)}
+                    have = {S.find(leaf) for t in arg.taint for leaf in S.leaves(t)}
+                    if not need <= have:
+                        self.freeze_all(Val((1,), (lay,)), self.reason("untracked_size", f"size argument {k} is computed"))
+            self.rewrites.append(Rewrite(self.node.name, "view_shape", layouts))
+        return Val(shape, layouts)
+
+    def rule_permute(self, spec: OpSpec, a: dict[str, Any]) -> Any:
+        x = a.get("input")
+        if not isinstance(x, Val):
+            return self.stop(a, {}, self.reason("unsupported_op", "permute of a non-tensor"))
+        if "dims" in a:
+            perm = [_norm_dim(d, x.ndim) for d in a["dims"]]
+        else:
+            perm = list(range(x.ndim))
+            if x.ndim >= 2:
+                d0, d1 = _norm_dim(a.get("dim0", 0), x.ndim), _norm_dim(a.get("dim1", 1), x.ndim)
+                perm[d0], perm[d1] = perm[d1], perm[d0]
+        pa = tuple(x.param_axes[p] for p in perm) if x.param_axes else None
+        return Val(tuple(x.shape[p] for p in perm), tuple(x.layouts[p] for p in perm), pa)
+
+    def rule_reduce(self, spec: OpSpec, a: dict[str, Any]) -> Any:
+        x, meta = a.get("input"), self.out_meta()
+        if not isinstance(x, Val) or not isinstance(meta, TensorMetadata):
+            return self.stop(a, {}, self.reason("unsupported_op", "reduction"))
+        dim = a.get("dim")
+        dims = set(range(x.ndim)) if dim is None else {_norm_dim(d, x.ndim) for d in (dim if isinstance(dim, (list, tuple)) else [dim])}
+        keep = bool(a.get("keepdim", False))
+        layouts = []
+        for k in range(x.ndim):
+            if k in dims:
+                if S.is_spaced(x.layouts[k]):
+                    self.freeze_all(Val((1,), (x.layouts[k],)), self.reason("reduced_over", f"reduction over axis {k}"))
+                if keep:
+                    layouts.append(S.fixed(1))
+            else:
+                layouts.append(x.layouts[k])
+        return Val(tuple(int(d) for d in meta.shape), tuple(layouts))
+
+    def rule_shape_query(self, spec: OpSpec, a: dict[str, Any]) -> Any:
+        x, node = a.get("input"), self.node
+        if isinstance(self.out_meta(), TensorMetadata) or not isinstance(x, Val):
+            return self.stop(a, {}, self.reason("unsupported_op", "tensor-valued attribute"))
+        taints = [frozenset(S.atoms_of(lay)) for lay in x.layouts]
+        name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
+        if name == "getattr":
+            return tuple(Scalar(t) for t in taints) if a.get("name") == "shape" else Scalar()
+        if name == "len":
+            return Scalar(taints[0])
+        if name == "size":
+            d = a.get("name")
+            return tuple(Scalar(t) for t in taints) if d is None else Scalar(taints[_norm_dim(d, x.ndim)])
+        if name == "numel":
+            return Scalar(frozenset().union(*taints))
+        return Scalar()
+
+
+def reshape_layouts(in_shape: tuple[int, ...], in_layouts: tuple[Layout, ...], out_shape: tuple[int, ...],
+                    reason) -> tuple[Layout, ...]:
+    """Carry layouts through a reshape by grouping dims with equal products (the stride map)."""
+    out: list[Layout | None] = [None] * len(out_shape)
+    if 0 in in_shape or 0 in out_shape:
+        for lay in in_layouts:
+            for atom in S.atoms_of(lay):
+                S.freeze(atom, reason("reduced_over", "empty tensor reshape"))
+        return tuple(S.fixed(d) for d in out_shape)
+    i = j = 0
+    while i < len(in_shape) or j < len(out_shape):
+        if i < len(in_shape) and in_shape[i] == 1:
+            i += 1
+            continue
+        if j < len(out_shape) and out_shape[j] == 1:
+            out[j] = S.fixed(1)
+            j += 1
+            continue
+        gi, gj, pi, pj = [i], [j], in_shape[i], out_shape[j]
+        i, j = i + 1, j + 1
+        while pi != pj:
+            if pi < pj:
+                gi.append(i)
+                pi *= in_shape[i]
+                i += 1
+            else:
+                gj.append(j)
+                pj *= out_shape[j]
+                j += 1
+        real_in = [k for k in gi if in_shape[k] != 1]
+        real_out = [k for k in gj if out_shape[k] != 1]
+        spaced = [k for k in real_in if S.is_spaced(in_layouts[k])]
+        for k in gj:
+            out[k] = S.fixed(out_shape[k])
+        if not spaced:
+            continue
+        lead = in_layouts[real_in[0]]
+        if len(real_in) == 1 and len(real_out) == 1:
+            out[real_out[0]] = lead
+        elif len(real_out) == 1 and spaced == [real_in[0]]:
+            rest = 1
+            for k in real_in[1:]:
+                rest *= in_shape[k]
+            out[real_out[0]] = S.stride(lead, rest)
+        elif len(real_in) == 1 and _divisible(lead, _prod(out_shape[k] for k in real_out[1:])):
+            rest = _prod(out_shape[k] for k in real_out[1:])
+            out[real_out[0]] = tuple(Seg(s.atom, s.inner // rest) if isinstance(s, Seg) else Fixed(s.size // rest)
+                                     for s in S.normalize(lead))
+        else:
+            detail = "a space would be split across dims" if len(real_in) == 1 else "a space trails other dims in a merge"
+            for k in spaced:
+                for atom in S.atoms_of(in_layouts[k]):
+                    S.freeze(atom, reason("reshape_splits_space", detail))
+    return tuple(lay if lay is not None else S.fixed(d) for lay, d in zip(out, out_shape))
+
+
+def _prod(values) -> int:
+    p = 1
+    for v in values:
+        p *= v
+    return p
+
+
+def _divisible(layout: Layout, rest: int) -> bool:
+    return all((s.inner % rest == 0) if isinstance(s, Seg) else (s.size % rest == 0) for s in S.normalize(layout))
+
+
+def _get_attr(gm: torch.nn.Module, target: str) -> Any:
+    obj: Any = gm
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def infer(gm: torch.fx.GraphModule, table: RuleTable | None = None) -> Analysis:
+    """Run the remapping inference on a traced graph whose nodes carry shape metadata."""
+    return Inference(gm, table).run()
+
+
+__all__ = ["Analysis", "Inference", "Space", "Val", "Scalar", "infer", "op_label"]

@@ -1,0 +1,194 @@
+"""Plan: choose the new width of every space and draw its mapping g (seeded, deterministic)."""
+
+from __future__ import annotations
+
+import math
+import zlib
+from dataclasses import dataclass
+
+import torch
+
+from . import indexmaps as im
+from . import spaces as S
+from .errors import ConstraintError, FrozenSpaceError, UnknownSpaceError, WidthError
+from .infer import Analysis, Space
+from .spaces import Layout, Seg
+
+SYMMETRY_MODES = ("none", "split", "noise")
+
+
+@dataclass
+class SpacePlan:
+    """One row of the plan: a space, its current and planned width, and why it is frozen if so."""
+
+    space: Space
+    new_width: int
+    g: torch.Tensor
+
+    @property
+    def name(self) -> str:
+        return self.space.name
+
+    @property
+    def width(self) -> int:
+        return self.space.width
+
+    @property
+    def frozen(self) -> str | None:
+        return self.space.frozen
+
+    @property
+    def reasons(self) -> tuple[S.Reason, ...]:
+        return self.space.reasons
+
+
+def seeded(seed: int, *keys: object) -> torch.Generator:
+    """A generator that depends on the seed and a stable key (not on iteration order)."""
+    gen = torch.Generator()
+    gen.manual_seed((seed * 1_000_003 + zlib.crc32(repr(keys).encode())) % (2**63))
+    return gen
+
+
+def scaled_width(n: int, factor: float) -> int:
+    return max(n, math.floor(n * factor + 0.5))
+
+
+class Plan:
+    """The spaces of a model with their target widths and mappings."""
+
+    def __init__(self, analysis: Analysis, *, factor: float | None = None,
+                 widths: dict[str, int] | None = None, seed: int = 0, symmetry: str = "none",
+                 noise_std: float = 0.01) -> None:
+        if symmetry not in SYMMETRY_MODES:
+            raise WidthError(f"symmetry must be one of {SYMMETRY_MODES}, got {symmetry!r}",
+                             fix="use symmetry='none' (exact), 'split' (exact) or 'noise' (the paper's)")
+        self.analysis, self.seed, self.symmetry, self.noise_std = analysis, seed, symmetry, noise_std
+        targets = self._targets(factor, widths or {})
+        self.spaces = [SpacePlan(sp, targets[sp.name],
+                                 im.random_map(sp.width, targets[sp.name], seeded(seed, "g", sp.name)))
+                       for sp in analysis.spaces]
+        self._by_root = {S.find(p.space.atom).id: p for p in self.spaces}
+
+    # ------------------------------------------------------------------ widths
+    def _targets(self, factor: float | None, widths: dict[str, int]) -> dict[str, int]:
+        by_name = {sp.name: sp for sp in self.analysis.spaces}
+        if factor is not None:
+            if not isinstance(factor, (int, float)) or not math.isfinite(factor) or factor < 1:
+                raise WidthError(f"factor must be a real number >= 1, got {factor!r}",
+                                 fix="pass factor=1.5 or larger; shrinking is not function-preserving")
+        targets = {sp.name: (scaled_width(sp.width, factor) if factor is not None and not sp.frozen else sp.width)
+                   for sp in self.analysis.spaces}
+        for name, q in widths.items():
+            sp = by_name.get(name)
+            if sp is None:
+                near = ", ".join(sorted(by_name)[:12])
+                raise UnknownSpaceError(f"no space named {name!r}", node=name, op="widths",
+                                        fix=f"use one of the plan's space names: {near}")
+            if isinstance(q, bool) or not isinstance(q, int):
+                raise WidthError(f"width for {name!r} must be an int, got {q!r}", node=name, op="widths",
+                                 fix="pass whole unit counts, e.g. widths={name: 96}")
+            if q < sp.width:
+                raise WidthError(f"width {q} for space {name!r} is below its current width {sp.width}",
+                                 node=name, op="widths", fix=f"choose a width >= {sp.width}")
+            if sp.frozen and q != sp.width:
+                r = sp.reasons[0]
+                raise FrozenSpaceError(f"space {name!r} cannot be widened: {r}", node=r.node, op=r.op,
+                                       fix="widen another space; `n2n-fx explain` lists the widenable ones")
+            targets[name] = q
+        self._apply_ties(targets, set(widths))
+        return targets
+
+    def _apply_ties(self, targets: dict[str, int], requested: set[str]) -> None:
+        """Grouped-conv pieces must all get one width: a request for one applies to its group."""
+        for group in self.analysis.ties:
+            names = []
+            for layout in group:
+                for atom in S.atoms_of(layout):
+                    sp = self.analysis.space_of(atom)
+                    if sp is not None:
+                        names.append(sp.name)
+            if not names:
+                continue
+            asked = {targets[n] for n in names if n in requested}
+            if len(asked) > 1:
+                raise ConstraintError(f"spaces {names} are the groups of one grouped conv and need one width; "
+                                      f"got {sorted(asked)}", node=names[0], op="conv",
+                                      fix="request a single width for one of them")
+            q = asked.pop() if asked else max(targets[n] for n in names)
+            for n in names:
+                targets[n] = q
+
+    # ------------------------------------------------------------------ maps
+    def leaf_map(self, leaf: S.Atom) -> tuple[torch.Tensor, int]:
+        """(g, old width) of a leaf atom; identity for atoms that are not widened spaces."""
+        p = self._by_root.get(S.find(leaf).id)
+        n = S.find(leaf).width
+        return (p.g, n) if p is not None else (im.identity_map(n), n)
+
+    def new_width(self, layout: Layout) -> int:
+        return sum(self.leaf_map(s.atom)[0].numel() * s.inner if isinstance(s, Seg) else s.size
+                   for s in S.normalize(layout))
+
+    def layout_index(self, layout: Layout) -> torch.Tensor:
+        parts = []
+        for s in S.normalize(layout):
+            if isinstance(s, Seg):
+                g, n = self.leaf_map(s.atom)
+                parts.append((g, n, s.inner))
+            else:
+                parts.append((im.identity_map(s.size), s.size, 1))
+        return im.gather_index(parts)
+
+    def layout_scale(self, layout: Layout, key: object) -> torch.Tensor:
+        """Consumer factors along a contracted axis: 1/count (none, noise) or random alpha (split)."""
+        parts = []
+        for i, s in enumerate(S.normalize(layout)):
+            if isinstance(s, Seg):
+                g, n = self.leaf_map(s.atom)
+                if self.symmetry == "split":
+                    scale = im.split_scale(g, n, seeded(self.seed, "alpha", key, i))
+                else:
+                    scale = im.divide_scale(g, n)
+                parts.append((scale, s.inner))
+            else:
+                parts.append((torch.ones(s.size, dtype=torch.float64), 1))
+        return im.gather_scale(parts)
+
+    def replicated_mask(self, layout: Layout) -> torch.Tensor:
+        """True at new positions whose unit has more than one replica (where noise goes)."""
+        parts = []
+        for s in S.normalize(layout):
+            if isinstance(s, Seg):
+                g, n = self.leaf_map(s.atom)
+                parts.append(((im.replica_counts(g, n)[g] > 1).to(torch.float64), s.inner))
+            else:
+                parts.append((torch.zeros(s.size, dtype=torch.float64), 1))
+        return im.gather_scale(parts) > 0
+
+    # ------------------------------------------------------------------ report
+    def __str__(self) -> str:
+        return format_plan(self)
+
+    def __repr__(self) -> str:
+        widened = sum(p.new_width > p.width for p in self.spaces)
+        frozen = sum(p.frozen is not None for p in self.spaces)
+        return f"<Plan: {len(self.spaces)} spaces, {widened} widened, {frozen} frozen>"
+
+
+def _short(items: list[str], limit: int = 3) -> str:
+    uniq = list(dict.fromkeys(items))
+    text = ", ".join(uniq[:limit])
+    return text + (f", +{len(uniq) - limit}" if len(uniq) > limit else "") if uniq else "-"
+
+
+def format_plan(plan: Plan) -> str:
+    rows = [("space", "producers", "consumers", "width", "frozen")]
+    for p in plan.spaces:
+        w = f"{p.width}" if p.new_width == p.width else f"{p.width} -> {p.new_width}"
+        prod = p.space.producers or p.space.carriers
+        rows.append((p.name, _short(prod), _short(p.space.consumers), w,
+                     f"{p.reasons[0].code} at {p.reasons[0].node}" if p.reasons else ""))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)

@@ -1,0 +1,89 @@
+"""Front end: trace a model into an FX graph with shapes on every node.
+
+The graph is a private deep copy: symbolic_trace shares submodules with the model it traces, and
+the teacher must never be mutated (not even its BatchNorm statistics during shape propagation).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import traceback
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.fx
+from torch.fx.passes.shape_prop import ShapeProp
+
+from .errors import N2NError, TraceFailure
+
+_TORCH_DIR = os.path.dirname(torch.__file__)
+
+
+class _Tracer(torch.fx.Tracer):
+    def __init__(self, leaf_modules: Sequence[type]) -> None:
+        super().__init__()
+        self._leaves = tuple(leaf_modules)
+
+    def is_leaf_module(self, m: torch.nn.Module, qualname: str) -> bool:
+        return isinstance(m, self._leaves) or super().is_leaf_module(m, qualname)
+
+
+def as_inputs(example_inputs: Any) -> tuple:
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,)
+    if isinstance(example_inputs, (list, tuple)):
+        return tuple(example_inputs)
+    raise N2NError(f"example_inputs must be a tensor or a tuple of tensors, got {type(example_inputs).__name__}",
+                   fix="pass example_inputs=torch.randn(batch, ...) or a tuple of such tensors")
+
+
+def _offending_line(exc: BaseException) -> str:
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith(_TORCH_DIR)]
+    if not frames:
+        return ""
+    f = frames[-1]
+    return f"{f.filename}:{f.lineno}: {(f.line or '').strip()}"
+
+
+def trace(model: torch.nn.Module, example_inputs: Any, *, leaf_modules: Sequence[type] = (),
+          concrete_args: dict[str, Any] | None = None) -> torch.fx.GraphModule:
+    """Trace `model` and annotate every node with `meta['tensor_meta']` from the example inputs."""
+    if not isinstance(model, torch.nn.Module):
+        raise N2NError(f"expected an nn.Module, got {type(model).__name__}", fix="pass the model object itself")
+    inputs = as_inputs(example_inputs)
+    if isinstance(model, torch.fx.GraphModule) and not leaf_modules and concrete_args is None:
+        gm = copy.deepcopy(model)
+    else:
+        try:
+            tracer = _Tracer(leaf_modules)
+            graph = tracer.trace(model, concrete_args=concrete_args)
+            gm = torch.fx.GraphModule(tracer.root, graph, type(model).__name__)
+        except Exception as exc:  # symbolic tracing raises many types (TraceError, TypeError, ...)
+            where = _offending_line(exc)
+            raise TraceFailure(
+                f"torch.fx.symbolic_trace failed on {type(model).__name__}: {exc}."
+                + (f" Offending line: {where}." if where else ""),
+                node=None, op="symbolic_trace",
+                fix="data-dependent Python control flow cannot be traced: pass concrete_args={...} to fix "
+                    "the branch, or leaf_modules=[TheModuleClass] to keep that module opaque (its spaces "
+                    "are then frozen)") from exc
+        gm = copy.deepcopy(gm)
+    propagate_shapes(gm, inputs)
+    return gm
+
+
+def propagate_shapes(gm: torch.fx.GraphModule, inputs: tuple) -> None:
+    """ShapeProp in eval mode under no_grad, restoring every module's training flag afterwards."""
+    flags = {name: m.training for name, m in gm.named_modules()}
+    try:
+        gm.eval()
+        with torch.no_grad():
+            ShapeProp(gm).propagate(*inputs)
+    except Exception as exc:
+        raise N2NError(f"the model does not run on the example inputs: {exc}", op="forward",
+                       fix="pass example_inputs with the shapes and dtypes the model expects") from exc
+    finally:
+        for name, m in gm.named_modules():
+            m.training = flags[name]

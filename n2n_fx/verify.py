@@ -1,0 +1,99 @@
+"""Verification: does the student compute the teacher's function? Compared in float64."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .trace import as_inputs
+
+
+@dataclass
+class Report:
+    ok: bool
+    max_abs_err: float
+    max_rel_err: float  # max |student - teacher| / max |teacher|, over all outputs and inputs
+    rtol: float
+    n_inputs: int
+    mode: str
+    per_input: list[tuple[float, float]] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        verdict = "preserved" if self.ok else "NOT preserved"
+        return (f"{verdict}: max abs err {self.max_abs_err:.3e}, max rel err {self.max_rel_err:.3e} "
+                f"(rtol {self.rtol:.0e}, {self.n_inputs} inputs, {self.mode} mode, float64)")
+
+
+def _float_dtype(model: torch.nn.Module) -> torch.dtype:
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return torch.float64
+
+
+def _to64(x: Any) -> Any:
+    return x.to(torch.float64) if isinstance(x, torch.Tensor) and x.is_floating_point() else x
+
+
+def _flat(out: Any) -> list[torch.Tensor]:
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, (list, tuple)):
+        return [t for o in out for t in _flat(o)]
+    if isinstance(out, dict):
+        return [t for k in sorted(out) for t in _flat(out[k])]
+    return []
+
+
+def _max_abs(a: torch.Tensor, b: torch.Tensor) -> float:
+    err = float((a.double() - b.double()).abs().max())
+    return float("inf") if err != err else err  # NaN must fail, not vanish in max()
+
+
+def random_like(inputs: tuple, n: int, seed: int) -> list[tuple]:
+    """Gaussian inputs shaped like the floating example inputs (integer inputs are reused)."""
+    gen = torch.Generator().manual_seed(seed)
+    return [tuple(torch.randn(x.shape, generator=gen, dtype=torch.float64) if isinstance(x, torch.Tensor)
+                  and x.is_floating_point() else x for x in inputs) for _ in range(n)]
+
+
+def prepare(model: torch.nn.Module, mode: str) -> torch.nn.Module:
+    m = copy.deepcopy(model).to(torch.float64)
+    m.train(mode == "train")
+    if mode == "train":  # dropout masks are random and shaped by the width: compare without them
+        for sub in m.modules():
+            if isinstance(sub, torch.nn.modules.dropout._DropoutNd):
+                sub.eval()
+    return m
+
+
+def verify(teacher: torch.nn.Module, student: torch.nn.Module, example_inputs: Any, *, n_random: int = 3,
+           seed: int = 0, mode: str = "eval", rtol: float | None = None) -> Report:
+    """Run teacher and student in float64 on the example inputs and `n_random` Gaussian inputs.
+
+    Neither model is modified (both are deep-copied). `rtol` defaults to 1e-10 when the student's
+    parameters are float64 and 1e-5 otherwise (float32 weights divided by replica counts round).
+    In train mode each input is one batch for both models (BatchNorm uses its statistics).
+    """
+    if mode not in ("eval", "train"):
+        raise ValueError(f"mode must be 'eval' or 'train', got {mode!r}")
+    if rtol is None:
+        rtol = 1e-10 if _float_dtype(student) == torch.float64 else 1e-5
+    inputs = as_inputs(example_inputs)
+    batches = [tuple(_to64(x) for x in inputs)] + random_like(inputs, n_random, seed)
+    t_model, s_model = prepare(teacher, mode), prepare(student, mode)
+    worst_abs, worst_rel, per = 0.0, 0.0, []
+    with torch.no_grad():
+        for batch in batches:
+            t_out, s_out = _flat(t_model(*batch)), _flat(s_model(*batch))
+            if len(t_out) != len(s_out) or any(a.shape != b.shape for a, b in zip(t_out, s_out)):
+                return Report(False, float("inf"), float("inf"), rtol, len(batches), mode)
+            abs_err = max((_max_abs(a, b) for a, b in zip(t_out, s_out) if a.numel()), default=0.0)
+            scale = max((float(a.abs().max()) for a in t_out if a.numel()), default=0.0)
+            rel_err = abs_err / scale if scale > 0 else abs_err
+            per.append((abs_err, rel_err))
+            worst_abs, worst_rel = max(worst_abs, abs_err), max(worst_rel, rel_err)
+    return Report(worst_rel <= rtol, worst_abs, worst_rel, rtol, len(batches), mode, per)

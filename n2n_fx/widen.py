@@ -1,0 +1,140 @@
+"""Net2WiderNet as an FX pass: gather every bound parameter axis through its layout's map,
+scale contracted axes, sync module attributes, and rewrite width-dependent literals."""
+
+from __future__ import annotations
+
+import torch
+import torch.fx
+from torch.fx.passes.infra.pass_base import PassBase, PassResult
+
+from .infer import _get_attr
+from .plan import Plan, seeded
+
+
+def _owner(gm: torch.nn.Module, qualname: str) -> tuple[torch.nn.Module, str]:
+    module_name, _, attr = qualname.rpartition(".")
+    return (gm.get_submodule(module_name) if module_name else gm), attr
+
+
+def _set_tensor(gm: torch.nn.Module, qualname: str, value: torch.Tensor) -> None:
+    module, attr = _owner(gm, qualname)
+    old = getattr(module, attr)
+    if isinstance(old, torch.nn.Parameter):
+        setattr(module, attr, torch.nn.Parameter(value, requires_grad=old.requires_grad))
+    elif attr in module._buffers:
+        module._buffers[attr] = value
+    else:
+        setattr(module, attr, value)
+
+
+def _scale_along(t: torch.Tensor, axis: int, scale: torch.Tensor) -> torch.Tensor:
+    shape = [1] * t.ndim
+    shape[axis] = -1
+    return t * scale.to(t.dtype).reshape(shape)
+
+
+class Net2WiderNet(PassBase):
+    """Widen a GraphModule in place according to a Plan made from the same graph (node and
+    parameter names must match, e.g. a deep copy of the analysed module)."""
+
+    def __init__(self, plan: Plan) -> None:
+        super().__init__()
+        self.plan = plan
+
+    def call(self, graph_module: torch.fx.GraphModule) -> PassResult:
+        plan, an = self.plan, self.plan.analysis
+        by_param: dict[str, list[int]] = {}
+        for (param, axis) in an.param_layouts:
+            by_param.setdefault(param, []).append(axis)
+        grouped = {g.param: g for g in an.grouped}
+        modified = False
+        for param, axes in by_param.items():
+            t = _get_attr(graph_module, param)
+            new = t.detach()
+            for axis in sorted(axes):
+                layout = an.param_layouts[(param, axis)]
+                roles = an.roles.get((param, axis), set())
+                if "grouped" in roles:
+                    continue
+                index = plan.layout_index(layout)
+                if index.numel() == new.shape[axis] and torch.equal(index, torch.arange(index.numel())):
+                    continue
+                new = new.index_select(axis, index)
+                if "contract" in roles:
+                    new = _scale_along(new, axis, plan.layout_scale(layout, (param, axis)))
+                    if plan.symmetry == "noise":
+                        new = self._noise(new, axis, plan.replicated_mask(layout), (param, axis))
+            if param in grouped:
+                new = self._grouped(new, grouped[param])
+            if new is not t.detach():
+                _set_tensor(graph_module, param, new.contiguous())
+                modified = True
+        for ma in an.module_attrs:
+            setattr(graph_module.get_submodule(ma.module), ma.attr, plan.new_width(ma.layout))
+        modified |= self._rewrite_graph(graph_module)
+        graph_module.recompile()
+        return PassResult(graph_module, modified)
+
+    def _noise(self, t: torch.Tensor, axis: int, mask: torch.Tensor, key: object) -> torch.Tensor:
+        """The paper's symmetry breaking: Gaussian noise (std relative to the weights') on the
+        consumer entries of replicated units. Not function-preserving."""
+        gen = seeded(self.plan.seed, "noise", key)
+        std = float(t.std()) if t.numel() > 1 else 1.0
+        noise = torch.randn(t.shape, generator=gen, dtype=torch.float64).to(t.dtype) * (self.plan.noise_std * std)
+        shape = [1] * t.ndim
+        shape[axis] = -1
+        return t + noise * mask.to(t.dtype).reshape(shape)
+
+    def _grouped(self, w: torch.Tensor, gc) -> torch.Tensor:
+        """Grouped conv: rows of group k gather and scale their columns by input piece k."""
+        plan = self.plan
+        row_sizes = [plan.new_width(p) for p in gc.out_pieces]
+        blocks = []
+        for k, (rows, piece) in enumerate(zip(w.split(row_sizes, dim=0), gc.in_pieces)):
+            index = plan.layout_index(piece)
+            block = rows.index_select(1, index)
+            blocks.append(_scale_along(block, 1, plan.layout_scale(piece, (gc.param, "group", k))))
+        return torch.cat(blocks, dim=0)
+
+    def _rewrite_graph(self, gm: torch.fx.GraphModule) -> bool:
+        nodes = {n.name: n for n in gm.graph.nodes}
+        changed = False
+        for rw in self.plan.analysis.rewrites:
+            node = nodes[rw.node]
+            widths = [self.plan.new_width(lay) for lay in rw.layouts]
+            if rw.what == "view_shape":
+                changed |= _rewrite_view(node, widths)
+            elif rw.what == "split_sizes":
+                x = node.args[0] if node.args else node.kwargs["input"]
+                if node.op == "call_method":
+                    node.target = "split"
+                else:
+                    node.target = torch.split
+                node.args, node.kwargs = (x, widths, rw.dim), {}
+                changed = True
+            elif rw.what == "groups":
+                if len(node.args) > 6:  # conv(input, weight, bias, stride, padding, dilation, groups)
+                    node.args = (*node.args[:6], widths[0], *node.args[7:])
+                else:
+                    node.kwargs = {**node.kwargs, "groups": widths[0]}
+                changed = True
+        return changed
+
+
+def _rewrite_view(node: torch.fx.Node, widths: list[int]) -> bool:
+    """Replace literal sizes in view/reshape by the new widths (-1 and computed sizes stay)."""
+    packed = len(node.args) == 2 and isinstance(node.args[1], (list, tuple))
+    sizes = list(node.args[1]) if packed else list(node.args[1:])
+    if not sizes and "shape" in node.kwargs:
+        sizes, packed = list(node.kwargs["shape"]), None
+    new = [w if isinstance(s, int) and s != -1 else s for s, w in zip(sizes, widths)]
+    if new == sizes:
+        return False
+    if packed is None:
+        node.kwargs = {**node.kwargs, "shape": tuple(new)}
+    elif packed:
+        node.args = (node.args[0], tuple(new))
+    else:
+        node.args = (node.args[0], *new)
+    return True
+
