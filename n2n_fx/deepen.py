@@ -82,6 +82,9 @@ def _find_node(gm: torch.fx.GraphModule, name: str) -> torch.fx.Node:
     if len(by_module) > 1:
         raise UnknownNodeError(f"module {name!r} is called {len(by_module)} times", node=name, op="call_module",
                                fix=f"name one call by its node name: {[n.name for n in by_module]}")
+    inside = [n for n in gm.graph.nodes if name in n.meta.get("nn_module_stack", {})]
+    if inside:  # a container module (traced through): deepen after its last node, i.e. its output
+        return inside[-1]
     names = [n.target if n.op == "call_module" else n.name for n in gm.graph.nodes if n.op not in ("output",)]
     raise UnknownNodeError(f"no node or module named {name!r}", node=name, op="deepen",
                            fix=f"use a module name or FX node name, e.g. {names[-6:]}")
@@ -145,17 +148,17 @@ class Net2DeeperNet(PassBase):
         conv_like = len(shape) >= 4 or (len(shape) == 3 and val is not None
                                          and S.is_spaced(val.layouts[1]) and not S.is_spaced(val.layouts[2]))
         axis = 1 if conv_like else len(shape) - 1
-        layers: list[nn.Module] = []
+        layers: list[tuple[str, nn.Module]] = []
         if conv_like:
-            layers.append(identity_conv(shape[1], len(shape) - 2, self.kernel_size, dtype))
+            layers.append(("layer", identity_conv(shape[1], len(shape) - 2, self.kernel_size, dtype)))
         else:
-            layers.append(identity_linear(shape[-1], dtype))
+            layers.append(("layer", identity_linear(shape[-1], dtype)))
         if self.batch_norm:
             if not conv_like and len(shape) == 3:
                 raise DeepenError("BatchNorm1d normalises axis 1, but these features are on the last axis",
                                   node=node.name, op="deepen", fix="pass batch_norm=False here")
             assert value is not None
-            layers.append(undo_batch_norm(value, axis, len(shape) - 2 if conv_like else 1, self.bn_mode))
+            layers.append(("bn", undo_batch_norm(value, axis, len(shape) - 2 if conv_like else 1, self.bn_mode)))
         act_node_fn = None
         spec = table.lookup(node, gm) if node.op in ("call_module", "call_function", "call_method") else None
         if self.activation == "auto" and spec is not None and spec.activation:
@@ -167,25 +170,29 @@ class Net2DeeperNet(PassBase):
                     fix="pass activation=None to insert a linear identity layer, or deepen after a ReLU-family "
                         "activation")
             if node.op == "call_module":
-                layers.append(copy.deepcopy(gm.get_submodule(node.target)))
+                layers.append(("act", copy.deepcopy(gm.get_submodule(node.target))))
             else:
                 act_node_fn = (node.op, node.target, node.args[1:], dict(node.kwargs))
-        name = self._module_name(gm, node)
-        gm.add_submodule(name, nn.Sequential(*layers))
-        with gm.graph.inserting_after(node):
-            first = gm.graph.call_module(name, (node,))
-        last = first
+        # one call_module node per inserted layer, so that the table (not a container) sees each
+        base = self._module_name(gm, node)
+        prev, first = node, None
+        for role, layer in layers:
+            gm.add_submodule(f"{base}.{role}", layer)
+            with gm.graph.inserting_after(prev):
+                prev = gm.graph.call_module(f"{base}.{role}", (prev,))
+            prev.meta["tensor_meta"] = meta
+            first = first or prev
         if act_node_fn is not None:
             op, target, rest, kwargs = act_node_fn
-            with gm.graph.inserting_after(first):
-                last = gm.graph.create_node(op, target, (first, *rest), kwargs)
+            with gm.graph.inserting_after(prev):
+                prev = gm.graph.create_node(op, target, (prev, *rest), kwargs)
+            prev.meta["tensor_meta"] = meta
+        last = prev
         node.replace_all_uses_with(last, delete_user_cb=lambda user: user is not first)
-        first.meta["tensor_meta"] = meta
-        last.meta["tensor_meta"] = meta
 
     @staticmethod
     def _module_name(gm: torch.fx.GraphModule, node: torch.fx.Node) -> str:
-        base = f"n2n_deepen.{node.name}"
+        base = f"n2n_deepen_{node.name}"
         name, k = base, 2
         existing = dict(gm.named_modules())
         while name in existing:
