@@ -8,6 +8,7 @@ least one producer), what binds each parameter axis, and the literal rewrites th
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -223,12 +224,13 @@ class Inference:
     def call(self, node: torch.fx.Node) -> Any:
         args, kwargs = self.value(node.args), self.value(node.kwargs)
         has_tensor = any(isinstance(v, Val) for v in _walk((args, kwargs)))
-        spec = self.table.lookup(node, self.gm)
-        if spec is None and node.op == "call_function" and not has_tensor and not isinstance(self.out_meta(), TensorMetadata) \
+        if node.op == "call_function" and not has_tensor and not isinstance(self.out_meta(), TensorMetadata) \
+                and node.target is not operator.getitem \
                 and getattr(node.target, "__module__", None) in ("_operator", "operator", "builtins"):
             # Python arithmetic on sizes (c * h * w): the result depends on whatever its inputs did
-            taint = frozenset(a for v in _walk((args, kwargs)) if isinstance(v, Scalar) for a in v.taint)
-            return Scalar(taint)
+            self.ops[node.name] = "python"
+            return Scalar(frozenset(a for v in _walk((args, kwargs)) if isinstance(v, Scalar) for a in v.taint))
+        spec = self.table.lookup(node, self.gm)
         if spec is None:
             self.ops[node.name] = "unknown"
             return self.stop(args, kwargs, self.reason("unknown_op", "no entry in specs/ops.toml"))
