@@ -22,7 +22,7 @@ _TORCH_DIR = os.path.dirname(torch.__file__)
 
 
 class _Tracer(torch.fx.Tracer):
-    def __init__(self, leaf_modules: Sequence[type]) -> None:
+    def __init__(self, leaf_modules: Sequence[type] = ()) -> None:  # default: unpickling re-creates it
         super().__init__()
         self._leaves = tuple(leaf_modules)
 

@@ -3,11 +3,14 @@ scale contracted axes, sync module attributes, and rewrite width-dependent liter
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.fx
 from torch.fx.passes.infra.pass_base import PassBase, PassResult
+from torch.fx.passes.shape_prop import TensorMetadata
 
-from .infer import _get_attr
+from .infer import Val, _get_attr
 from .plan import Plan, seeded
 
 
@@ -72,8 +75,18 @@ class Net2WiderNet(PassBase):
         for ma in an.module_attrs:
             setattr(graph_module.get_submodule(ma.module), ma.attr, plan.new_width(ma.layout))
         modified |= self._rewrite_graph(graph_module)
+        self._update_shapes(graph_module)
         graph_module.recompile()
         return PassResult(graph_module, modified)
+
+    def _update_shapes(self, gm: torch.fx.GraphModule) -> None:
+        """Keep meta['tensor_meta'] true on the student (later passes read it): every axis's new
+        size is its layout's new width."""
+        vals = self.plan.analysis.vals
+        for node in gm.graph.nodes:
+            meta, val = node.meta.get("tensor_meta"), vals.get(node.name)
+            if meta is not None and val is not None:
+                node.meta["tensor_meta"] = _resized(meta, val, self.plan)
 
     def _noise(self, t: torch.Tensor, axis: int, mask: torch.Tensor, key: object) -> torch.Tensor:
         """The paper's symmetry breaking: Gaussian noise (std relative to the weights') on the
@@ -119,6 +132,15 @@ class Net2WiderNet(PassBase):
                     node.kwargs = {**node.kwargs, "groups": widths[0]}
                 changed = True
         return changed
+
+
+def _resized(meta: Any, val: Any, plan: Plan) -> Any:
+    if isinstance(meta, TensorMetadata) and isinstance(val, Val):
+        shape = torch.Size(plan.new_width(lay) for lay in val.layouts)
+        return meta._replace(shape=shape, stride=torch.empty(shape, device="meta").stride())
+    if isinstance(meta, (list, tuple)) and isinstance(val, (list, tuple)) and len(meta) == len(val):
+        return type(meta)(_resized(m, v, plan) for m, v in zip(meta, val))
+    return meta
 
 
 def _rewrite_view(node: torch.fx.Node, widths: list[int]) -> bool:

@@ -139,3 +139,24 @@ def test_only_output_spaces_frozen_in_plain_models():
         model, x = build(name)
         frozen = [p for p in n2n_fx.plan(model, x).spaces if p.reasons]
         assert [p.reasons[0].code for p in frozen] == ["model_output"], (name, [str(p.reasons[0]) for p in frozen])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_student_shape_metadata_matches_a_fresh_shape_prop(name):
+    """The pass rewrites meta['tensor_meta'] from the layouts; a real run must agree node by node."""
+    import copy
+
+    from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
+
+    model, x = build(name)
+    student = n2n_fx.widen(model, x, factor=1.5)
+    claimed = {n.name: n.meta.get("tensor_meta") for n in student.graph.nodes}
+    fresh = copy.deepcopy(student)
+    ShapeProp(fresh).propagate(x)
+    checked = 0
+    for n in fresh.graph.nodes:
+        real, said = n.meta.get("tensor_meta"), claimed[n.name]
+        if isinstance(real, TensorMetadata):
+            assert tuple(said.shape) == tuple(real.shape), n.name
+            checked += 1
+    assert checked > 5

@@ -1,0 +1,55 @@
+"""The command line: demo, explain, widen, deepen, check, with exit codes 0 / 1 / 2."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from n2n_fx.cli import main
+
+SPEC = "n2n_fx.models:demo_model"
+
+
+def test_demo(capsys):
+    assert main(["demo"]) == 0
+    out = capsys.readouterr().out
+    assert "NOT PRESERVED" not in out and out.count("preserved") >= 5 and "inc1.b1.0" in out
+
+
+def test_explain_and_rules(capsys):
+    assert main(["explain", SPEC, "--float64"]) == 0
+    out = capsys.readouterr().out
+    assert "model_output" in out and "why frozen" in out
+    assert main(["explain", "--rules"]) == 0
+    assert "conv_matrix" in capsys.readouterr().out
+
+
+def test_widen_saves_a_loadable_student(tmp_path, capsys):
+    path = tmp_path / "student.pt"
+    assert main(["widen", SPEC, "--float64", "--factor", "1.5", "--symmetry", "split", "--out", str(path)]) == 0
+    assert "preserved" in capsys.readouterr().out
+    student = torch.load(path, weights_only=False)
+    assert student.fc1.out_features == 48
+
+
+def test_deepen(capsys):
+    assert main(["deepen", SPEC, "--float64", "--after", "stem", "--after", "fc1", "--batch-norm"]) == 0
+
+
+def test_check_json_and_exit_codes(capsys):
+    assert main(["check", SPEC, "--float64", "--json", "--after", "inc1"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["preserved"] and result["max_rel_err"] <= 1e-10 and result["widened"] == 16
+    assert main(["check", "n2n_fx.models:nothing_here"]) == 2
+    assert main(["check", SPEC, "--width", "fc2=20"]) == 2  # bound to the output
+    assert main(["deepen", SPEC, "--after", "no_such_node"]) == 2
+
+
+def test_factory_from_a_file(tmp_path, capsys):
+    f = tmp_path / "mymodel.py"
+    f.write_text("import torch\n"
+                 "def build():\n"
+                 "    return torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))\n")
+    assert main(["check", f"{f}:build", "--input-shape", "3,4"]) == 0
+    assert main(["check", f"{f}:build"]) == 2  # no example inputs

@@ -1,0 +1,96 @@
+"""The rule table: well-formed, complete for the issue's op list, duplicates rejected."""
+
+from __future__ import annotations
+
+import tomllib
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from n2n_fx.errors import SpecError
+from n2n_fx.spec import KINDS, load_table, parse_table, specs_dir
+from proofs import RESERVED
+
+
+def raw():
+    with open(specs_dir() / "ops.toml", "rb") as fh:
+        return tomllib.load(fh)
+
+
+def test_table_loads_and_documents_every_kind():
+    table = load_table()
+    assert set(table.kinds) == set(KINDS)
+    assert {op.kind for op in table.ops} <= set(KINDS)
+
+
+def test_every_entry_names_a_reserved_proof_and_every_proof_is_used():
+    used = {op.proof for op in load_table().ops}
+    assert used <= set(RESERVED), used - set(RESERVED)
+    assert set(RESERVED) <= used, set(RESERVED) - used
+
+
+def test_duplicate_spelling_across_entries_rejected():
+    data = raw()
+    data["op"].append({**data["op"][0], "name": "linear_again"})
+    with pytest.raises(SpecError, match="already covered"):
+        parse_table(data)
+
+
+def test_unknown_kind_rejected():
+    data = raw()
+    data["op"][0] = {**data["op"][0], "kind": "magic"}
+    with pytest.raises(SpecError, match="kind"):
+        parse_table(data)
+
+
+def test_stop_entries_give_reasons_and_proofs_are_required():
+    data = raw()
+    data["op"][0] = {k: v for k, v in data["op"][0].items() if k != "proof"}
+    with pytest.raises(SpecError, match="proof"):
+        parse_table(data)
+    assert all(op.reason for op in load_table().ops if op.kind == "stop")
+
+
+MUST_COVER = {
+    "modules": [nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d,
+                nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardswish,
+                nn.Hardsigmoid, nn.Hardtanh, nn.Dropout, nn.Identity, nn.MaxPool2d, nn.AvgPool2d,
+                nn.AdaptiveAvgPool2d, nn.Flatten],
+    "functions": [F.linear, F.conv2d, F.relu, F.gelu, F.silu, torch.sigmoid, torch.tanh, F.hardswish, F.dropout,
+                  F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, torch.add, torch.sub, torch.mul, torch.div,
+                  torch.cat, torch.split, torch.chunk, torch.flatten, torch.reshape, torch.mean, F.batch_norm],
+    "methods": ["add", "sub", "mul", "div", "relu", "view", "reshape", "flatten", "split", "chunk", "mean",
+                "sigmoid", "tanh", "size"],
+}
+
+
+def test_issue_op_list_is_covered_in_every_spelling():
+    import operator
+
+    table = load_table()
+    for cls in MUST_COVER["modules"]:
+        assert cls in table.by_module, cls
+    for fn in MUST_COVER["functions"] + [operator.add, operator.sub, operator.mul, operator.truediv]:
+        assert fn in table.by_function, fn
+    for m in MUST_COVER["methods"]:
+        assert m in table.by_method, m
+
+
+def test_idempotence_flags_match_the_math():
+    """The table's idempotent flag is checked numerically: phi(phi(v)) == phi(v) on many v."""
+    table = load_table()
+    v = torch.linspace(-6, 6, 1001, dtype=torch.float64)
+    for cls, spec in table.by_module.items():
+        if not spec.activation:
+            continue
+        phi = cls()
+        idem = torch.allclose(phi(phi(v)), phi(v), atol=0, rtol=0)
+        assert idem == spec.idempotent, (cls, idem)
+
+
+def test_unknown_call_is_not_in_the_table():
+    table = load_table()
+    assert torch.cumsum not in table.by_function
+    assert nn.PixelShuffle not in table.by_module

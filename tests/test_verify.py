@@ -1,0 +1,46 @@
+"""verify() must be able to fail: it catches a wrong student, NaNs and shape changes."""
+
+from __future__ import annotations
+
+import torch
+
+import n2n_fx
+from n2n_fx.models import ZOO
+
+
+def _pair():
+    model, x = ZOO["resnet"]()
+    model, x = model.double().eval(), x.double()
+    return model, x, n2n_fx.widen(model, x, factor=2.0)
+
+
+def test_catches_a_perturbed_weight():
+    model, x, student = _pair()
+    with torch.no_grad():
+        student.get_submodule("layer1.0.conv2").weight[0, 0, 0, 0] += 1e-6
+    report = n2n_fx.verify(model, student, x)
+    assert not report.ok and report.max_abs_err > 0
+
+
+def test_catches_a_missing_division():
+    """The classic Net2Net bug: consumers copy replicated columns without dividing."""
+    model, x, student = _pair()
+    plan = n2n_fx.plan(model, x, factor=2.0)
+    g = next(p for p in plan.spaces if p.name == "layer1.0.conv1").g
+    with torch.no_grad():
+        counts = torch.bincount(g)[g].to(torch.float64)  # undo the division on the consumer side
+        student.get_submodule("layer1.0.conv2").weight.mul_(counts.reshape(1, -1, 1, 1))
+    assert not n2n_fx.verify(model, student, x).ok
+
+
+def test_nan_fails():
+    model, x, student = _pair()
+    with torch.no_grad():
+        student.fc.bias[0] = float("nan")
+    assert not n2n_fx.verify(model, student, x).ok
+
+
+def test_identical_models_pass_with_zero_error():
+    model, x, _ = _pair()
+    report = n2n_fx.verify(model, model, x)
+    assert report.ok and report.max_abs_err == 0.0 and report.n_inputs == 4
