@@ -31,7 +31,7 @@ def test_module_attributes_match_weights(name):
         elif isinstance(m, nn.modules.batchnorm._BatchNorm):
             assert m.weight.shape == m.running_mean.shape == (m.num_features,), mod_name
     # a module rebuilt from its attributes accepts the student's state_dict
-    for mod_name, m in student.named_modules():
+    for m in student.modules():
         if isinstance(m, nn.Conv2d):
             twin = nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation,
                              m.groups, m.bias is not None).double()
