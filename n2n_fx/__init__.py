@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import Any
 
@@ -56,15 +57,13 @@ def widen(model: torch.nn.Module, example_inputs: Any, *, factor: float | None =
         factor = 2.0
     p = plan(model, example_inputs, factor=factor, widths=widths, seed=seed, symmetry=symmetry,
              noise_std=noise_std, leaf_modules=leaf_modules)
-    return apply_plan(p)
+    # the traced graph is already a private copy of the teacher: widen it in place
+    return Net2WiderNet(p)(p.analysis.gm).graph_module
 
 
 def apply_plan(p: Plan) -> torch.fx.GraphModule:
-    """Run the Net2WiderNet pass on a copy of the plan's graph."""
-    import copy
-
-    student = copy.deepcopy(p.analysis.gm)
-    return Net2WiderNet(p)(student).graph_module
+    """Run the Net2WiderNet pass on a copy of the plan's graph (the plan stays reusable)."""
+    return Net2WiderNet(p)(copy.deepcopy(p.analysis.gm)).graph_module
 
 
 def deepen(model: torch.nn.Module, example_inputs: Any, *, after: Sequence[str], seed: int = 0,

@@ -229,3 +229,73 @@ def demo_model() -> tuple[nn.Module, torch.Tensor]:
     """The README's default model: an Inception-BN-style network (seeded random weights)."""
     torch.manual_seed(0)
     return Inceptionish(), torch.randn(4, 3, 8, 8)
+
+
+# ---------------------------------------------------------------------------- full-size models
+class Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, cin: int, width: int, stride: int) -> None:
+        super().__init__()
+        cout = width * self.expansion
+        self.conv1, self.bn1 = nn.Conv2d(cin, width, 1, bias=False), nn.BatchNorm2d(width)
+        self.conv2, self.bn2 = nn.Conv2d(width, width, 3, stride, 1, bias=False), nn.BatchNorm2d(width)
+        self.conv3, self.bn3 = nn.Conv2d(width, cout, 1, bias=False), nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = None
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + identity)
+
+
+class ResNet50Like(nn.Module):
+    """ResNet-50's layout (bottlenecks 3-4-6-3, widths 64..2048, 25.6M parameters)."""
+
+    def __init__(self, classes: int = 1000) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True),
+                                  nn.MaxPool2d(3, 2, 1))
+        layers, cin = [], 64
+        for width, blocks, stride in ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)):
+            stage = []
+            for b in range(blocks):
+                stage.append(Bottleneck(cin, width, stride if b == 0 else 1))
+                cin = width * 4
+            layers.append(nn.Sequential(*stage))
+        self.layer1, self.layer2, self.layer3, self.layer4 = layers
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(2048, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.layer4(self.layer3(self.layer2(self.layer1(self.stem(x)))))
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+GOOGLENET = [  # (cin, c1, c3r, c3, d3r, d3, pool proj): Inception-BN's module widths
+    (192, 64, 96, 128, 16, 32, 32), (256, 128, 128, 192, 32, 96, 64), "pool",
+    (480, 192, 96, 208, 16, 48, 64), (512, 160, 112, 224, 24, 64, 64), (512, 128, 128, 256, 24, 64, 64),
+    (512, 112, 144, 288, 32, 64, 64), (528, 256, 160, 320, 32, 128, 128), "pool",
+    (832, 256, 160, 320, 32, 128, 128), (832, 384, 192, 384, 48, 128, 128),
+]
+
+
+class InceptionBNLike(nn.Module):
+    """GoogLeNet / Inception-BN's nine inception modules with BN and double 3x3 branches."""
+
+    def __init__(self, classes: int = 1000) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(conv_bn(3, 64, 7, 2), nn.MaxPool2d(3, 2, 1), conv_bn(64, 64, 1),
+                                  conv_bn(64, 192, 3), nn.MaxPool2d(3, 2, 1))
+        self.blocks = nn.Sequential(*[nn.MaxPool2d(3, 2, 1) if c == "pool" else InceptionModule(*c)
+                                      for c in GOOGLENET])
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(1024, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.pool(self.blocks(self.stem(x))), 1))

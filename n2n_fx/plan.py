@@ -68,6 +68,7 @@ class Plan:
                                  im.random_map(sp.width, targets[sp.name], seeded(seed, "g", sp.name)))
                        for sp in analysis.spaces]
         self._by_root = {S.find(p.space.atom).id: p for p in self.spaces}
+        self._cache: dict[tuple, torch.Tensor] = {}  # many tensors share one layout (conv + its BN)
 
     # ------------------------------------------------------------------ widths
     def _targets(self, factor: float | None, widths: dict[str, int]) -> dict[str, int]:
@@ -129,7 +130,17 @@ class Plan:
         return sum(self.leaf_map(s.atom)[0].numel() * s.inner if isinstance(s, Seg) else s.size
                    for s in S.normalize(layout))
 
+    @staticmethod
+    def _key(layout: Layout) -> tuple:
+        return tuple((S.find(s.atom).id, s.inner) if isinstance(s, Seg) else s.size for s in S.normalize(layout))
+
     def layout_index(self, layout: Layout) -> torch.Tensor:
+        key = ("index", self._key(layout))
+        if key not in self._cache:
+            self._cache[key] = self._layout_index(layout)
+        return self._cache[key]
+
+    def _layout_index(self, layout: Layout) -> torch.Tensor:
         parts = []
         for s in S.normalize(layout):
             if isinstance(s, Seg):
@@ -141,6 +152,14 @@ class Plan:
 
     def layout_scale(self, layout: Layout, key: object) -> torch.Tensor:
         """Consumer factors along a contracted axis: 1/count (none, noise) or random alpha (split)."""
+        if self.symmetry == "split":  # alpha is drawn per consumer tensor
+            return self._layout_scale(layout, key)
+        cache_key = ("scale", self._key(layout))
+        if cache_key not in self._cache:
+            self._cache[cache_key] = self._layout_scale(layout, key)
+        return self._cache[cache_key]
+
+    def _layout_scale(self, layout: Layout, key: object) -> torch.Tensor:
         parts = []
         for i, s in enumerate(S.normalize(layout)):
             if isinstance(s, Seg):

@@ -75,15 +75,31 @@ def trace(model: torch.nn.Module, example_inputs: Any, *, leaf_modules: Sequence
 
 
 def propagate_shapes(gm: torch.fx.GraphModule, inputs: tuple) -> None:
-    """ShapeProp in eval mode under no_grad, restoring every module's training flag afterwards."""
+    """Put meta['tensor_meta'] on every node, in eval mode, restoring training flags afterwards.
+
+    Shapes are computed on the meta device (no arithmetic: a ResNet-50 forward costs more than
+    the whole widening); a model with an op that has no meta kernel falls back to a real run.
+    """
     flags = {name: m.training for name, m in gm.named_modules()}
     try:
         gm.eval()
         with torch.no_grad():
-            ShapeProp(gm).propagate(*inputs)
+            try:
+                _meta_shape_prop(gm, inputs)
+            except Exception:  # no meta kernel, data-dependent shapes, plain tensor attributes...
+                ShapeProp(gm).propagate(*inputs)
     except Exception as exc:
         raise N2NError(f"the model does not run on the example inputs: {exc}", op="forward",
                        fix="pass example_inputs with the shapes and dtypes the model expects") from exc
     finally:
         for name, m in gm.named_modules():
             m.training = flags[name]
+
+
+def _meta_shape_prop(gm: torch.fx.GraphModule, inputs: tuple) -> None:
+    from torch.nn.utils.stateless import _reparametrize_module
+
+    state = {k: torch.empty_like(v, device="meta") for k, v in (*gm.named_parameters(), *gm.named_buffers())}
+    meta_inputs = tuple(x.to("meta") if isinstance(x, torch.Tensor) else x for x in inputs)
+    with _reparametrize_module(gm, state):
+        ShapeProp(gm).propagate(*meta_inputs)

@@ -30,10 +30,11 @@ def _set_tensor(gm: torch.nn.Module, qualname: str, value: torch.Tensor) -> None
         setattr(module, attr, value)
 
 
-def _scale_along(t: torch.Tensor, axis: int, scale: torch.Tensor) -> torch.Tensor:
+def _scale_along(t: torch.Tensor, axis: int, scale: torch.Tensor, inplace: bool = False) -> torch.Tensor:
     shape = [1] * t.ndim
     shape[axis] = -1
-    return t * scale.to(t.dtype).reshape(shape)
+    factor = scale.to(t.dtype).reshape(shape)
+    return t.mul_(factor) if inplace else t * factor
 
 
 class Net2WiderNet(PassBase):
@@ -54,7 +55,8 @@ class Net2WiderNet(PassBase):
         for param, axes in by_param.items():
             t = _get_attr(graph_module, param)
             new = t.detach()
-            for axis in sorted(axes):
+            # contracted axes first: their scale then touches the smallest tensor
+            for axis in sorted(axes, key=lambda a: ("contract" not in an.roles.get((param, a), set()), a)):
                 layout = an.param_layouts[(param, axis)]
                 roles = an.roles.get((param, axis), set())
                 if "grouped" in roles:
@@ -62,11 +64,17 @@ class Net2WiderNet(PassBase):
                 index = plan.layout_index(layout)
                 if index.numel() == new.shape[axis] and torch.equal(index, torch.arange(index.numel())):
                     continue
-                new = new.index_select(axis, index)
-                if "contract" in roles:
-                    new = _scale_along(new, axis, plan.layout_scale(layout, (param, axis)))
-                    if plan.symmetry == "noise":
-                        new = self._noise(new, axis, plan.replicated_mask(layout), (param, axis))
+                contract = "contract" in roles
+                scale = plan.layout_scale(layout, (param, axis)) if contract else None
+                if scale is not None and plan.symmetry != "split":
+                    # 1/count depends only on the old unit: scale the old (smaller) tensor, then gather
+                    old_factor = torch.ones(new.shape[axis], dtype=torch.float64).index_copy_(0, index, scale)
+                    new, scale = _scale_along(new, axis, old_factor), None
+                new = new.index_select(axis, index)  # a fresh tensor: safe to scale in place
+                if scale is not None:
+                    _scale_along(new, axis, scale, inplace=True)
+                if contract and plan.symmetry == "noise":
+                    new = self._noise(new, axis, plan.replicated_mask(layout), (param, axis))
             if param in grouped:
                 new = self._grouped(new, grouped[param])
             if new is not t.detach():
@@ -74,9 +82,10 @@ class Net2WiderNet(PassBase):
                 modified = True
         for ma in an.module_attrs:
             setattr(graph_module.get_submodule(ma.module), ma.attr, plan.new_width(ma.layout))
-        modified |= self._rewrite_graph(graph_module)
+        if self._rewrite_graph(graph_module):
+            graph_module.recompile()  # only literals in the code changed; attributes need no recompile
+            modified = True
         self._update_shapes(graph_module)
-        graph_module.recompile()
         return PassResult(graph_module, modified)
 
     def _update_shapes(self, gm: torch.fx.GraphModule) -> None:
@@ -137,7 +146,11 @@ class Net2WiderNet(PassBase):
 def _resized(meta: Any, val: Any, plan: Plan) -> Any:
     if isinstance(meta, TensorMetadata) and isinstance(val, Val):
         shape = torch.Size(plan.new_width(lay) for lay in val.layouts)
-        return meta._replace(shape=shape, stride=torch.empty(shape, device="meta").stride())
+        stride, step = [], 1
+        for d in reversed(shape):  # contiguous strides of the new shape
+            stride.insert(0, step)
+            step *= d
+        return meta._replace(shape=shape, stride=tuple(stride))
     if isinstance(meta, (list, tuple)) and isinstance(val, (list, tuple)) and len(meta) == len(val):
         return type(meta)(_resized(m, v, plan) for m, v in zip(meta, val))
     return meta
