@@ -302,6 +302,13 @@ class Inference:
                     if "carry" in roles or not roles & {"out", "contract"}:
                         sp.carriers.append(label)
                 offset += seg.size
+        for gc in self.grouped:  # grouped conv columns: consumers of each input piece
+            owner = gc.param.rsplit(".", 1)[0]
+            for k, piece in enumerate(gc.in_pieces):
+                for atom in S.atoms_of(piece):
+                    sp = found.get(S.find(atom).id)
+                    if sp is not None:
+                        sp.consumers.append(f"{owner}[group {k}]")
         result, names = [], set()
         for rid in order:
             sp = found[rid]

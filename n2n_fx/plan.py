@@ -102,12 +102,11 @@ class Plan:
     def _apply_ties(self, targets: dict[str, int], requested: set[str]) -> None:
         """Grouped-conv pieces must all get one width: a request for one applies to its group."""
         for group in self.analysis.ties:
-            names = []
-            for layout in group:
-                for atom in S.atoms_of(layout):
-                    sp = self.analysis.space_of(atom)
-                    if sp is not None:
-                        names.append(sp.name)
+            layouts = [S.normalize(layout) for layout in group]
+            if any(len(lay) != 1 or not isinstance(lay[0], Seg) or lay[0].inner != 1 for lay in layouts):
+                continue  # the inference froze such groups: nothing here may change
+            spaces = [self.analysis.space_of(lay[0].atom) for lay in layouts]
+            names = [sp.name for sp in spaces if sp is not None and not sp.frozen]
             if not names:
                 continue
             asked = {targets[n] for n in names if n in requested}

@@ -239,15 +239,19 @@ def unify(a: Layout, b: Layout, reason: Reason) -> None:
     frozen with `reason`.
     """
     assert width(a) == width(b), (a, b)
+    # refine until no atom run of one side contains an atom-run edge of the other (fixed runs
+    # need no cutting: they are split when paired)
     for _ in range(10_000):
-        ba, bb = boundaries(a), boundaries(b)
-        if ba == bb:
+        changed = False
+        for p in _seg_edges(b):
+            if _inside_seg(a, p):
+                a, changed = cut(a, p, reason), True
+        for p in _seg_edges(a):
+            if _inside_seg(b, p):
+                b, changed = cut(b, p, reason), True
+        if not changed:
             break
-        for p in sorted(bb - ba):
-            a = cut(a, p, reason)
-        for p in sorted(ba - bb):
-            b = cut(b, p, reason)
-    else:  # pragma: no cover - boundaries only grow, bounded by the width
+    else:  # pragma: no cover - every cut adds a boundary, bounded by the width
         raise AssertionError("layout refinement did not converge")
     for x, y in zip(_split_fixed(a, _sizes(a, b)), _split_fixed(b, _sizes(a, b)), strict=True):
         sx, sy = x[0], y[0]
@@ -270,6 +274,24 @@ def _adopt(free: Seg, other: Seg) -> bool:
         return False
     r.alias, r.free = (find(other.atom), other.inner // free.inner), False
     return True
+
+
+def _seg_edges(layout: Layout) -> list[int]:
+    edges, offset = [], 0
+    for s in normalize(layout):
+        if isinstance(s, Seg):
+            edges += [offset, offset + s.size]
+        offset += s.size
+    return edges
+
+
+def _inside_seg(layout: Layout, pos: int) -> bool:
+    offset = 0
+    for s in normalize(layout):
+        if isinstance(s, Seg) and offset < pos < offset + s.size:
+            return True
+        offset += s.size
+    return False
 
 
 def _sizes(a: Layout, b: Layout) -> list[int]:

@@ -1,0 +1,167 @@
+"""Hypothesis strategies over random architectures, for this project's tests and for users'.
+
+    from hypothesis import given
+    from n2n_fx.testing import architectures
+
+    @given(architectures())
+    def test_my_growth_step(arch):
+        model, x = arch.build()
+        ...
+
+An architecture is a small program over a list of feature maps (N, C, H, W): each step reads
+earlier maps and appends one or two. Shrunk failures print the program, one step a line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from hypothesis import strategies as st
+from torch import nn
+
+ACTIVATIONS = {"relu": nn.ReLU, "relu6": nn.ReLU6, "tanh": nn.Tanh, "gelu": nn.GELU, "silu": nn.SiLU,
+               "sigmoid": nn.Sigmoid, "hardswish": nn.Hardswish, "leaky_relu": nn.LeakyReLU}
+
+
+@dataclass(frozen=True)
+class Arch:
+    in_channels: int
+    size: int
+    steps: tuple[tuple, ...]
+    head: str  # "flatten" (stride map into Linear) or "mean"
+    classes: int = 3
+
+    def __repr__(self) -> str:
+        lines = [f"Arch(in={self.in_channels}, size={self.size}, head={self.head}):"]
+        lines += [f"  m{i + 1} = {step}" for i, step in enumerate(self.steps)]
+        return "\n".join(lines)
+
+    def build(self, dtype: torch.dtype = torch.float64, batch: int = 3, seed: int = 0):
+        torch.manual_seed(seed)
+        model = ArchNet(self).to(dtype).eval()
+        for m in model.modules():  # non-trivial BatchNorm statistics
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+        return model, torch.randn(batch, self.in_channels, self.size, self.size, dtype=dtype)
+
+
+class ArchNet(nn.Module):
+    """Interprets an Arch: the loop unrolls under symbolic_trace (the program is static)."""
+
+    def __init__(self, arch: Arch) -> None:
+        super().__init__()
+        self.arch = arch
+        self.layers = nn.ModuleDict()
+        self.sizes: dict[int, list[int]] = {}
+        chans = [arch.in_channels]
+        for i, step in enumerate(arch.steps):
+            op = step[0]
+            if op == "conv":
+                _, src, cout, k, groups = step
+                self.layers[str(i)] = nn.Conv2d(chans[src], cout, k, padding=k // 2, groups=groups)
+                chans.append(cout)
+            elif op == "bn_act":
+                _, src, act = step
+                self.layers[str(i)] = nn.Sequential(nn.BatchNorm2d(chans[src]), ACTIVATIONS[act]())
+                chans.append(chans[src])
+            elif op == "gate":
+                _, src, hidden = step
+                self.layers[str(i)] = nn.Sequential(nn.Conv2d(chans[src], hidden, 1), nn.ReLU(),
+                                                    nn.Conv2d(hidden, chans[src], 1))
+                chans.append(chans[src])
+            elif op in ("add", "mul"):
+                chans.append(chans[step[1]])
+            elif op == "cat":
+                chans.append(sum(chans[s] for s in step[1]))
+            elif op == "chunk":
+                half = chans[step[1]] // 2
+                self.sizes[i] = [half, chans[step[1]] - half]  # literal sizes: the student rewrites them
+                chans += self.sizes[i]
+            elif op == "pool":
+                chans.append(chans[step[1]])
+        self.out_channels = chans[-1]
+        feat = chans[-1] * (arch.size * arch.size if arch.head == "flatten" else 1)
+        self.fc1 = nn.Linear(feat, 5)
+        self.fc2 = nn.Linear(5, arch.classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        maps = [x]
+        for i, step in enumerate(self.arch.steps):
+            op = step[0]
+            if op in ("conv", "bn_act"):
+                maps.append(self.layers[str(i)](maps[step[1]]))
+            elif op == "gate":
+                src = maps[step[1]]
+                maps.append(src * torch.sigmoid(self.layers[str(i)](F.adaptive_avg_pool2d(src, 1))))
+            elif op == "add":
+                maps.append(maps[step[1]] + maps[step[2]])
+            elif op == "mul":
+                maps.append(maps[step[1]] * maps[step[2]])
+            elif op == "cat":
+                maps.append(torch.cat([maps[s] for s in step[1]], dim=1))
+            elif op == "chunk":
+                a, b = torch.split(maps[step[1]], self.sizes[i], dim=1)
+                maps += [a, b]
+            elif op == "pool":
+                maps.append(F.avg_pool2d(maps[step[1]], 3, 1, 1))
+        y = maps[-1]
+        y = torch.flatten(y, 1) if self.arch.head == "flatten" else y.mean((2, 3))
+        return self.fc2(F.relu(self.fc1(y)))
+
+
+@st.composite
+def architectures(draw, max_steps: int = 8, activations: tuple[str, ...] = tuple(ACTIVATIONS)) -> Arch:
+    """Random DAGs: convs (grouped, depthwise), BN + activation, residual add, gating mul,
+    squeeze-excitation, concat, channel split, pooling; a flatten or mean head into Linear."""
+    in_ch = draw(st.integers(1, 3))
+    size = draw(st.sampled_from([2, 3, 4]))
+    chans: list[int] = [in_ch]
+    steps: list[tuple] = []
+    for _ in range(draw(st.integers(1, max_steps))):
+        n = len(chans)
+        src = draw(st.integers(0, n - 1))
+        op = draw(st.sampled_from(["conv", "conv", "bn_act", "add", "mul", "cat", "chunk", "pool", "gate"]))
+        if op == "conv":
+            cin = chans[src]
+            divisors = [g for g in range(1, cin + 1) if cin % g == 0]
+            groups = draw(st.sampled_from(divisors))
+            cout = groups * draw(st.integers(1, 3)) if groups > 1 else draw(st.integers(1, 6))
+            steps.append(("conv", src, cout, draw(st.sampled_from([1, 3])), groups))
+            chans.append(cout)
+        elif op == "bn_act":
+            steps.append(("bn_act", src, draw(st.sampled_from(activations))))
+            chans.append(chans[src])
+        elif op == "gate":
+            steps.append(("gate", src, draw(st.integers(1, 3))))
+            chans.append(chans[src])
+        elif op in ("add", "mul"):
+            same = [i for i in range(n) if chans[i] == chans[src]]
+            steps.append((op, src, draw(st.sampled_from(same))))
+            chans.append(chans[src])
+        elif op == "cat":
+            others = draw(st.lists(st.integers(0, n - 1), min_size=1, max_size=2))
+            srcs = tuple([src, *others])
+            steps.append(("cat", srcs))
+            chans.append(sum(chans[s] for s in srcs))
+        elif op == "chunk" and chans[src] >= 2:
+            steps.append(("chunk", src))
+            chans += [chans[src] // 2, chans[src] - chans[src] // 2]
+        else:
+            steps.append(("pool", src))
+            chans.append(chans[src])
+    return Arch(in_ch, size, tuple(steps), draw(st.sampled_from(["flatten", "mean"])))
+
+
+@dataclass(frozen=True)
+class WidenRequest:
+    factor: float
+    symmetry: str
+    seed: int
+
+
+def widen_requests() -> st.SearchStrategy[WidenRequest]:
+    return st.builds(WidenRequest, st.floats(1.0, 3.0, allow_nan=False), st.sampled_from(["none", "split"]),
+                     st.integers(0, 2**16))
