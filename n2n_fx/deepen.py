@@ -90,6 +90,14 @@ def _find_node(gm: torch.fx.GraphModule, name: str) -> torch.fx.Node:
                            fix=f"use a module name or FX node name, e.g. {names[-6:]}")
 
 
+def _check_insertable(gm: torch.fx.GraphModule, node: torch.fx.Node) -> None:
+    meta = node.meta.get("tensor_meta")
+    if not isinstance(meta, TensorMetadata) or len(meta.shape) < 2 or not meta.dtype.is_floating_point:
+        raise DeepenError("an identity layer needs one floating tensor with a feature or channel axis",
+                          node=node.name, op=op_label(node, gm) if node.op.startswith("call") else node.op,
+                          fix="deepen after a hidden activation, e.g. a ReLU output (not a size or a tuple)")
+
+
 def _capture(gm: torch.fx.GraphModule, nodes: list[torch.fx.Node], inputs: tuple, mode: str) -> dict[str, torch.Tensor]:
     """Values of `nodes` on `inputs`, run on a copy (the student's statistics are not touched)."""
     probe = copy.deepcopy(gm)
@@ -129,6 +137,8 @@ class Net2DeeperNet(PassBase):
     def call(self, graph_module: torch.fx.GraphModule) -> PassResult:
         gm, table = graph_module, load_table()
         nodes = [_find_node(gm, name) for name in self.after]
+        for node in nodes:
+            _check_insertable(gm, node)
         analysis = infer(gm, table)
         captured = _capture(gm, nodes, self.inputs, self.bn_mode) if self.batch_norm else {}
         for node in nodes:
@@ -139,11 +149,7 @@ class Net2DeeperNet(PassBase):
 
     def _insert(self, gm: torch.fx.GraphModule, node: torch.fx.Node, val: Any, value: torch.Tensor | None,
                 table) -> None:
-        meta = node.meta.get("tensor_meta")
-        if not isinstance(meta, TensorMetadata) or len(meta.shape) < 2 or not meta.dtype.is_floating_point:
-            raise DeepenError("an identity layer needs a floating tensor with a feature or channel axis",
-                              node=node.name, op=op_label(node, gm) if node.op != "placeholder" else "input",
-                              fix="deepen after a hidden activation, e.g. a ReLU output")
+        meta = node.meta["tensor_meta"]
         shape, dtype = tuple(meta.shape), meta.dtype
         conv_like = len(shape) >= 4 or (len(shape) == 3 and val is not None
                                          and S.is_spaced(val.layouts[1]) and not S.is_spaced(val.layouts[2]))

@@ -362,9 +362,9 @@ class Inference:
         shape = tuple(int(d) for d in meta.shape)
         layouts = []
         for k in range(x.ndim):
-            if k == ch or (k == 0 and shape[0] == x.shape[0] and ch > 0):
-                layouts.append(x.layouts[k])  # the channel axis, and the batch axis, pass through
-            else:
+            if k == ch:
+                layouts.append(x.layouts[k])
+            else:  # batch and spatial axes: pooled over, or reduced by batch statistics
                 if S.is_spaced(x.layouts[k]):
                     self.freeze_all(Val((x.shape[k],), (x.layouts[k],)), self.reason("pooled_over", f"axis {k} is pooled"))
                 layouts.append(S.fixed(shape[k]))
