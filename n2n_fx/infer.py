@@ -615,15 +615,23 @@ def reshape_layouts(in_shape: tuple[int, ...], in_layouts: tuple[Layout, ...], o
             for atom in S.atoms_of(lay):
                 S.freeze(atom, reason("reduced_over", "empty tensor reshape"))
         return tuple(S.fixed(d) for d in out_shape)
+    def spaced(k: int) -> bool:
+        return S.is_spaced(in_layouts[k])
+
     i = j = 0
     while i < len(in_shape) or j < len(out_shape):
-        if i < len(in_shape) and in_shape[i] == 1:
-            i += 1
+        if i < len(in_shape) and in_shape[i] == 1 and not spaced(i):
+            i += 1  # a fixed size-1 dim: nothing to carry
             continue
-        if j < len(out_shape) and out_shape[j] == 1:
+        if j < len(out_shape) and out_shape[j] == 1 and not (i < len(in_shape) and in_shape[i] == 1):
             out[j] = S.fixed(1)
             j += 1
             continue
+        if i >= len(in_shape) or j >= len(out_shape):  # a width-1 space squeezed away
+            for k in range(i, len(in_shape)):
+                for atom in S.atoms_of(in_layouts[k]):
+                    S.freeze(atom, reason("reshape_splits_space", "a width-1 space is squeezed away"))
+            break
         gi, gj, pi, pj = [i], [j], in_shape[i], out_shape[j]
         i, j = i + 1, j + 1
         while pi != pj:
@@ -635,28 +643,24 @@ def reshape_layouts(in_shape: tuple[int, ...], in_layouts: tuple[Layout, ...], o
                 gj.append(j)
                 pj *= out_shape[j]
                 j += 1
-        real_in = [k for k in gi if in_shape[k] != 1]
-        real_out = [k for k in gj if out_shape[k] != 1]
-        spaced = [k for k in real_in if S.is_spaced(in_layouts[k])]
         for k in gj:
             out[k] = S.fixed(out_shape[k])
-        if not spaced:
+        group_spaced = [k for k in gi if spaced(k)]
+        if not group_spaced:
             continue
-        lead = in_layouts[real_in[0]]
-        if len(real_in) == 1 and len(real_out) == 1:
-            out[real_out[0]] = lead
-        elif len(real_out) == 1 and spaced == [real_in[0]]:
-            rest = 1
-            for k in real_in[1:]:
-                rest *= in_shape[k]
-            out[real_out[0]] = S.stride(lead, rest)
-        elif len(real_in) == 1 and _divisible(lead, _prod(out_shape[k] for k in real_out[1:])):
-            rest = _prod(out_shape[k] for k in real_out[1:])
-            out[real_out[0]] = tuple(Seg(s.atom, s.inner // rest) if isinstance(s, Seg) else Fixed(s.size // rest)
-                                     for s in S.normalize(lead))
+        lead = in_layouts[gi[0]]
+        real_in = [k for k in gi if in_shape[k] != 1 or spaced(k)]
+        if len(real_in) == 1 and len(gj) == 1:
+            out[gj[0]] = lead
+        elif len(gj) == 1 and group_spaced == [gi[0]]:  # merge: the space leads, the rest is its stride
+            out[gj[0]] = S.stride(lead, _prod(in_shape[k] for k in gi[1:]))
+        elif len(real_in) == 1 and _divisible(lead, _prod(out_shape[k] for k in gj[1:])):  # unflatten
+            rest = _prod(out_shape[k] for k in gj[1:])
+            out[gj[0]] = tuple(Seg(s.atom, s.inner // rest) if isinstance(s, Seg) else Fixed(s.size // rest)
+                               for s in S.normalize(lead))
         else:
             detail = "a space would be split across dims" if len(real_in) == 1 else "a space trails other dims in a merge"
-            for k in spaced:
+            for k in group_spaced:
                 for atom in S.atoms_of(in_layouts[k]):
                     S.freeze(atom, reason("reshape_splits_space", detail))
     return tuple(lay if lay is not None else S.fixed(d) for lay, d in zip(out, out_shape))

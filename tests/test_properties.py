@@ -14,6 +14,7 @@ from .helpers import assert_unchanged, snapshot
 EDGE = Arch(1, 2, (("conv", 0, 1, 1, 1), ("bn_act", 1, "relu"), ("add", 2, 1)), "flatten")  # width-1 layers
 # found by the long profile: depthwise x2 multiplier, grouped conv, splits of stride-mapped spaces
 DW_GROUPED_ADD = Arch(2, 2, (("conv", 0, 4, 1, 2), ("conv", 1, 2, 1, 2), ("add", 2, 0)), "flatten")
+WIDTH1_FLATTEN = Arch(1, 2, (("conv", 0, 2, 1, 1), ("chunk", 1)), "flatten")  # a width-1 space into flatten
 DW_CHUNKS = Arch(2, 2, (("conv", 0, 4, 1, 2), ("conv", 1, 4, 1, 2), ("chunk", 2), ("chunk", 3),
                         ("bn_act", 0, "relu"), ("conv", 2, 2, 1, 2)), "flatten")
 
@@ -22,6 +23,7 @@ DW_CHUNKS = Arch(2, 2, (("conv", 0, 4, 1, 2), ("conv", 1, 4, 1, 2), ("chunk", 2)
 @example(EDGE, n2n_fx.testing.WidenRequest(1.0, "none", 0))
 @example(EDGE, n2n_fx.testing.WidenRequest(2.0, "split", 1))  # every unit replicated
 @example(DW_GROUPED_ADD, n2n_fx.testing.WidenRequest(1.0, "none", 0))
+@example(WIDTH1_FLATTEN, n2n_fx.testing.WidenRequest(2.0, "none", 0))
 @example(DW_CHUNKS, n2n_fx.testing.WidenRequest(1.5, "none", 0))
 @example(DW_CHUNKS, n2n_fx.testing.WidenRequest(2.0, "split", 3))
 def test_widen_preserves_random_architectures(arch, req):
