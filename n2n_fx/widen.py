@@ -14,6 +14,77 @@ from .infer import Val, _get_attr
 from .plan import Plan, seeded
 
 
+class TorchArrays:
+    """How remap_tensor touches torch tensors (the proofs pass a sympy twin: proofs/symbolic.py)."""
+
+    @staticmethod
+    def take(x: torch.Tensor, axis: int, index: torch.Tensor) -> torch.Tensor:
+        return x.index_select(axis, index)
+
+    @staticmethod
+    def scale(x: torch.Tensor, axis: int, factor: torch.Tensor, fresh: bool) -> torch.Tensor:
+        return _scale_along(x, axis, factor, inplace=fresh)
+
+    @staticmethod
+    def per_old_unit(n: int, index: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        return torch.ones(n, dtype=torch.float64).index_copy_(0, index, scale)
+
+    @staticmethod
+    def split_rows(x: torch.Tensor, sizes: list[int]) -> list[torch.Tensor]:
+        return list(x.split(sizes, dim=0))
+
+    @staticmethod
+    def cat_rows(parts: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat(parts, dim=0)
+
+
+TORCH = TorchArrays()
+
+
+def remap_tensor(t: Any, param: str, axes: list[int], plan: Plan, arrays: Any = TORCH,
+                 grouped: Any = None, noise: Any = None) -> Any:
+    """Net2WiderNet on one parameter: gather every bound axis through its layout's index map and
+    scale contracted axes by the consumer factors. Returns `t` itself when nothing changes.
+
+    `arrays` supplies take/scale; the pass uses torch, the proofs a sympy array twin, so both run
+    these very lines on the engine's own maps.
+    """
+    an, new = plan.analysis, t
+    # contracted axes first: their scale then touches the smallest tensor
+    for axis in sorted(axes, key=lambda a: ("contract" not in an.roles.get((param, a), set()), a)):
+        layout = an.param_layouts[(param, axis)]
+        roles = an.roles.get((param, axis), set())
+        if "grouped" in roles:
+            continue
+        index = plan.layout_index(layout)
+        if index.numel() == new.shape[axis] and torch.equal(index, torch.arange(index.numel())):
+            continue
+        contract = "contract" in roles
+        scale = plan.layout_scale(layout, (param, axis)) if contract else None
+        if scale is not None and plan.symmetry != "split":
+            # 1/count depends only on the old unit: scale the old (smaller) tensor, then gather
+            new = arrays.scale(new, axis, arrays.per_old_unit(new.shape[axis], index, scale), new is not t)
+            scale = None
+        new = arrays.take(new, axis, index)  # a fresh array: safe to scale in place
+        if scale is not None:
+            new = arrays.scale(new, axis, scale, True)
+        if contract and noise is not None and plan.symmetry == "noise":
+            new = noise(new, axis, plan.replicated_mask(layout), (param, axis))
+    if grouped is not None:
+        new = _grouped(new, grouped, plan, arrays)
+    return new
+
+
+def _grouped(w: Any, gc: Any, plan: Plan, arrays: Any) -> Any:
+    """Grouped conv: rows of group k gather and scale their columns by input piece k."""
+    row_sizes = [plan.new_width(p) for p in gc.out_pieces]
+    blocks = []
+    for k, (rows, piece) in enumerate(zip(arrays.split_rows(w, row_sizes), gc.in_pieces)):
+        block = arrays.take(rows, 1, plan.layout_index(piece))
+        blocks.append(arrays.scale(block, 1, plan.layout_scale(piece, (gc.param, "group", k)), True))
+    return arrays.cat_rows(blocks)
+
+
 def _owner(gm: torch.nn.Module, qualname: str) -> tuple[torch.nn.Module, str]:
     module_name, _, attr = qualname.rpartition(".")
     return (gm.get_submodule(module_name) if module_name else gm), attr
@@ -53,31 +124,9 @@ class Net2WiderNet(PassBase):
         grouped = {g.param: g for g in an.grouped}
         modified = False
         for param, axes in by_param.items():
-            t = _get_attr(graph_module, param)
-            new = t.detach()
-            # contracted axes first: their scale then touches the smallest tensor
-            for axis in sorted(axes, key=lambda a: ("contract" not in an.roles.get((param, a), set()), a)):
-                layout = an.param_layouts[(param, axis)]
-                roles = an.roles.get((param, axis), set())
-                if "grouped" in roles:
-                    continue
-                index = plan.layout_index(layout)
-                if index.numel() == new.shape[axis] and torch.equal(index, torch.arange(index.numel())):
-                    continue
-                contract = "contract" in roles
-                scale = plan.layout_scale(layout, (param, axis)) if contract else None
-                if scale is not None and plan.symmetry != "split":
-                    # 1/count depends only on the old unit: scale the old (smaller) tensor, then gather
-                    old_factor = torch.ones(new.shape[axis], dtype=torch.float64).index_copy_(0, index, scale)
-                    new, scale = _scale_along(new, axis, old_factor), None
-                new = new.index_select(axis, index)  # a fresh tensor: safe to scale in place
-                if scale is not None:
-                    _scale_along(new, axis, scale, inplace=True)
-                if contract and plan.symmetry == "noise":
-                    new = self._noise(new, axis, plan.replicated_mask(layout), (param, axis))
-            if param in grouped:
-                new = self._grouped(new, grouped[param])
-            if new is not t.detach():
+            t = _get_attr(graph_module, param).detach()
+            new = remap_tensor(t, param, axes, plan, TORCH, grouped.get(param), noise=self._noise)
+            if new is not t:
                 _set_tensor(graph_module, param, new.contiguous())
                 modified = True
         for ma in an.module_attrs:
@@ -106,17 +155,6 @@ class Net2WiderNet(PassBase):
         shape = [1] * t.ndim
         shape[axis] = -1
         return t + noise * mask.to(t.dtype).reshape(shape)
-
-    def _grouped(self, w: torch.Tensor, gc) -> torch.Tensor:
-        """Grouped conv: rows of group k gather and scale their columns by input piece k."""
-        plan = self.plan
-        row_sizes = [plan.new_width(p) for p in gc.out_pieces]
-        blocks = []
-        for k, (rows, piece) in enumerate(zip(w.split(row_sizes, dim=0), gc.in_pieces)):
-            index = plan.layout_index(piece)
-            block = rows.index_select(1, index)
-            blocks.append(_scale_along(block, 1, plan.layout_scale(piece, (gc.param, "group", k))))
-        return torch.cat(blocks, dim=0)
 
     def _rewrite_graph(self, gm: torch.fx.GraphModule) -> bool:
         nodes = {n.name: n for n in gm.graph.nodes}
