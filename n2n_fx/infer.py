@@ -331,8 +331,13 @@ class Inference:
             cands = []
             for v in tensors:
                 j = k - (nd - v.ndim)
-                if j >= 0 and v.shape[j] == size and size != 1:
+                if j < 0:
+                    continue
+                spaced = S.is_spaced(v.layouts[j])
+                if v.shape[j] == size and (size != 1 or spaced):
                     cands.append(v.layouts[j])
+                elif spaced:  # a width-1 space broadcast against a wider axis: widening it breaks the broadcast
+                    self.freeze_all(Val((1,), (v.layouts[j],)), self.reason("broadcast", "a width-1 space is broadcast"))
             if not cands:
                 out.append(S.fixed(size))
                 continue

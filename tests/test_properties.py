@@ -15,6 +15,8 @@ EDGE = Arch(1, 2, (("conv", 0, 1, 1, 1), ("bn_act", 1, "relu"), ("add", 2, 1)), 
 # found by the long profile: depthwise x2 multiplier, grouped conv, splits of stride-mapped spaces
 DW_GROUPED_ADD = Arch(2, 2, (("conv", 0, 4, 1, 2), ("conv", 1, 2, 1, 2), ("add", 2, 0)), "flatten")
 WIDTH1_FLATTEN = Arch(1, 2, (("conv", 0, 2, 1, 1), ("chunk", 1)), "flatten")  # a width-1 space into flatten
+BROADCAST1 = Arch(1, 2, (("add", 0, 0), ("conv", 0, 2, 1, 1), ("chunk", 2), ("add", 0, 3), ("conv", 5, 1, 1, 1)),
+                  "flatten")  # a width-1 space added to a size-1 input axis
 DW_CHUNKS = Arch(2, 2, (("conv", 0, 4, 1, 2), ("conv", 1, 4, 1, 2), ("chunk", 2), ("chunk", 3),
                         ("bn_act", 0, "relu"), ("conv", 2, 2, 1, 2)), "flatten")
 
@@ -23,6 +25,7 @@ DW_CHUNKS = Arch(2, 2, (("conv", 0, 4, 1, 2), ("conv", 1, 4, 1, 2), ("chunk", 2)
 @example(EDGE, n2n_fx.testing.WidenRequest(1.0, "none", 0))
 @example(EDGE, n2n_fx.testing.WidenRequest(2.0, "split", 1))  # every unit replicated
 @example(DW_GROUPED_ADD, n2n_fx.testing.WidenRequest(1.0, "none", 0))
+@example(BROADCAST1, n2n_fx.testing.WidenRequest(2.0, "none", 0))
 @example(WIDTH1_FLATTEN, n2n_fx.testing.WidenRequest(2.0, "none", 0))
 @example(DW_CHUNKS, n2n_fx.testing.WidenRequest(1.5, "none", 0))
 @example(DW_CHUNKS, n2n_fx.testing.WidenRequest(2.0, "split", 3))
