@@ -1,9 +1,15 @@
 """Proofs that justify each rule of specs/ops.toml (sympy, on the engine's own index maps).
 
 The names below are reserved by the table: every entry names one, and tests check that no entry
-names a proof missing here and no name here is unused. The proofs themselves are built in the
-verification-framework issue; until then this module only fixes the names and what each covers.
+names a proof missing here and no name here is unused. The proofs live in proofs/rules.py.
+
+`python -m proofs` runs them all and the meta-check: every table entry names a proof, every
+named proof exists and passes, and no proof is orphaned.
 """
+
+from __future__ import annotations
+
+import time
 
 RESERVED: dict[str, str] = {
     "dense_matrix": "Linear / matmul: rows copied through g, columns divided by replica counts",
@@ -18,3 +24,29 @@ RESERVED: dict[str, str] = {
     "permute_axes": "permute/transpose move layouts with their axes",
     "stop": "no identity: stop entries freeze what they touch",
 }
+
+
+def run_all(names: list[str] | None = None):
+    """Run the proofs (all, or `names`); return (results, meta-check problems)."""
+    from n2n_fx.spec import load_table
+
+    from .rules import PROOFS, ProofResult
+
+    table = load_table()
+    kinds: dict[str, list[str]] = {}
+    for op in table.ops:
+        kinds.setdefault(op.proof, []).append(op.name)
+    problems = [f"entry {', '.join(e)} names proof {p!r}, which does not exist" for p, e in kinds.items()
+                if p not in PROOFS]
+    problems += [f"proof {p!r} is named by no table entry (orphan)" for p in PROOFS if p not in kinds]
+    problems += [f"proof {p!r} is not reserved in proofs.RESERVED" for p in PROOFS if p not in RESERVED]
+    results = []
+    for name, fn in PROOFS.items():
+        if names and name not in names:
+            continue
+        t0 = time.perf_counter()
+        result = ProofResult(name, fn())
+        result.seconds = time.perf_counter() - t0
+        result.kinds = sorted(kinds.get(name, []))
+        results.append(result)
+    return results, problems

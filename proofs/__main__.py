@@ -1,0 +1,42 @@
+"""python -m proofs: run every proof and the meta-check; print kind, verdict, seconds.
+
+Exit status 0 when every proof passes and the table and the proofs agree, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from . import run_all
+
+
+def main(argv: list[str] | None = None) -> int:
+    verbose = "-v" in (argv if argv is not None else sys.argv[1:])
+    t0 = time.perf_counter()
+    results, problems = run_all()
+    rows = [("proof", "table entries", "claims", "verdict", "seconds")]
+    for r in results:
+        rows.append((r.name, ", ".join(r.kinds), str(len(r.claims)), r.verdict, f"{r.seconds:.2f}"))
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    for i, row in enumerate(rows):
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
+    for r in results:
+        for c in r.claims:
+            if verbose or not c.ok or not c.expect:
+                mark = "ok " if c.ok else "BAD"
+                print(f"\n[{mark}] {r.name}: {c.statement}")
+                if c.counterexample:
+                    print(f"      counterexample: {c.counterexample}")
+    for p in problems:
+        print(f"\nmeta-check: {p}")
+    ok = not problems and all(r.ok for r in results)
+    print(f"\n{len(results)} proofs, {sum(len(r.claims) for r in results)} claims, "
+          f"{'all verified' if ok else 'FAILURES'} in {time.perf_counter() - t0:.1f} s")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,405 @@
+"""One proof per proof name in specs/ops.toml.
+
+Each proof builds a tiny model that exercises its rule, lets the engine trace, infer and plan it
+(so the index maps and scales are the engine's own), applies `remap_tensor` to symbolic weights,
+evaluates teacher and student on symbolic inputs with undefined activations, and reduces every
+output entry of teacher - student with expand/cancel. Where an identity fails without a constraint
+of the table, the proof exhibits a concrete counterexample.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import sympy
+import torch
+import torch.nn.functional as F
+from sympy.core.function import AppliedUndef
+from torch import nn
+
+import n2n_fx
+from n2n_fx import indexmaps as im
+from n2n_fx.deepen import identity_conv, identity_linear, identity_tap, undo_batch_norm
+
+from . import symbolic as sym
+
+
+@dataclass
+class Claim:
+    statement: str
+    holds: bool  # teacher - student reduced to zero
+    expect: bool = True  # False: a counterexample that justifies a constraint of the table
+    counterexample: dict[str, Any] | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.holds == self.expect and (self.expect or self.counterexample is not None)
+
+
+@dataclass
+class ProofResult:
+    name: str
+    claims: list[Claim] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.claims) and all(c.ok for c in self.claims)
+
+    @property
+    def verdict(self) -> str:
+        if not self.ok:
+            return "FAILED"
+        if any(not c.expect for c in self.claims):
+            return "proved; counterexample justifies constraint"
+        return "proved"
+
+
+PROOFS: dict[str, Callable[[], list[Claim]]] = {}
+
+
+def proof(name: str) -> Callable:
+    def register(fn: Callable[[], list[Claim]]) -> Callable[[], list[Claim]]:
+        if name in PROOFS:
+            raise ValueError(f"proof {name!r} registered twice")
+        PROOFS[name] = fn
+        return fn
+
+    return register
+
+
+def concrete_counterexample(diffs: list[Any], seed: int = 0) -> dict[str, Any] | None:
+    """Values (activations made concrete: f(v) = v**3 + v) at which teacher - student != 0."""
+    rng = random.Random(seed)
+    for expr in diffs:
+        concrete = expr.replace(lambda e: isinstance(e, AppliedUndef), lambda e: e.args[0] ** 3 + e.args[0])
+        for _ in range(30):
+            values = {s: sympy.Rational(rng.randint(-4, 4), rng.randint(1, 3)) for s in concrete.free_symbols}
+            value = sympy.nsimplify(concrete.subs(values))
+            if value != 0:
+                shown = dict(sorted((str(k), str(v)) for k, v in values.items())[:6])
+                return {"values": shown, "activation": "f(v) = v**3 + v", "difference": str(value)}
+    return None
+
+
+def widen_claim(statement: str, model: nn.Module, x: torch.Tensor, **kw: Any) -> Claim:
+    torch.manual_seed(0)
+    _, diffs = sym.widen_symbolically(model.double(), x.double(), **kw)
+    return Claim(statement, not diffs, counterexample=concrete_counterexample(diffs) if diffs else None)
+
+
+def broken_claim(statement: str, diffs: list[Any]) -> Claim:
+    return Claim(statement, not diffs, expect=False, counterexample=concrete_counterexample(diffs))
+
+
+# ------------------------------------------------------------------------------ models
+class MLP(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(3, 4), nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(torch.relu(self.a(x)))
+
+
+class MatmulNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(3, 4))
+        self.b = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(torch.tanh(x @ self.w))
+
+
+class ConvNet(nn.Module):
+    def __init__(self, groups: int = 1, depthwise_mult: int = 0) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(2, 4, 3, padding=1)
+        self.mid = nn.Conv2d(4, 4 * max(depthwise_mult, 1), 3, padding=1,
+                             groups=4 if depthwise_mult else groups)
+        self.b = nn.Conv2d(4 * max(depthwise_mult, 1), 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(torch.relu(self.mid(torch.relu(self.a(x)))))
+
+
+class BNNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.bn, self.b = nn.Conv2d(2, 3, 1), nn.BatchNorm2d(3), nn.Conv2d(3, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(torch.relu(self.bn(self.a(x))))
+
+
+class PoolNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.max, self.avg = nn.Conv2d(1, 3, 1), nn.MaxPool2d(2), nn.AdaptiveAvgPool2d(1)
+        self.b = nn.Linear(3, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.a(x))
+        return self.b(torch.flatten(self.avg(self.max(y) + F.adaptive_avg_pool2d(y, 1)), 1))
+
+
+class Residual(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.r, self.c = nn.Linear(2, 3), nn.Linear(3, 3), nn.Linear(3, 2)
+        self.scale = nn.Parameter(torch.randn(3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a(x)
+        h = h + self.r(torch.relu(h)) * self.scale + 0.5  # residual add, per-unit parameter, constant
+        return self.c(torch.relu(h) * torch.sigmoid(h))  # gating mul: one space
+
+
+class Concat(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.p, self.q, self.c = nn.Conv2d(1, 2, 1), nn.Conv2d(1, 3, 1), nn.Conv2d(5, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c(torch.relu(torch.cat([self.p(x), self.q(x)], 1)))
+
+
+class Split(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.u, self.v = nn.Conv2d(1, 4, 1), nn.Conv2d(1, 2, 1), nn.Conv2d(3, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p, q = torch.split(torch.relu(self.a(x)), [1, 3], dim=1)
+        return self.u(p) + self.v(q)
+
+
+class Flatten(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(1, 3, 1), nn.Linear(12, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.a(x))
+        return self.b(y.view(y.size(0), 12))  # literal size: rewritten on the student
+
+
+class ChannelsLast(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.lin, self.b = nn.Conv2d(1, 3, 1), nn.Linear(3, 3), nn.Conv2d(3, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.a(x)).permute(0, 2, 3, 1)
+        return self.b(torch.relu(self.lin(y)).permute(0, 3, 1, 2))
+
+
+# ------------------------------------------------------------------------------ proofs
+@proof("dense_matrix")
+def dense_matrix() -> list[Claim]:
+    x = torch.randn(2, 3)
+    claims = [
+        widen_claim("Linear: rows copied through g, columns divided by replica counts (4 -> 7)", MLP(), x,
+                    plan_kw={"widths": {"a": 7}, "seed": 1}),
+        widen_claim("matmul with a parameter: x @ W widened on W's output axis (4 -> 6)", MatmulNet(), x,
+                    plan_kw={"factor": 1.5, "seed": 2}),
+    ]
+    # the `split` symmetry mode: any positive alpha summing to 1 over each unit's replicas
+    n, q = 4, 7
+    g = im.random_map(n, q, torch.Generator().manual_seed(1))
+    alphas = [sympy.Symbol(f"alpha_{j}", positive=True) for j in range(q)]
+    constrained = list(alphas)
+    for i in range(n):
+        reps = [j for j in range(q) if int(g[j]) == i]
+        constrained[reps[-1]] = 1 - sum(alphas[j] for j in reps[:-1])
+    w1, w2, xs = sym.symbols_like("W1", (n, 3)), sym.symbols_like("W2", (2, n)), sym.symbols_like("x", (3,))
+    f = sym.undefined("phi")
+    teacher = w2 @ f(w1 @ xs)
+    student = lambda a: (np.take(w2, g.numpy(), 1) * np.array(a, dtype=object)) @ f(np.take(w1, g.numpy(), 0) @ xs)  # noqa: E731
+    claims.append(Claim("split mode: consumer columns alpha_j W[:, g(j)] with sum alpha = 1 per unit",
+                        not sym.difference(teacher, student(constrained))))
+    drawn = im.split_scale(g, n, torch.Generator().manual_seed(3))
+    sums = torch.zeros(n, dtype=torch.float64).index_add_(0, g, drawn)
+    claims.append(Claim("the engine's split_scale draws alpha > 0 summing to 1 (to 1e-15)",
+                        bool((drawn > 0).all() and (sums - 1).abs().max() < 1e-15)))
+    claims.append(broken_claim("without the sum-to-1 constraint (alpha = 1: no division) the function changes",
+                               sym.difference(teacher, student([1] * q))))
+    return claims
+
+
+@proof("conv_matrix")
+def conv_matrix() -> list[Claim]:
+    x = torch.randn(1, 2, 2, 2)
+    return [
+        widen_claim("Conv2d 3x3 as a matrix over channels (4 -> 6), kernel taps carried", ConvNet(), x,
+                    plan_kw={"factor": 1.5, "seed": 1}),
+        widen_claim("depthwise conv with multiplier 2: the space passes through, groups follow C_in",
+                    ConvNet(depthwise_mult=2), x, plan_kw={"factor": 1.5, "seed": 2}),
+        widen_claim("grouped conv (groups=2): each group widened alike, columns gathered per group",
+                    ConvNet(groups=2), x, plan_kw={"factor": 2.0, "seed": 3}),
+    ]
+
+
+@proof("batch_norm")
+def batch_norm() -> list[Claim]:
+    x1, x2 = torch.randn(1, 2, 1, 1), torch.randn(2, 2, 1, 1)
+    claims = [
+        widen_claim("BatchNorm eval: weight, bias and running statistics copied through g", BNNet().eval(), x1,
+                    plan_kw={"factor": 1.7, "seed": 1}),
+        widen_claim("BatchNorm train: a replicated channel has the same batch statistics", BNNet().train(), x2,
+                    training=True, plan_kw={"factor": 1.7, "seed": 2}),
+    ]
+    # deepen: the engine's BatchNorm undo (gamma = sqrt(var + eps), beta = mean) is the identity
+    value = torch.randn(4, 3, 2, 2, dtype=torch.float64)
+    bn = undo_batch_norm(value, 1, 2, "eval")
+    built = bool(torch.equal(bn.weight, torch.sqrt(bn.running_var + bn.eps)) and torch.equal(bn.bias, bn.running_mean))
+    m, v = sym.symbols_like("mean", (3,)), sym.symbols_like("var", (3,), positive=True)
+    xs = sym.symbols_like("x", (2, 3, 1, 1))
+    gamma = np.vectorize(sympy.sqrt, otypes=[object])(v + sym.exact(bn.eps))
+    out = sym.batch_norm(xs, m, v, gamma, m, False, bn.eps)
+    claims.append(Claim("deepen BN undo: gamma = sqrt(running_var + eps), beta = running_mean is the identity",
+                        built and not sym.difference(xs, out)))
+    return claims
+
+
+@proof("channelwise")
+def channelwise() -> list[Claim]:
+    return [widen_claim("max pool, average pool and adaptive average pool act per channel (3 -> 5)", PoolNet(),
+                        torch.randn(1, 1, 2, 2), plan_kw={"factor": 1.7, "seed": 1})]
+
+
+ACTIVATIONS: dict[str, Callable[[Any], Any]] = {
+    "relu": lambda v: sympy.Max(0, v),
+    "relu6": lambda v: sympy.Min(sympy.Max(0, v), 6),
+    "hardtanh": lambda v: sympy.Min(sympy.Max(-1, v), 1),
+    "leaky_relu": lambda v: sympy.Max(v, sympy.Rational(1, 100) * v),
+    "elu": lambda v: sympy.Piecewise((v, v > 0), (sympy.exp(v) - 1, True)),
+    "gelu": lambda v: v * (1 + sympy.erf(v / sympy.sqrt(2))) / 2,
+    "silu": lambda v: v / (1 + sympy.exp(-v)),
+    "sigmoid": lambda v: 1 / (1 + sympy.exp(-v)),
+    "tanh": sympy.tanh,
+    "hardswish": lambda v: v * sympy.Min(sympy.Max(0, v + 3), 6) / 6,
+    "hardsigmoid": lambda v: sympy.Min(sympy.Max(0, v / 6 + sympy.Rational(1, 2)), 1),
+}
+
+
+def _idempotent(phi: Callable[[Any], Any]) -> tuple[bool, dict[str, Any] | None]:
+    """phi(phi(v)) - phi(v): folded piecewise and expanded; else a point where it is nonzero."""
+    v = sympy.Symbol("v", real=True)
+    diff = sympy.piecewise_fold((phi(phi(v)) - phi(v)).rewrite(sympy.Piecewise))
+    if sympy.expand(diff) == 0:
+        return True, None
+    for point in (sympy.Integer(1), sympy.Integer(-1), sympy.Rational(1, 2), sympy.Integer(7)):
+        value = sympy.N(diff.subs(v, point), 30)
+        if value != 0:
+            return False, {"values": {"v": str(point)}, "difference": str(sympy.N(value, 6))}
+    return False, None
+
+
+@proof("elementwise_unary")
+def elementwise_unary() -> list[Claim]:
+    claims = []
+    table = n2n_fx.load_table()
+    for op in table.ops:
+        if not op.activation or op.name not in ACTIVATIONS:
+            continue
+        holds, cex = _idempotent(ACTIVATIONS[op.name])
+        if op.idempotent:
+            claims.append(Claim(f"{op.name} is idempotent: an identity layer may repeat it", holds))
+        else:
+            claims.append(Claim(f"{op.name}(I {op.name}(v)) != {op.name}(v): deepening must refuse it", holds,
+                                expect=False, counterexample=cex))
+    missing = [op.name for op in table.ops if op.activation and op.name not in ACTIVATIONS]
+    claims.append(Claim(f"every activation of the table has a definition here (missing: {missing or 'none'})",
+                        not missing))
+    claims += _deepen_identities()
+    return claims
+
+
+def _deepen_identities() -> list[Claim]:
+    """The engine's identity Linear and Conv (odd and even kernels) followed by ReLU (Max)."""
+    claims = []
+    xs = sym.symbols_like("z", (2, 3))
+    lin = identity_linear(3, torch.float64)
+    w = np.vectorize(sym.exact, otypes=[object])(lin.weight.detach().numpy())
+    b = np.vectorize(sym.exact, otypes=[object])(lin.bias.detach().numpy())
+    h = sym.relu(xs)
+    claims.append(Claim("deepen: relu(I relu(z) + 0) = relu(z) with the engine's identity Linear",
+                        not sym.difference(h, sym.relu(h @ w.T + b))))
+    for k in (1, 2, 3, 4):
+        conv = identity_conv(2, 2, k, torch.float64)
+        cw = np.vectorize(sym.exact, otypes=[object])(conv.weight.detach().numpy())
+        cb = np.vectorize(sym.exact, otypes=[object])(conv.bias.detach().numpy())
+        hs = sym.relu(sym.symbols_like("y", (1, 2, 3, 3)))
+        out = sym.relu(sym.conv_nd(hs, cw, cb, 1, "same", 1, 1))
+        claims.append(Claim(f"deepen: identity Conv2d k={k} ('same' padding, tap {identity_tap(k)}) then relu",
+                            not sym.difference(hs, out)))
+    return claims
+
+
+@proof("elementwise_binary")
+def elementwise_binary() -> list[Claim]:
+    claims = [widen_claim("residual add, per-unit parameter, constant and gating mul: one shared g", Residual(),
+                          torch.randn(1, 2), plan_kw={"widths": {"a": 5}, "seed": 1})]
+    # independent maps on the two sides of an add: the classic silent bug
+    n = 3  # old width; both maps widen to 5
+    g1 = torch.tensor([0, 1, 2, 0, 1])
+    g2 = torch.tensor([0, 1, 2, 2, 2])
+    w1, w2 = sym.symbols_like("A", (n, 2)), sym.symbols_like("B", (n, 2))
+    w3, xs = sym.symbols_like("C", (2, n)), sym.symbols_like("x", (2,))
+    f = sym.undefined("phi")
+    teacher = w3 @ f(w1 @ xs + w2 @ xs)
+    scale = np.array([sym.exact(float(s)) for s in im.divide_scale(g1, n)], dtype=object)
+    student = (np.take(w3, g1.numpy(), 1) * scale) @ f(np.take(w1, g1.numpy(), 0) @ xs + np.take(w2, g2.numpy(), 0) @ xs)
+    claims.append(broken_claim("independent g on the two operands of an add changes the function",
+                               sym.difference(teacher, student)))
+    return claims
+
+
+@proof("concat_offsets")
+def concat_offsets() -> list[Claim]:
+    return [widen_claim("concat: each input keeps its own g at its offset (2 -> 3, 3 -> 5)", Concat(),
+                        torch.randn(1, 1, 1, 1), plan_kw={"widths": {"p": 3, "q": 5}, "seed": 1})]
+
+
+@proof("split_pieces")
+def split_pieces() -> list[Claim]:
+    return [widen_claim("split [1, 3]: the space is cut into pieces widened on their own (1 -> 2, 3 -> 5)",
+                        Split(), torch.randn(1, 1, 1, 1), plan_kw={"factor": 1.7, "seed": 1})]
+
+
+@proof("flatten_stride")
+def flatten_stride() -> list[Claim]:
+    return [widen_claim("flatten (C, H, W) -> C*H*W: unit c owns an H*W block (3 -> 5)", Flatten(),
+                        torch.randn(1, 1, 2, 2), plan_kw={"factor": 1.7, "seed": 1})]
+
+
+@proof("permute_axes")
+def permute_axes() -> list[Claim]:
+    return [widen_claim("permute to channels-last, Linear over channels, permute back (3 -> 5)", ChannelsLast(),
+                        torch.randn(1, 1, 1, 2), plan_kw={"factor": 1.7, "seed": 1})]
+
+
+@proof("stop")
+def stop() -> list[Claim]:
+    """Why the stop entries stop: normalisations and softmax over a space are not preserved."""
+    a, b = sympy.symbols("a b", real=True)
+    teacher, student = [a, b], [a, a, b]  # unit a replicated once: non-uniform
+    mean_t, mean_s = sum(teacher) / 2, sum(student) / 3
+    claims = [broken_claim("mean over a non-uniformly widened space changes (LayerNorm, RMSNorm)",
+                           sym.difference(np.array([mean_t]), np.array([mean_s])))]
+    uniform = [a, a, b, b]
+    var = lambda u: sum((t - sum(u) / len(u)) ** 2 for t in u) / len(u)  # noqa: E731
+    claims.append(Claim("uniform k-fold replication keeps mean and variance (the LayerNorm constraint)",
+                        not sym.difference(np.array([mean_t, var(teacher)]),
+                                           np.array([sum(uniform) / 4, var(uniform)]))))
+    soft_t = sympy.exp(a) / (sympy.exp(a) + sympy.exp(b))
+    soft_s = sympy.exp(a) / (2 * sympy.exp(a) + sympy.exp(b))
+    claims.append(broken_claim("softmax over a widened space changes (replicas count twice)",
+                               sym.difference(np.array([soft_t]), np.array([soft_s]))))
+    return claims

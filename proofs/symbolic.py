@@ -1,0 +1,287 @@
+"""Symbolic evaluation for the proofs: sympy arrays, the engine's remap on them, an FX interpreter.
+
+The student's parameters are produced by `n2n_fx.widen.remap_tensor`, the very function the pass
+runs, given the engine's own Plan (index maps and consumer scales), on arrays of sympy symbols.
+Consumer scales arrive from the engine as float64; `exact` turns them back into the rationals
+they approximate (1/3 -> Rational(1, 3)), so a wrong scale in the engine is a wrong scale here.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable
+from fractions import Fraction
+from typing import Any
+
+import numpy as np
+import sympy
+import torch
+import torch.fx
+import torch.nn.functional as F
+from torch import nn
+
+import n2n_fx
+from n2n_fx.plan import Plan
+from n2n_fx.widen import remap_tensor
+
+Array = np.ndarray  # dtype=object, entries are sympy expressions
+
+
+def exact(v: float) -> sympy.Rational:
+    """The rational an engine float stands for (denominators are replica counts, small)."""
+    frac = Fraction(v).limit_denominator(10_000)
+    return sympy.Rational(frac.numerator, frac.denominator)
+
+
+class SympyArrays:
+    """The array backend remap_tensor uses for proofs (numpy object arrays of sympy expressions)."""
+
+    @staticmethod
+    def take(x: Array, axis: int, index: torch.Tensor) -> Array:
+        return np.take(x, index.numpy(), axis=axis)
+
+    @staticmethod
+    def scale(x: Array, axis: int, factor: Any, fresh: bool) -> Array:
+        f = np.array([exact(float(v)) if isinstance(v, (float, torch.Tensor)) else v for v in list(factor)],
+                     dtype=object)
+        shape = [1] * x.ndim
+        shape[axis] = -1
+        return x * f.reshape(shape)
+
+    @staticmethod
+    def per_old_unit(n: int, index: torch.Tensor, scale: torch.Tensor) -> Array:
+        out = np.array([sympy.Integer(1)] * n, dtype=object)
+        for i, v in zip(index.tolist(), scale.tolist()):
+            out[i] = exact(v)
+        return out
+
+    @staticmethod
+    def split_rows(x: Array, sizes: list[int]) -> list[Array]:
+        return np.split(x, np.cumsum(sizes)[:-1], axis=0)
+
+    @staticmethod
+    def cat_rows(parts: list[Array]) -> Array:
+        return np.concatenate(parts, axis=0)
+
+
+SYMPY = SympyArrays()
+
+
+def symbols_like(name: str, shape: tuple[int, ...], **assumptions: Any) -> Array:
+    flat = [sympy.Symbol(f"{name}_{'_'.join(map(str, idx))}", real=True, **assumptions)
+            for idx in np.ndindex(*shape)] if shape else [sympy.Symbol(name, real=True, **assumptions)]
+    return np.array(flat, dtype=object).reshape(shape)
+
+
+def teacher_params(gm: torch.nn.Module) -> dict[str, Array]:
+    """A symbol per parameter entry; BatchNorm running variances are positive symbols."""
+    out: dict[str, Array] = {}
+    for name, t in (*gm.named_parameters(), *gm.named_buffers()):
+        if t.is_floating_point():
+            out[name] = symbols_like(name.replace(".", "_"), tuple(t.shape), positive=name.endswith("running_var"))
+    return out
+
+
+def student_params(plan: Plan, params: dict[str, Array], arrays: Any = SYMPY) -> dict[str, Array]:
+    """The engine's remap_tensor applied to every symbolic parameter."""
+    an = plan.analysis
+    axes: dict[str, list[int]] = {}
+    for (param, axis) in an.param_layouts:
+        axes.setdefault(param, []).append(axis)
+    grouped = {g.param: g for g in an.grouped}
+    out = dict(params)
+    for param, ax in axes.items():
+        if param in params:
+            out[param] = remap_tensor(params[param], param, ax, plan, arrays, grouped.get(param))
+    return out
+
+
+# ------------------------------------------------------------------------------ interpreter
+F_ACT = {}  # undefined elementwise functions, one per activation class: identities hold for any f
+
+
+def undefined(name: str) -> Callable[[Any], Any]:
+    fn = F_ACT.setdefault(name, sympy.Function(f"f_{name}"))
+    return np.vectorize(lambda v: fn(v), otypes=[object])
+
+
+def relu(x: Array) -> Array:
+    return np.vectorize(lambda v: sympy.Max(0, v), otypes=[object])(x)
+
+
+def conv_nd(x: Array, w: Array, b: Array | None, stride, padding, dilation, groups: int) -> Array:
+    """Direct convolution on object arrays (N, C, *spatial), tiny sizes only."""
+    nsp = w.ndim - 2
+    as_t = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v,) * nsp  # noqa: E731
+    stride, dilation = as_t(stride), as_t(dilation)
+    if padding == "same":
+        total = [d * (k - 1) for d, k in zip(dilation, w.shape[2:])]
+        pads = [(t // 2, t - t // 2) for t in total]
+    else:
+        pads = [(p, p) for p in as_t(padding)]
+    xp = np.pad(x, [(0, 0), (0, 0), *pads], constant_values=sympy.Integer(0))
+    n, cin = x.shape[:2]
+    cout, cg = w.shape[:2]
+    og = cout // groups
+    out_sp = [(xp.shape[2 + d] - dilation[d] * (w.shape[2 + d] - 1) - 1) // stride[d] + 1 for d in range(nsp)]
+    out = np.empty((n, cout, *out_sp), dtype=object)
+    for idx in np.ndindex(n, cout, *out_sp):
+        bi, o, pos = idx[0], idx[1], idx[2:]
+        g = o // og
+        acc = sympy.Integer(0) if b is None else b[o]
+        for c in range(cg):
+            for k in np.ndindex(*w.shape[2:]):
+                src = tuple(pos[d] * stride[d] + k[d] * dilation[d] for d in range(nsp))
+                acc += w[(o, c, *k)] * xp[(bi, g * cg + c, *src)]
+        out[idx] = acc
+    return out
+
+
+def batch_norm(x: Array, mean: Array, var: Array, weight: Array | None, bias: Array | None, training: bool,
+               eps: float) -> Array:
+    shape = [1] * x.ndim
+    shape[1] = -1
+    eps_r = exact(eps)
+    if training:
+        dims = tuple(d for d in range(x.ndim) if d != 1)
+        count = x.size // x.shape[1]
+        mean = x.sum(axis=dims) / count
+        var = ((x - mean.reshape(shape)) ** 2).sum(axis=dims) / count
+    y = (x - mean.reshape(shape)) / np.vectorize(sympy.sqrt, otypes=[object])(var + eps_r).reshape(shape)
+    if weight is not None:
+        y = y * weight.reshape(shape)
+    if bias is not None:
+        y = y + bias.reshape(shape)
+    return y
+
+
+def _pool(x: Array, k: int, stride: int, reduce: Callable) -> Array:
+    n, c, h, w = x.shape
+    ho, wo = (h - k) // stride + 1, (w - k) // stride + 1
+    out = np.empty((n, c, ho, wo), dtype=object)
+    for i, j in np.ndindex(ho, wo):
+        win = x[:, :, i * stride:i * stride + k, j * stride:j * stride + k].reshape(n, c, -1)
+        for a, b in np.ndindex(n, c):
+            out[a, b, i, j] = reduce(list(win[a, b]))
+    return out
+
+
+class SymInterpreter(torch.fx.Interpreter):
+    """Runs a traced model on object arrays. Activations are undefined functions unless `concrete`."""
+
+    def __init__(self, gm: torch.fx.GraphModule, params: dict[str, Array], *, concrete: bool = False,
+                 training: bool = False) -> None:
+        super().__init__(gm)
+        self.params, self.concrete, self.training = params, concrete, training
+
+    def fetch_attr(self, target: str) -> Any:
+        return self.params[target] if target in self.params else super().fetch_attr(target)
+
+    def _p(self, module: str, attr: str) -> Array | None:
+        return self.params.get(f"{module}.{attr}" if module else attr)
+
+    def _act(self, name: str, x: Array) -> Array:
+        if self.concrete and name == "relu":
+            return relu(x)
+        return undefined(name)(x)
+
+    def call_module(self, target: str, args: tuple, kwargs: dict) -> Any:
+        m = self.module.get_submodule(target)
+        x = args[0]
+        if isinstance(m, nn.Linear):
+            y = x @ self._p(target, "weight").T
+            return y + self._p(target, "bias") if m.bias is not None else y
+        if isinstance(m, nn.modules.conv._ConvNd):
+            return conv_nd(x, self._p(target, "weight"), self._p(target, "bias"), m.stride, m.padding, m.dilation,
+                           m.groups)
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            return batch_norm(x, self._p(target, "running_mean"), self._p(target, "running_var"),
+                              self._p(target, "weight"), self._p(target, "bias"), self.training, m.eps)
+        if isinstance(m, (nn.Identity, nn.Dropout)):
+            return x
+        if isinstance(m, nn.MaxPool2d):
+            return _pool(x, m.kernel_size, m.stride, lambda v: sympy.Max(*v))
+        if isinstance(m, nn.AvgPool2d):
+            return _pool(x, m.kernel_size, m.stride, lambda v: sum(v) / len(v))
+        if isinstance(m, nn.AdaptiveAvgPool2d) and m.output_size in (1, (1, 1)):
+            return x.mean(axis=(2, 3), keepdims=True)
+        if isinstance(m, nn.Flatten):
+            return x.reshape(x.shape[0], -1)
+        raise NotImplementedError(f"symbolic {type(m).__name__}")
+
+    def run_node(self, n: torch.fx.Node) -> Any:
+        spec = n2n_fx.load_table().lookup(n, self.module) if n.op.startswith("call") else None
+        if spec is not None and spec.activation:  # any activation of the table: an undefined f
+            args, _ = self.fetch_args_kwargs_from_env(n)
+            return self._act(spec.name, args[0])
+        return super().run_node(n)
+
+    def call_function(self, target: Any, args: tuple, kwargs: dict) -> Any:
+        if target in (operator.add, torch.add):
+            return args[0] + args[1]
+        if target in (operator.mul, torch.mul):
+            return args[0] * args[1]
+        if target in (operator.sub, torch.sub):
+            return args[0] - args[1]
+        if target is operator.getitem:
+            return args[0][args[1]]
+        if target in (torch.cat, torch.concat):
+            return np.concatenate(args[0], axis=kwargs.get("dim", args[1] if len(args) > 1 else 0))
+        if target is torch.split or target is torch.functional.split:
+            dim = kwargs.get("dim", args[2] if len(args) > 2 else 0)
+            return tuple(np.split(args[0], np.cumsum(args[1])[:-1], axis=dim))
+        if target is torch.flatten:
+            start = args[1] if len(args) > 1 else kwargs.get("start_dim", 0)
+            return args[0].reshape(*args[0].shape[:start], -1)
+        if target is torch.matmul or target is operator.matmul:
+            return args[0] @ args[1]
+        if target is F.adaptive_avg_pool2d:
+            return args[0].mean(axis=(2, 3), keepdims=True)
+        raise NotImplementedError(f"symbolic {target}")
+
+    def call_method(self, target: str, args: tuple, kwargs: dict) -> Any:
+        x = args[0]
+        if target in ("view", "reshape"):
+            shape = args[1] if len(args) == 2 and isinstance(args[1], (tuple, list)) else args[1:]
+            return x.reshape(*shape)
+        if target == "permute":
+            return np.transpose(x, args[1:] if len(args) > 2 else args[1])
+        if target == "size":
+            return x.shape if len(args) == 1 else x.shape[args[1]]
+        if target == "mean":
+            dims = args[1] if len(args) > 1 else kwargs.get("dim")
+            return x.mean(axis=tuple(dims) if isinstance(dims, (list, tuple)) else dims)
+        if target in ("split", "chunk"):
+            return self.call_function(torch.split, args, kwargs)
+        raise NotImplementedError(f"symbolic method {target}")
+
+
+def run(gm: torch.fx.GraphModule, params: dict[str, Array], inputs: tuple, **kw: Any) -> Array:
+    return SymInterpreter(gm, params, **kw).run(*inputs)
+
+
+def is_zero(expr: Any) -> bool:
+    """teacher - student reduces to 0 by expand/cancel alone (no equality oracle is trusted)."""
+    e = sympy.expand(expr)
+    return e == 0 or sympy.cancel(sympy.together(e)) == 0
+
+
+def difference(teacher: Array, student: Array) -> list[Any]:
+    """The nonzero entries of teacher - student (empty when the identity is proved)."""
+    t = np.asarray(teacher, dtype=object).reshape(-1)
+    s = np.asarray(student, dtype=object).reshape(-1)
+    assert t.shape == s.shape, (t.shape, s.shape)
+    return [a - b for a, b in zip(t, s) if not is_zero(a - b)]
+
+
+def widen_symbolically(model: nn.Module, x: torch.Tensor, *, concrete: bool = False, training: bool = False,
+                       plan_kw: dict | None = None) -> tuple[Plan, list[Any]]:
+    """Trace + infer + plan with the engine; evaluate teacher and student on symbols; return the
+    plan and the nonzero entries of teacher - student."""
+    plan = n2n_fx.plan(model, x, **(plan_kw or {}))
+    student = n2n_fx.apply_plan(plan)  # the student's graph (rewritten split/view literals)
+    params = teacher_params(plan.analysis.gm)
+    sx = symbols_like("x", tuple(x.shape))
+    t_out = run(plan.analysis.gm, params, (sx,), concrete=concrete, training=training)
+    s_out = run(student, student_params(plan, params), (sx,), concrete=concrete, training=training)
+    return plan, difference(t_out, s_out)
