@@ -16,8 +16,8 @@ import torch
 
 import n2n_fx
 from n2n_fx.models import InceptionBNLike, ResNet50Like
-from n2n_fx.plan import Plan
-from n2n_fx.widen import Net2WiderNet
+from n2n_fx.planning import Plan
+from n2n_fx.wider import Net2WiderNet
 
 
 def _time(fn, *args, **kwargs):

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from .deepen import Net2DeeperNet
+from .deeper import Net2DeeperNet
 from .errors import (
     ConstraintError,
     DeepenError,
@@ -27,12 +27,12 @@ from .errors import (
     UnknownSpaceError,
     WidthError,
 )
-from .infer import Analysis, Space, infer
-from .plan import Plan
+from .frontend import as_inputs, trace
+from .inference import Analysis, Space, infer
+from .planning import Plan
 from .spec import load_table
-from .trace import as_inputs, trace
-from .verify import Report, verify
-from .widen import Net2WiderNet
+from .verification import Report, verify
+from .wider import Net2WiderNet
 
 __version__ = "0.1.0"
 

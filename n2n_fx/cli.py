@@ -20,7 +20,7 @@ import torch
 
 from . import apply_plan, deepen, infer, trace, verify
 from .errors import N2NError
-from .plan import Plan
+from .planning import Plan
 from .spec import load_table
 
 

@@ -23,7 +23,7 @@ from torch import nn
 
 import n2n_fx
 from n2n_fx import indexmaps as im
-from n2n_fx.deepen import identity_conv, identity_linear, identity_tap, undo_batch_norm
+from n2n_fx.deeper import identity_conv, identity_linear, identity_tap, undo_batch_norm
 
 from . import symbolic as sym
 

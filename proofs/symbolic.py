@@ -1,6 +1,6 @@
 """Symbolic evaluation for the proofs: sympy arrays, the engine's remap on them, an FX interpreter.
 
-The student's parameters are produced by `n2n_fx.widen.remap_tensor`, the very function the pass
+The student's parameters are produced by `n2n_fx.wider.remap_tensor`, the very function the pass
 runs, given the engine's own Plan (index maps and consumer scales), on arrays of sympy symbols.
 Consumer scales arrive from the engine as float64; `exact` turns them back into the rationals
 they approximate (1/3 -> Rational(1, 3)), so a wrong scale in the engine is a wrong scale here.
@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import n2n_fx
-from n2n_fx.plan import Plan
-from n2n_fx.widen import remap_tensor
+from n2n_fx.planning import Plan
+from n2n_fx.wider import remap_tensor
 
 Array = np.ndarray  # dtype=object, entries are sympy expressions
 

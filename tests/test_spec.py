@@ -94,3 +94,14 @@ def test_unknown_call_is_not_in_the_table():
     table = load_table()
     assert torch.cumsum not in table.by_function
     assert nn.PixelShuffle not in table.by_module
+
+
+def test_no_stage_module_is_shadowed_by_a_public_function():
+    """`import n2n_fx.X` must give the module: public functions may not reuse module names."""
+    from pathlib import Path
+
+    import n2n_fx
+
+    modules = {p.stem for p in Path(n2n_fx.__file__).parent.glob("*.py")}
+    clashes = [name for name in n2n_fx.__all__ if name in modules and callable(getattr(n2n_fx, name))]
+    assert not clashes, clashes

@@ -20,7 +20,7 @@ from torch.fx.passes.shape_prop import TensorMetadata
 
 from . import spaces as S
 from .errors import DeepenError, UnknownNodeError
-from .infer import infer, op_label
+from .inference import infer, op_label
 from .spec import load_table
 
 _CONVS = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}

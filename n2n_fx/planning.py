@@ -11,7 +11,7 @@ import torch
 from . import indexmaps as im
 from . import spaces as S
 from .errors import ConstraintError, FrozenSpaceError, UnknownSpaceError, WidthError
-from .infer import Analysis, Space
+from .inference import Analysis, Space
 from .spaces import Layout, Seg
 
 SYMMETRY_MODES = ("none", "split", "noise")

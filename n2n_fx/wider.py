@@ -10,8 +10,8 @@ import torch.fx
 from torch.fx.passes.infra.pass_base import PassBase, PassResult
 from torch.fx.passes.shape_prop import TensorMetadata
 
-from .infer import Val, _get_attr
-from .plan import Plan, seeded
+from .inference import Val, _get_attr
+from .planning import Plan, seeded
 
 
 class TorchArrays:

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from .trace import as_inputs
+from .frontend import as_inputs
 
 
 @dataclass

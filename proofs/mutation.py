@@ -1,0 +1,189 @@
+"""The suite's own power: seed one bug at a time into the engine and see who notices.
+
+    python -m proofs.mutation            # the kill table (tox -e mutation; CI runs it)
+    python -m proofs.mutation NAME       # one mutant
+
+Each mutant monkeypatches one piece of index arithmetic or inference. For each, in a fresh
+process, the proofs run and then the property suite (tests/test_properties.py plus the
+hand-written zoo widen/deepen tests). A mutant is killed when either fails (or crashes);
+a survivor is a hole in the suite, to be fixed in the suite, not deleted from this list.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+
+MUTANTS: dict[str, tuple[str, Callable[[], None]]] = {}
+
+
+def mutant(name: str, description: str) -> Callable:
+    def register(fn: Callable[[], None]) -> Callable[[], None]:
+        MUTANTS[name] = (description, fn)
+        return fn
+
+    return register
+
+
+@mutant("drop_division", "consumers copy replicated columns without dividing by the replica count")
+def _drop_division() -> None:
+    import n2n_fx.indexmaps as im
+
+    im.divide_scale = lambda g, n: torch.ones(g.numel(), dtype=torch.float64)
+
+
+@mutant("divide_producer", "the 1/count factor lands on the producer rows instead of the consumer columns")
+def _divide_producer() -> None:
+    import n2n_fx.inference as inf
+
+    original = inf.Inference._check_roles
+
+    def swapped(self) -> None:
+        original(self)
+        swap = {"contract": "out", "out": "contract"}
+        for key, roles in self.roles.items():
+            self.roles[key] = {swap.get(r, r) for r in roles}
+
+    inf.Inference._check_roles = swapped
+
+
+@mutant("concat_offset", "a concat's second segment is read one unit off its offset")
+def _concat_offset() -> None:
+    import n2n_fx.indexmaps as im
+
+    def gather_index(parts):
+        out, offset = [], 0
+        for k, (g, n, inner) in enumerate(parts):
+            out.append(max(0, offset - (1 if k else 0)) + im.expand(g, inner))
+            offset += n * inner
+        return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
+
+    im.gather_index = gather_index
+
+
+@mutant("independent_add", "the two operands of a binary op keep independent maps (no union)")
+def _independent_add() -> None:
+    import n2n_fx.inference as inf
+    from n2n_fx import spaces as S
+
+    def broadcast(self, tensors, shape, reason):
+        out = []
+        for k, size in enumerate(shape):
+            cands = [v.layouts[k - (len(shape) - v.ndim)] for v in tensors
+                     if k - (len(shape) - v.ndim) >= 0 and v.shape[k - (len(shape) - v.ndim)] == size]
+            out.append(S.normalize(cands[0]) if cands else S.fixed(size))
+        return tuple(out)
+
+    inf.Inference.broadcast = broadcast
+
+
+@mutant("skip_running_var", "BatchNorm's running_var is not carried through g")
+def _skip_running_var() -> None:
+    import n2n_fx.inference as inf
+
+    original = inf.Inference.rule_channelwise
+
+    def rule(self, spec, a):
+        if "running_var" in a:
+            a = dict(a)
+            a["running_var"] = None
+        return original(self, spec, a)
+
+    inf.Inference.rule_channelwise = rule
+
+
+@mutant("tap_off_centre", "the identity conv's tap is one position off centre")
+def _tap_off_centre() -> None:
+    import n2n_fx.deeper as dp
+
+    dp.identity_tap = lambda k: min(k - 1, (k - 1) // 2 + 1)
+
+
+@mutant("flatten_stride", "flatten maps channel c to features c, c+C, ... (channels-last order) instead of a block")
+def _flatten_stride() -> None:
+    import n2n_fx.indexmaps as im
+
+    def expand(g, inner):
+        if inner == 1:
+            return g
+        n = int(g.max()) + 1 if g.numel() else 0
+        return (g[:, None] + torch.arange(inner)[None, :] * max(n, 1)).reshape(-1)
+
+    im.expand = expand
+
+
+@mutant("forget_consumer", "the second consumer of a space is gathered but not divided")
+def _forget_consumer() -> None:
+    import n2n_fx.inference as inf
+
+    original = inf.Inference.role
+    seen: set = set()
+
+    def role(self, val, axis, r):
+        if r == "contract" and getattr(val, "param_axes", None):
+            layout = val.layouts[axis]
+            key = tuple(id(s) for s in layout)
+            if key in seen:
+                r = "carry"
+            seen.add(key)
+        return original(self, val, axis, r)
+
+    inf.Inference.role = role
+
+
+SUITE = ["tests/test_properties.py", "tests/test_models.py", "-k",
+         "properties or widen_exact_float64 or deepen_several or compositions", "-x", "-q", "-p", "no:cacheprovider"]
+
+
+def _child(name: str, what: str) -> int:
+    """Runs in a fresh process: apply the mutant, then the proofs or the property suite."""
+    MUTANTS[name][1]()
+    if what == "proofs":
+        from . import run_all
+
+        results, problems = run_all()
+        return 0 if not problems and all(r.ok for r in results) else 1
+    import pytest
+
+    return int(pytest.main(SUITE))
+
+
+def _run(name: str, what: str) -> tuple[bool, float]:
+    t0 = time.perf_counter()
+    code = subprocess.run([sys.executable, "-m", "proofs.mutation", "--child", name, what],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode
+    return code != 0, time.perf_counter() - t0
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["--child"]:
+        return _child(argv[1], argv[2])
+    names = argv or list(MUTANTS)
+    rows = [("mutant", "proofs", "property suite", "verdict", "seconds")]
+    survivors = []
+    for i, name in enumerate(names, 1):
+        print(f"[{i}/{len(names)}] {name}: {MUTANTS[name][0]}", flush=True)
+        by_proofs, t1 = _run(name, "proofs")
+        by_suite, t2 = _run(name, "suite")
+        killed = by_proofs or by_suite
+        if not killed:
+            survivors.append(name)
+        rows.append((name, "killed" if by_proofs else "survived", "killed" if by_suite else "survived",
+                     "KILLED" if killed else "SURVIVED", f"{t1 + t2:.1f}"))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    print()
+    for k, row in enumerate(rows):
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+        if k == 0:
+            print("  ".join("-" * w for w in widths))
+    print(f"\n{len(names) - len(survivors)}/{len(names)} mutants killed"
+          + (f"; survivors: {', '.join(survivors)}" if survivors else ""))
+    return 1 if survivors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
