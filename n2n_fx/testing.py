@@ -157,11 +157,56 @@ def architectures(draw, max_steps: int = 8, activations: tuple[str, ...] = tuple
 
 @dataclass(frozen=True)
 class WidenRequest:
-    factor: float
+    """A random widen plan: a global factor, or a growth per space (fractions of each width)."""
+
+    factor: float | None
+    growth: tuple[float, ...] | None
     symmetry: str
     seed: int
 
+    def kwargs(self, spaces: list) -> dict:
+        """Arguments for n2n_fx.plan/widen given the teacher's plan spaces."""
+        base = {"symmetry": self.symmetry, "seed": self.seed}
+        if self.growth is None:
+            return {**base, "factor": self.factor}
+        open_spaces = [p for p in spaces if not p.reasons]
+        widths = {p.name: p.width + int(p.width * self.growth[i % len(self.growth)] + 0.5)
+                  for i, p in enumerate(open_spaces)}
+        return {**base, "widths": widths} if widths else {**base, "factor": 1.0}
+
 
 def widen_requests() -> st.SearchStrategy[WidenRequest]:
-    return st.builds(WidenRequest, st.floats(1.0, 3.0, allow_nan=False), st.sampled_from(["none", "split"]),
-                     st.integers(0, 2**16))
+    """Valid requests: a factor in [1, 3], or per-space growth in [0, 2]; symmetry none/split."""
+    return st.builds(
+        WidenRequest,
+        st.one_of(st.none(), st.floats(1.0, 3.0, allow_nan=False)),
+        st.one_of(st.none(), st.lists(st.floats(0.0, 2.0, allow_nan=False), min_size=1, max_size=4).map(tuple)),
+        st.sampled_from(["none", "split"]),
+        st.integers(0, 2**16),
+    ).map(lambda r: r if r.factor is not None or r.growth is not None else WidenRequest(2.0, None, r.symmetry, r.seed))
+
+
+INVALID_KINDS = ("below_current", "unknown_space", "frozen_space", "factor_below_one", "bad_symmetry", "not_int")
+
+
+def invalid_request(kind: str, spaces: list) -> dict:
+    """An invalid plan request of the given kind (n2n_fx must raise N2NError for it)."""
+    open_spaces = [p for p in spaces if not p.reasons]
+    frozen = [p for p in spaces if p.reasons]
+    if kind == "below_current" and open_spaces:
+        return {"widths": {open_spaces[0].name: open_spaces[0].width - 1}}
+    if kind == "frozen_space" and frozen:
+        return {"widths": {frozen[0].name: frozen[0].width + 1}}
+    if kind == "not_int" and open_spaces:
+        return {"widths": {open_spaces[0].name: open_spaces[0].width + 0.5}}
+    if kind == "factor_below_one":
+        return {"factor": 0.75}
+    if kind == "bad_symmetry":
+        return {"factor": 2.0, "symmetry": "jitter"}
+    return {"widths": {"no_such_space": 4}}
+
+
+def deepen_points(model: nn.Module, max_points: int = 3) -> st.SearchStrategy[list[str]]:
+    """Node names of `model` (its traced graph) to insert identity layers after."""
+    names = [n.name for n in torch.fx.symbolic_trace(model).graph.nodes if n.op.startswith("call")]
+    return st.lists(st.sampled_from(names), min_size=1, max_size=max_points, unique=True)

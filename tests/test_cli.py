@@ -53,3 +53,20 @@ def test_factory_from_a_file(tmp_path, capsys):
                  "    return torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))\n")
     assert main(["check", f"{f}:build", "--input-shape", "3,4"]) == 0
     assert main(["check", f"{f}:build"]) == 2  # no example inputs
+
+
+def test_pytest_plugin_fixture(n2n_check):
+    """The fixture users get from the installed plugin: passes exact students, fails wrong ones."""
+    import pytest
+
+    import n2n_fx
+    from n2n_fx.models import ZOO
+
+    model, x = ZOO["se"]()
+    model, x = model.double().eval(), x.double()
+    student = n2n_fx.widen(model, x, factor=1.5)
+    assert n2n_check(model, student, x).ok
+    with torch.no_grad():
+        student.head.bias.add_(1e-3)
+    with pytest.raises(pytest.fail.Exception, match="does not preserve"):
+        n2n_check(model, student, x)

@@ -1,4 +1,5 @@
-"""Property tests over random architectures: exactness, immutability, widths, compositions."""
+"""Property tests over random architectures: exactness, immutability, widths, compositions,
+invalid plans, and students that re-trace and train."""
 
 from __future__ import annotations
 
@@ -7,46 +8,74 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 import n2n_fx
-from n2n_fx.testing import Arch, architectures, widen_requests
+from n2n_fx.testing import INVALID_KINDS, Arch, WidenRequest, architectures, deepen_points, invalid_request, widen_requests
 
 from .helpers import assert_unchanged, snapshot
 
 EDGE = Arch(1, 2, (("conv", 0, 1, 1, 1), ("bn_act", 1, "relu"), ("add", 2, 1)), "flatten")  # width-1 layers
 # found by the long profile: depthwise x2 multiplier, grouped conv, splits of stride-mapped spaces
 DW_GROUPED_ADD = Arch(2, 2, (("conv", 0, 4, 1, 2), ("conv", 1, 2, 1, 2), ("add", 2, 0)), "flatten")
-WIDTH1_FLATTEN = Arch(1, 2, (("conv", 0, 2, 1, 1), ("chunk", 1)), "flatten")  # a width-1 space into flatten
 BROADCAST1 = Arch(1, 2, (("add", 0, 0), ("conv", 0, 2, 1, 1), ("chunk", 2), ("add", 0, 3), ("conv", 5, 1, 1, 1)),
                   "flatten")  # a width-1 space added to a size-1 input axis
+WIDTH1_FLATTEN = Arch(1, 2, (("conv", 0, 2, 1, 1), ("chunk", 1)), "flatten")  # a width-1 space into flatten
 DW_CHUNKS = Arch(2, 2, (("conv", 0, 4, 1, 2), ("conv", 1, 4, 1, 2), ("chunk", 2), ("chunk", 3),
                         ("bn_act", 0, "relu"), ("conv", 2, 2, 1, 2)), "flatten")
 
 
+def grow(arch: Arch, req: WidenRequest):
+    model, x = arch.build()
+    spaces = n2n_fx.plan(model, x).spaces
+    try:
+        plan = n2n_fx.plan(model, x, **req.kwargs(spaces))
+    except n2n_fx.ConstraintError:
+        return model, x, None, None  # per-space widths that split a grouped conv's groups: refused
+    return model, x, plan, n2n_fx.apply_plan(plan)
+
+
 @given(architectures(), widen_requests())
-@example(EDGE, n2n_fx.testing.WidenRequest(1.0, "none", 0))
-@example(EDGE, n2n_fx.testing.WidenRequest(2.0, "split", 1))  # every unit replicated
-@example(DW_GROUPED_ADD, n2n_fx.testing.WidenRequest(1.0, "none", 0))
-@example(BROADCAST1, n2n_fx.testing.WidenRequest(2.0, "none", 0))
-@example(WIDTH1_FLATTEN, n2n_fx.testing.WidenRequest(2.0, "none", 0))
-@example(DW_CHUNKS, n2n_fx.testing.WidenRequest(1.5, "none", 0))
-@example(DW_CHUNKS, n2n_fx.testing.WidenRequest(2.0, "split", 3))
+@example(EDGE, WidenRequest(1.0, None, "none", 0))
+@example(EDGE, WidenRequest(2.0, None, "split", 1))  # every unit replicated
+@example(DW_GROUPED_ADD, WidenRequest(1.0, None, "none", 0))
+@example(BROADCAST1, WidenRequest(2.0, None, "none", 0))
+@example(WIDTH1_FLATTEN, WidenRequest(2.0, None, "none", 0))
+@example(DW_CHUNKS, WidenRequest(1.5, None, "none", 0))
+@example(DW_CHUNKS, WidenRequest(None, (1.0, 0.0), "split", 3))
 def test_widen_preserves_random_architectures(arch, req):
     model, x = arch.build()
     snap = snapshot(model)
-    plan = n2n_fx.plan(model, x, factor=req.factor, symmetry=req.symmetry, seed=req.seed)
-    student = n2n_fx.apply_plan(plan)
+    model, x, plan, student = grow(arch, req)
+    if plan is None:
+        return
     report = n2n_fx.verify(model, student, x, n_random=1)
     assert report.ok, f"{report}\n{arch}"
     assert_unchanged(model, snap)
+    asked = req.kwargs(plan.spaces)
     for p in plan.spaces:
-        assert p.new_width == (p.width if p.reasons else max(p.width, int(p.width * req.factor + 0.5)))
+        if p.reasons:
+            assert p.new_width == p.width
+        elif "factor" in asked:
+            assert p.new_width == max(p.width, int(p.width * asked["factor"] + 0.5))
+        else:
+            assert p.new_width >= asked["widths"][p.name]  # ties may raise a group to its widest
+
+
+@given(architectures(), widen_requests(), widen_requests())
+def test_widen_twice_composes(arch, first, second):
+    model, x, plan, student = grow(arch, first)
+    if plan is None:
+        return
+    spaces = n2n_fx.plan(student, x).spaces
+    try:
+        again = n2n_fx.widen(student, x, **second.kwargs(spaces))
+    except n2n_fx.ConstraintError:
+        return
+    assert n2n_fx.verify(model, again, x, n_random=1).ok, arch
 
 
 @given(architectures(activations=("relu", "relu6")), st.data())
 def test_deepen_then_widen_random_architectures(arch, data):
     model, x = arch.build()
-    names = [n.name for n in torch.fx.symbolic_trace(model).graph.nodes
-             if n.op in ("call_module", "call_function", "call_method") and n.name not in ("fc2",)]
-    after = data.draw(st.lists(st.sampled_from(names), min_size=1, max_size=2, unique=True))
+    after = data.draw(deepen_points(model))
     try:
         deeper = n2n_fx.deepen(model, x, after=after, batch_norm=data.draw(st.booleans()))
     except n2n_fx.DeepenError:
@@ -54,3 +83,28 @@ def test_deepen_then_widen_random_architectures(arch, data):
     assert n2n_fx.verify(model, deeper, x, n_random=1).ok
     wider = n2n_fx.widen(deeper, x, factor=data.draw(st.floats(1.0, 2.5)))
     assert n2n_fx.verify(model, wider, x, n_random=1).ok
+
+
+@given(architectures(), st.sampled_from(INVALID_KINDS))
+def test_invalid_plans_raise_typed_errors(arch, kind):
+    model, x = arch.build()
+    request = invalid_request(kind, n2n_fx.plan(model, x).spaces)
+    try:
+        student = n2n_fx.widen(model, x, **request)
+    except n2n_fx.N2NError:
+        return
+    raise AssertionError(f"{kind} {request} returned a student: {student}")
+
+
+@given(architectures(activations=("relu", "tanh", "gelu")), widen_requests())
+def test_student_retraces_and_takes_an_optimizer_step(arch, req):
+    model, x, plan, student = grow(arch, req)
+    if plan is None:
+        return
+    retraced = torch.fx.symbolic_trace(student)
+    assert torch.equal(retraced(x), student(x))
+    student.train()
+    opt = torch.optim.Adam(student.parameters(), lr=1e-3)
+    student(x).square().mean().backward()
+    opt.step()
+    assert all(torch.isfinite(p).all() for p in student.parameters())
