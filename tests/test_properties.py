@@ -8,7 +8,15 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 import n2n_fx
-from n2n_fx.testing import INVALID_KINDS, Arch, WidenRequest, architectures, deepen_points, invalid_request, widen_requests
+from n2n_fx.testing import (
+    INVALID_KINDS,
+    Arch,
+    WidenRequest,
+    architectures,
+    deepen_points,
+    invalid_request,
+    widen_requests,
+)
 
 from .helpers import assert_unchanged, snapshot
 
