@@ -179,7 +179,7 @@ class Inference:
         for axis, size in enumerate(tensor.shape):
             key = (qualname, axis)
             if key not in self.param_layouts:
-                self.param_layouts[key] = (Seg(Atom(size, f"{qualname}:{axis}", free=True)),) if size > 1 else S.fixed(size)
+                self.param_layouts[key] = (Seg(Atom(size, f"{qualname}:{axis}", free=True)),) if size else ()
             layouts.append(self.param_layouts[key])
             axes.append(key)
         return Val(tuple(tensor.shape), tuple(layouts), tuple(axes))

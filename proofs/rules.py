@@ -87,9 +87,15 @@ def concrete_counterexample(diffs: list[Any], seed: int = 0) -> dict[str, Any] |
 
 
 def widen_claim(statement: str, model: nn.Module, x: torch.Tensor, **kw: Any) -> Claim:
+    """Holds when teacher - student reduces to 0 *and* every hidden space was really widened (a
+    proof over frozen spaces would hold vacuously)."""
     torch.manual_seed(0)
-    _, diffs = sym.widen_symbolically(model.double(), x.double(), **kw)
-    return Claim(statement, not diffs, counterexample=concrete_counterexample(diffs) if diffs else None)
+    plan, diffs = sym.widen_symbolically(model.double(), x.double(), **kw)
+    vacuous = [p.name for p in plan.spaces if p.new_width == p.width and
+               not (p.reasons and p.reasons[0].code == "model_output")]
+    if vacuous:
+        statement += f" [NOT WIDENED: {vacuous}]"
+    return Claim(statement, not diffs and not vacuous, counterexample=concrete_counterexample(diffs) if diffs else None)
 
 
 def broken_claim(statement: str, diffs: list[Any]) -> Claim:
@@ -145,7 +151,8 @@ class PoolNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = torch.relu(self.a(x))
-        return self.b(torch.flatten(self.avg(self.max(y) + F.adaptive_avg_pool2d(y, 1)), 1))
+        pooled = self.avg(self.max(y) + F.adaptive_avg_pool2d(y, 1))
+        return self.b(torch.flatten(pooled, 1) + y.mean((2, 3)))  # mean over spatial dims: reduce
 
 
 class Residual(nn.Module):
@@ -157,6 +164,7 @@ class Residual(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.a(x)
         h = h + self.r(torch.relu(h)) * self.scale + 0.5  # residual add, per-unit parameter, constant
+        h = torch.stack([h, h - 1.0], 0).mean(0)  # stack: every input on one space
         return self.c(torch.relu(h) * torch.sigmoid(h))  # gating mul: one space
 
 
@@ -173,20 +181,22 @@ class Split(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.a, self.u, self.v = nn.Conv2d(1, 4, 1), nn.Conv2d(1, 2, 1), nn.Conv2d(3, 2, 1)
+        self.c, self.w = nn.Conv2d(1, 4, 1), nn.Conv2d(2, 2, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         p, q = torch.split(torch.relu(self.a(x)), [1, 3], dim=1)
-        return self.u(p) + self.v(q)
+        r, s = torch.relu(self.c(x)).chunk(2, dim=1)  # chunk: the student calls split with new sizes
+        return self.u(p) + self.v(q) + self.w(r * s)[:, :, :, :]
 
 
 class Flatten(nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        self.a, self.b = nn.Conv2d(1, 3, 1), nn.Linear(12, 2)
+        self.a, self.b, self.c = nn.Conv2d(1, 3, 1), nn.Linear(12, 2), nn.Linear(12, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.relu(self.a(x))
-        return self.b(y.view(y.size(0), 12))  # literal size: rewritten on the student
+        y = torch.relu(self.a(x)).unsqueeze(1).squeeze(1)
+        return self.b(y.view(y.size(0), 12)) + self.c(torch.flatten(y, 1))  # literal 12 is rewritten
 
 
 class ChannelsLast(nn.Module):
@@ -196,7 +206,7 @@ class ChannelsLast(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = torch.relu(self.a(x)).permute(0, 2, 3, 1)
-        return self.b(torch.relu(self.lin(y)).permute(0, 3, 1, 2))
+        return self.b(torch.relu(self.lin(y)).transpose(1, 3).transpose(2, 3))
 
 
 # ------------------------------------------------------------------------------ proofs
@@ -269,7 +279,7 @@ def batch_norm() -> list[Claim]:
 
 @proof("channelwise")
 def channelwise() -> list[Claim]:
-    return [widen_claim("max pool, average pool and adaptive average pool act per channel (3 -> 5)", PoolNet(),
+    return [widen_claim("max / average / adaptive pools and a spatial mean act per channel (3 -> 5)", PoolNet(),
                         torch.randn(1, 1, 2, 2), plan_kw={"factor": 1.7, "seed": 1})]
 
 
@@ -344,7 +354,7 @@ def _deepen_identities() -> list[Claim]:
 
 @proof("elementwise_binary")
 def elementwise_binary() -> list[Claim]:
-    claims = [widen_claim("residual add, per-unit parameter, constant and gating mul: one shared g", Residual(),
+    claims = [widen_claim("residual add, per-unit parameter, constant, stack, gating mul: one shared g", Residual(),
                           torch.randn(1, 2), plan_kw={"widths": {"a": 5}, "seed": 1})]
     # independent maps on the two sides of an add: the classic silent bug
     n = 3  # old width; both maps widen to 5
@@ -369,19 +379,19 @@ def concat_offsets() -> list[Claim]:
 
 @proof("split_pieces")
 def split_pieces() -> list[Claim]:
-    return [widen_claim("split [1, 3]: the space is cut into pieces widened on their own (1 -> 2, 3 -> 5)",
+    return [widen_claim("split [1, 3], chunk, getitem: pieces of a space widened on their own",
                         Split(), torch.randn(1, 1, 1, 1), plan_kw={"factor": 1.7, "seed": 1})]
 
 
 @proof("flatten_stride")
 def flatten_stride() -> list[Claim]:
-    return [widen_claim("flatten (C, H, W) -> C*H*W: unit c owns an H*W block (3 -> 5)", Flatten(),
+    return [widen_claim("view / flatten (C, H, W) -> C*H*W: unit c owns an H*W block; squeeze (3 -> 5)", Flatten(),
                         torch.randn(1, 1, 2, 2), plan_kw={"factor": 1.7, "seed": 1})]
 
 
 @proof("permute_axes")
 def permute_axes() -> list[Claim]:
-    return [widen_claim("permute to channels-last, Linear over channels, permute back (3 -> 5)", ChannelsLast(),
+    return [widen_claim("permute to channels-last, Linear over channels, transpose back (3 -> 5)", ChannelsLast(),
                         torch.randn(1, 1, 1, 2), plan_kw={"factor": 1.7, "seed": 1})]
 
 

@@ -223,8 +223,12 @@ class SymInterpreter(torch.fx.Interpreter):
             return args[0] * args[1]
         if target in (operator.sub, torch.sub):
             return args[0] - args[1]
+        if target is torch.mean:
+            return args[0].mean(axis=args[1] if len(args) > 1 else kwargs.get("dim"))
         if target is operator.getitem:
             return args[0][args[1]]
+        if target is torch.stack:
+            return np.stack(args[0], axis=kwargs.get("dim", args[1] if len(args) > 1 else 0))
         if target in (torch.cat, torch.concat):
             return np.concatenate(args[0], axis=kwargs.get("dim", args[1] if len(args) > 1 else 0))
         if target is torch.split or target is torch.functional.split:
@@ -251,8 +255,21 @@ class SymInterpreter(torch.fx.Interpreter):
         if target == "mean":
             dims = args[1] if len(args) > 1 else kwargs.get("dim")
             return x.mean(axis=tuple(dims) if isinstance(dims, (list, tuple)) else dims)
-        if target in ("split", "chunk"):
+        if target == "split":
             return self.call_function(torch.split, args, kwargs)
+        if target == "chunk":
+            chunks, dim = args[1], kwargs.get("dim", args[2] if len(args) > 2 else 0)
+            size = -(-x.shape[dim] // chunks)
+            sizes = [min(size, x.shape[dim] - k * size) for k in range(chunks) if k * size < x.shape[dim]]
+            return self.call_function(torch.split, (x, sizes, dim), {})
+        if target == "transpose":
+            return np.swapaxes(x, args[1], args[2])
+        if target == "unsqueeze":
+            return np.expand_dims(x, args[1])
+        if target == "squeeze":
+            return np.squeeze(x, args[1])
+        if target == "sub":
+            return x - args[1]
         raise NotImplementedError(f"symbolic method {target}")
 
 

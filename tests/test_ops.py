@@ -333,3 +333,19 @@ def test_matmul_with_activation_operands_freezes():
 
     plan, _ = grow(M(), torch.randn(3, 4))
     assert spaces(plan)["q"].reasons[0].code == "activation_matmul"
+
+
+def test_width_one_space_into_a_one_channel_consumer():
+    """A width-1 piece read by a conv with in_channels=1: its weight axis of size 1 is a space too."""
+
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.u, self.v = nn.Conv2d(1, 3, 1), nn.Conv2d(1, 2, 1), nn.Conv2d(2, 2, 1)
+
+        def forward(self, x):
+            p, q = torch.split(torch.relu(self.a(x)), [1, 2], dim=1)
+            return self.u(p) + self.v(q)
+
+    plan, student = grow(M(), torch.randn(2, 1, 3, 3))
+    assert spaces(plan)["a[0:1]"].new_width == 2 and student.u.in_channels == 2
