@@ -274,7 +274,9 @@ class Inference:
         for group in self.ties:
             atoms = [a for layout in group for a in S.atoms_of(layout)]
             frozen = [r for a in atoms for r in S.find(a).frozen]
-            bad = frozen or any(len(S.normalize(layout)) != 1 for layout in group)
+            inners = {lay[0].inner if len(lay) == 1 and isinstance(lay[0], Seg) else None
+                      for lay in (S.normalize(layout) for layout in group)}
+            bad = frozen or None in inners or len(inners) > 1  # each piece must be one space, alike
             if bad and atoms:
                 reason = frozen[0] if frozen else Reason("constraint", "-", "conv", "grouped conv piece is not one space")
                 for a in atoms:
@@ -663,6 +665,13 @@ def reshape_layouts(in_shape: tuple[int, ...], in_layouts: tuple[Layout, ...], o
             rest = _prod(out_shape[k] for k in gj[1:])
             out[gj[0]] = tuple(Seg(s.atom, s.inner // rest) if isinstance(s, Seg) else Fixed(s.size // rest)
                                for s in S.normalize(lead))
+        elif len(real_in) == 1 and len(gj) == 2:  # C -> (G, C/G), as in a channel shuffle
+            groups, size = out_shape[gj[0]], out_shape[gj[1]]
+            why = reason("reshape_splits_space", "group blocks of a space cannot share one map")
+            blocks = S.pieces(lead, [size] * groups, why)
+            for b in blocks[1:]:  # the G blocks become one space: every block widens by one shared g
+                S.unify(blocks[0], b, why)
+            out[gj[1]] = S.normalize(blocks[0])
         else:
             detail = "a space would be split across dims" if len(real_in) == 1 else "a space trails other dims in a merge"
             for k in group_spaced:

@@ -103,7 +103,8 @@ class Plan:
         """Grouped-conv pieces must all get one width: a request for one applies to its group."""
         for group in self.analysis.ties:
             layouts = [S.normalize(layout) for layout in group]
-            if any(len(lay) != 1 or not isinstance(lay[0], Seg) or lay[0].inner != 1 for lay in layouts):
+            if any(len(lay) != 1 or not isinstance(lay[0], Seg) or lay[0].inner != layouts[0][0].inner
+                   for lay in layouts):
                 continue  # the inference froze such groups: nothing here may change
             spaces = [self.analysis.space_of(lay[0].atom) for lay in layouts]
             names = [sp.name for sp in spaces if sp is not None and not sp.frozen]

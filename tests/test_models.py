@@ -100,14 +100,38 @@ def test_compositions(name):
     assert_unchanged(model, snap)
 
 
-def test_channel_shuffle_is_frozen_not_wrong():
+def test_channel_shuffle_is_exact():
+    """view(N, G, C/G, H, W) / transpose / reshape: the G blocks share one map, so it widens exactly."""
     model, x = build("shuffle")
     plan = n2n_fx.plan(model, x, factor=2.0)
     by_name = {p.name: p for p in plan.spaces}
-    assert by_name["conv1"].reasons[0].code == "reshape_splits_space"
-    assert by_name["conv1"].new_width == by_name["conv1"].width
+    # conv1's two shuffled blocks are one space per grouped-conv group ([0:2] with [4:6], [2:4] with [6:8])
+    assert set(by_name["conv1[0:2]"].space.producers) == {"conv1[0:2]", "conv1[4:6]"}
+    assert by_name["conv1[0:2]"].new_width == by_name["conv1[2:4]"].new_width == 4
     # the grouped conv after the shuffle is cut into its groups, each widened alike
     assert by_name["conv2[0:4]"].new_width == by_name["conv2[4:8]"].new_width == 8
+    assert_preserved(model, n2n_fx.apply_plan(plan), x)
+    # a width asked for one group of the grouped conv applies to the other
+    plan = n2n_fx.plan(model, x, widths={"conv1[0:2]": 3})
+    assert plan.spaces[1].new_width == 3
+    assert_preserved(model, n2n_fx.apply_plan(plan), x)
+
+
+def test_shuffle_of_a_partly_fixed_layout_stays_exact():
+    class M(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = torch.nn.Conv2d(3, 6, 1), torch.nn.Conv2d(3, 6, 1)
+            self.head = torch.nn.Linear(6, 2)
+
+        def forward(self, x):
+            y = torch.cat([self.a(x), self.b(x)[:, :3]], 1)  # 9 channels, one block partly fixed
+            y = y.view(y.size(0), 3, 3, -1).transpose(1, 2).reshape(y.size(0), 9, -1)
+            return self.head(y[:, :6].mean(-1))
+
+    torch.manual_seed(0)
+    model, x = M().double().eval(), torch.randn(2, 3, 2, 2).double()
+    plan = n2n_fx.plan(model, x, factor=2.0)
     assert_preserved(model, n2n_fx.apply_plan(plan), x)
 
 
@@ -135,7 +159,7 @@ def test_inception_concat_offsets_and_stride_map():
 
 
 def test_only_output_spaces_frozen_in_plain_models():
-    for name in ("mlp", "vgg", "resnet", "inception", "densenet", "mobilenet", "se", "flatten"):
+    for name in ("mlp", "vgg", "resnet", "inception", "densenet", "mobilenet", "se", "shuffle", "flatten"):
         model, x = build(name)
         frozen = [p for p in n2n_fx.plan(model, x).spaces if p.reasons]
         assert [p.reasons[0].code for p in frozen] == ["model_output"], (name, [str(p.reasons[0]) for p in frozen])

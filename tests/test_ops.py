@@ -175,18 +175,30 @@ def test_flatten_spellings_share_one_stride_map():
 
 
 class ChannelSplitReshape(nn.Module):
-    def __init__(self):
+    def __init__(self, with_input: bool):
         super().__init__()
-        self.conv = nn.Conv2d(3, 8, 1)
-        self.head = nn.Linear(4, 2)
+        self.with_input = with_input
+        self.conv = nn.Conv2d(3, 3 if with_input else 8, 1)
+        self.head = nn.Linear(3 if with_input else 4, 2)
 
     def forward(self, x):
-        y = self.conv(x).view(x.size(0), 2, 4, -1)  # splits the channel axis: must freeze
+        y = self.conv(x)
+        if self.with_input:
+            y = torch.cat([x, y], 1)  # block 0 is the model input: fixed
+        n, c = y.shape[:2]
+        y = y.view(n, 2, c // 2, -1)  # splits the channel axis into (blocks, units)
         return self.head(y.mean((1, 3)))
 
 
-def test_reshape_splitting_a_space_freezes():
-    plan, _ = grow(ChannelSplitReshape(), torch.randn(2, 3, 4, 4))
+def test_reshape_splitting_channels_into_blocks_shares_one_map():
+    plan, student = grow(ChannelSplitReshape(False), torch.randn(2, 3, 4, 4))
+    sp = spaces(plan)
+    assert set(sp["conv[0:4]"].space.producers) == {"conv[0:4]", "conv[4:8]"}  # one map for both blocks
+    assert student.conv.out_channels == 16 and student.head.in_features == 8
+
+
+def test_reshape_splitting_a_space_against_a_fixed_block_freezes():
+    plan, _ = grow(ChannelSplitReshape(True), torch.randn(2, 3, 4, 4))
     assert spaces(plan)["conv"].reasons[0].code == "reshape_splits_space"
 
 
