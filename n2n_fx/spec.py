@@ -96,6 +96,16 @@ def _resolve(dotted: str) -> Any:
     return obj
 
 
+def _resolve_optional(dotted: str) -> Any:
+    """A spelling; "?pkg.name" marks one from an optional package (None when it is absent)."""
+    if not dotted.startswith("?"):
+        return _resolve(dotted)
+    try:
+        return _resolve(dotted[1:])
+    except (ImportError, AttributeError):
+        return None
+
+
 def _parse_signature(items: list[str], where: str) -> tuple[tuple[str, Any], ...]:
     out = []
     for item in items:
@@ -145,12 +155,16 @@ def parse_table(raw: dict[str, Any]) -> RuleTable:
         names.add(spec.name)
         ops.append(spec)
         for dotted in spec.modules:
-            cls = _resolve(dotted)
+            cls = _resolve_optional(dotted)
+            if cls is None:
+                continue
             if cls in by_module and by_module[cls] is not spec:
                 raise SpecError(f"{where}: module {dotted} already covered by {by_module[cls].name!r}")
             by_module[cls] = spec
         for dotted in spec.functions:
-            fn = _resolve(dotted)
+            fn = _resolve_optional(dotted)
+            if fn is None:
+                continue
             # two spellings of one entry may be aliases (F.conv2d is torch.conv2d); two entries may not
             if fn in by_function and by_function[fn] is not spec:
                 raise SpecError(f"{where}: function {dotted} already covered by "
