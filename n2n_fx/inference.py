@@ -560,6 +560,9 @@ class Inference:
                     have = {S.find(leaf) for t in arg.taint for leaf in S.leaves(t)}
                     if not need <= have:
                         self.freeze_all(Val((1,), (lay,)), self.reason("untracked_size", f"size argument {k} is computed"))
+                elif isinstance(arg, Scalar) and arg.taint:
+                    # a fixed dim whose size is computed from a width: it would change on the student
+                    self.freeze_all(arg, self.reason("size_used", f"size argument {k} depends on a width"))
             self.rewrites.append(Rewrite(self.node.name, "view_shape", layouts))
         return Val(shape, layouts)
 

@@ -80,7 +80,7 @@ class ArchNet(nn.Module):
                 half = chans[step[1]] // 2
                 self.sizes[i] = [half, chans[step[1]] - half]  # literal sizes: the student rewrites them
                 chans += self.sizes[i]
-            elif op == "pool":
+            elif op in ("pool", "shuffle"):
                 chans.append(chans[step[1]])
         self.out_channels = chans[-1]
         feat = chans[-1] * (arch.size * arch.size if arch.head == "flatten" else 1)
@@ -107,6 +107,10 @@ class ArchNet(nn.Module):
                 maps += [a, b]
             elif op == "pool":
                 maps.append(F.avg_pool2d(maps[step[1]], 3, 1, 1))
+            elif op == "shuffle":  # ShuffleNet's channel shuffle with 2 groups
+                y = maps[step[1]]
+                n, c, h, w = y.shape
+                maps.append(y.view(n, 2, c // 2, h, w).transpose(1, 2).reshape(n, c, h, w))
         y = maps[-1]
         y = torch.flatten(y, 1) if self.arch.head == "flatten" else y.mean((2, 3))
         return self.fc2(F.relu(self.fc1(y)))
@@ -115,7 +119,7 @@ class ArchNet(nn.Module):
 @st.composite
 def architectures(draw, max_steps: int = 8, activations: tuple[str, ...] = tuple(ACTIVATIONS)) -> Arch:
     """Random DAGs: convs (grouped, depthwise), BN + activation, residual add, gating mul,
-    squeeze-excitation, concat, channel split, pooling; a flatten or mean head into Linear."""
+    squeeze-excitation, concat, channel split, channel shuffle, pooling; a flatten or mean head."""
     in_ch = draw(st.integers(1, 3))
     size = draw(st.sampled_from([2, 3, 4]))
     chans: list[int] = [in_ch]
@@ -123,7 +127,7 @@ def architectures(draw, max_steps: int = 8, activations: tuple[str, ...] = tuple
     for _ in range(draw(st.integers(1, max_steps))):
         n = len(chans)
         src = draw(st.integers(0, n - 1))
-        op = draw(st.sampled_from(["conv", "conv", "bn_act", "add", "mul", "cat", "chunk", "pool", "gate"]))
+        op = draw(st.sampled_from(["conv", "conv", "bn_act", "add", "mul", "cat", "chunk", "pool", "gate", "shuffle"]))
         if op == "conv":
             cin = chans[src]
             divisors = [g for g in range(1, cin + 1) if cin % g == 0]
@@ -149,6 +153,9 @@ def architectures(draw, max_steps: int = 8, activations: tuple[str, ...] = tuple
         elif op == "chunk" and chans[src] >= 2:
             steps.append(("chunk", src))
             chans += [chans[src] // 2, chans[src] - chans[src] // 2]
+        elif op == "shuffle" and chans[src] % 2 == 0:
+            steps.append(("shuffle", src))
+            chans.append(chans[src])
         else:
             steps.append(("pool", src))
             chans.append(chans[src])

@@ -116,3 +116,9 @@ def test_student_retraces_and_takes_an_optimizer_step(arch, req):
     student(x).square().mean().backward()
     opt.step()
     assert all(torch.isfinite(p).all() for p in student.parameters())
+
+
+# a 2-channel shuffle: view(n, 2, c // 2, ...) has a size-1 dim computed from the width
+SHUFFLE2 = Arch(1, 2, (("conv", 0, 2, 1, 1), ("shuffle", 1)), "flatten")
+test_widen_preserves_random_architectures = example(SHUFFLE2, WidenRequest(2.0, None, "none", 0))(
+    test_widen_preserves_random_architectures)
