@@ -26,6 +26,7 @@ DW_GROUPED_ADD = Arch(2, 2, (("conv", 0, 4, 1, 2), ("conv", 1, 2, 1, 2), ("add",
 BROADCAST1 = Arch(1, 2, (("add", 0, 0), ("conv", 0, 2, 1, 1), ("chunk", 2), ("add", 0, 3), ("conv", 5, 1, 1, 1)),
                   "flatten")  # a width-1 space added to a size-1 input axis
 WIDTH1_FLATTEN = Arch(1, 2, (("conv", 0, 2, 1, 1), ("chunk", 1)), "flatten")  # a width-1 space into flatten
+SHUFFLE2 = Arch(1, 2, (("conv", 0, 2, 1, 1), ("shuffle", 1)), "flatten")  # view(n, 2, c // 2, ...): size-1 dim
 DW_CHUNKS = Arch(2, 2, (("conv", 0, 4, 1, 2), ("conv", 1, 4, 1, 2), ("chunk", 2), ("chunk", 3),
                         ("bn_act", 0, "relu"), ("conv", 2, 2, 1, 2)), "flatten")
 
@@ -46,6 +47,7 @@ def grow(arch: Arch, req: WidenRequest):
 @example(DW_GROUPED_ADD, WidenRequest(1.0, None, "none", 0))
 @example(BROADCAST1, WidenRequest(2.0, None, "none", 0))
 @example(WIDTH1_FLATTEN, WidenRequest(2.0, None, "none", 0))
+@example(SHUFFLE2, WidenRequest(2.0, None, "none", 0))
 @example(DW_CHUNKS, WidenRequest(1.5, None, "none", 0))
 @example(DW_CHUNKS, WidenRequest(None, (1.0, 0.0), "split", 3))
 def test_widen_preserves_random_architectures(arch, req):
@@ -116,9 +118,3 @@ def test_student_retraces_and_takes_an_optimizer_step(arch, req):
     student(x).square().mean().backward()
     opt.step()
     assert all(torch.isfinite(p).all() for p in student.parameters())
-
-
-# a 2-channel shuffle: view(n, 2, c // 2, ...) has a size-1 dim computed from the width
-SHUFFLE2 = Arch(1, 2, (("conv", 0, 2, 1, 1), ("shuffle", 1)), "flatten")
-test_widen_preserves_random_architectures = example(SHUFFLE2, WidenRequest(2.0, None, "none", 0))(
-    test_widen_preserves_random_architectures)
