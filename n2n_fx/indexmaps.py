@@ -68,7 +68,3 @@ def gather_scale(parts: Sequence[tuple[torch.Tensor, int]]) -> torch.Tensor:
     """Concatenate per-unit scales (scale, inner), each unit's factor repeated over its block."""
     out = [s.repeat_interleave(inner) if inner > 1 else s for s, inner in parts]
     return torch.cat(out) if out else torch.empty(0, dtype=torch.float64)
-
-
-def is_identity(index: torch.Tensor, n: int) -> bool:
-    return index.numel() == n and bool(torch.equal(index, torch.arange(n)))
