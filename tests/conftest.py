@@ -5,7 +5,7 @@ import torch
 from hypothesis import HealthCheck, settings
 
 # Derandomized for CI; `dev` is quick; `long` is for release checks (HYPOTHESIS_PROFILE=long).
-settings.register_profile("ci", derandomize=True, max_examples=80, deadline=None,
+settings.register_profile("ci", derandomize=True, max_examples=70, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("dev", max_examples=20, deadline=None)
 settings.register_profile("long", max_examples=10_000, deadline=None,

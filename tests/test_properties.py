@@ -95,6 +95,20 @@ def test_deepen_then_widen_random_architectures(arch, data):
     assert n2n_fx.verify(model, wider, x, n_random=1).ok
 
 
+@given(architectures(activations=("relu", "relu6", "tanh")), widen_requests(), st.data())
+def test_widen_then_deepen_random_architectures(arch, req, data):
+    model, x, plan, student = grow(arch, req)
+    if plan is None:
+        return
+    after = data.draw(deepen_points(student))
+    try:
+        deeper = n2n_fx.deepen(student, x, after=after, batch_norm=data.draw(st.booleans()),
+                               kernel_size=data.draw(st.sampled_from([1, 2, 3])))
+    except n2n_fx.DeepenError:
+        return  # e.g. after tanh or a size query: refused, never a wrong student
+    assert n2n_fx.verify(model, deeper, x, n_random=1).ok, arch
+
+
 @given(architectures(), st.sampled_from(INVALID_KINDS))
 def test_invalid_plans_raise_typed_errors(arch, kind):
     model, x = arch.build()
