@@ -123,10 +123,11 @@ def _forget_consumer() -> None:
     original = inf.Inference.role
     seen: set = set()
 
+    from n2n_fx import spaces as S
+
     def role(self, val, axis, r):
         if r == "contract" and getattr(val, "param_axes", None):
-            layout = val.layouts[axis]
-            key = tuple(id(s) for s in layout)
+            key = tuple(S.find(a).id for a in S.atoms_of(val.layouts[axis]))
             if key in seen:
                 r = "carry"
             seen.add(key)

@@ -114,6 +114,18 @@ class MLP(nn.Module):
         return self.b(torch.relu(self.a(x)))
 
 
+class TwoHeads(nn.Module):
+    """One hidden space read by two consumers: each must divide by the replica counts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(3, 3), nn.Linear(3, 2), nn.Linear(3, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.a(x))
+        return self.b(h) + self.c(h)
+
+
 class MatmulNet(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -220,6 +232,8 @@ def dense_matrix() -> list[Claim]:
                     plan_kw={"widths": {"a": 7}, "seed": 1}),
         widen_claim("matmul with a parameter: x @ W widened on W's output axis (4 -> 6)", MatmulNet(), x,
                     plan_kw={"factor": 1.5, "seed": 2}),
+        widen_claim("two consumers of one space both divide (3 -> 5)", TwoHeads(), x,
+                    plan_kw={"factor": 1.7, "seed": 3}),
     ]
     # the `split` symmetry mode: any positive alpha summing to 1 over each unit's replicas
     n, q = 4, 7
