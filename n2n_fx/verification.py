@@ -20,11 +20,13 @@ class Report:
     n_inputs: int
     mode: str
     per_input: list[tuple[float, float]] = field(default_factory=list)
+    detail: str = ""  # why the outputs could not be compared, when they could not
 
     def __str__(self) -> str:
         verdict = "preserved" if self.ok else "NOT preserved"
-        return (f"{verdict}: max abs err {self.max_abs_err:.3e}, max rel err {self.max_rel_err:.3e} "
+        text = (f"{verdict}: max abs err {self.max_abs_err:.3e}, max rel err {self.max_rel_err:.3e} "
                 f"(rtol {self.rtol:.0e}, {self.n_inputs} inputs, {self.mode} mode, float64)")
+        return f"{text}: {self.detail}" if self.detail else text
 
 
 def _float_dtype(model: torch.nn.Module) -> torch.dtype:
@@ -90,7 +92,10 @@ def verify(teacher: torch.nn.Module, student: torch.nn.Module, example_inputs: A
         for batch in batches:
             t_out, s_out = _flat(t_model(*batch)), _flat(s_model(*batch))
             if len(t_out) != len(s_out) or any(a.shape != b.shape for a, b in zip(t_out, s_out)):
-                return Report(False, float("inf"), float("inf"), rtol, len(batches), mode)
+                shapes = [tuple(t.shape) for t in t_out], [tuple(t.shape) for t in s_out]
+                return Report(False, float("inf"), float("inf"), rtol, len(batches), mode, per,
+                              f"outputs differ in structure: teacher {shapes[0]}, student {shapes[1]} (a traced "
+                              f"student keeps the control flow of the mode it was traced in)")
             abs_err = max((_max_abs(a, b) for a, b in zip(t_out, s_out) if a.numel()), default=0.0)
             scale = max((float(a.abs().max()) for a in t_out if a.numel()), default=0.0)
             rel_err = abs_err / scale if scale > 0 else abs_err

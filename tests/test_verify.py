@@ -44,3 +44,21 @@ def test_identical_models_pass_with_zero_error():
     model, x, _ = _pair()
     report = n2n_fx.verify(model, model, x)
     assert report.ok and report.max_abs_err == 0.0 and report.n_inputs == 4
+
+
+def test_structure_mismatch_is_reported_not_compared():
+    class TwoModes(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = torch.nn.Linear(3, 4)
+
+        def forward(self, x):
+            y = self.a(x)
+            return (y, y.sum()) if self.training else y  # traced in eval: the student keeps one output
+
+    model = TwoModes().double().eval()
+    x = torch.randn(2, 3, dtype=torch.float64)
+    student = n2n_fx.deepen(model, x, after=["a"])
+    report = n2n_fx.verify(model, student, x, mode="train")
+    assert not report.ok and "structure" in str(report)
+    assert n2n_fx.verify(model, student, x).ok
