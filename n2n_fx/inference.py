@@ -470,13 +470,20 @@ class Inference:
         else:
             self.rewrites.append(Rewrite(node.name, "groups", (layout,)))
 
-    def rule_concat(self, spec: OpSpec, a: dict[str, Any]) -> Any:
+    def _tensor_list(self, a: dict[str, Any]) -> tuple[list[Val], tuple[int, ...], int] | None:
+        """The tensors, output shape and normalised dim of cat/stack; None when not all are tensors."""
         tensors = [t for t in a.get("tensors", ()) if isinstance(t, Val)]
         meta = self.out_meta()
         if not tensors or len(tensors) != len(a.get("tensors", ())) or not isinstance(meta, TensorMetadata):
-            return self.stop(a, {}, self.reason("unsupported_op", "cat of non-tensors"))
+            return None
         shape = tuple(int(d) for d in meta.shape)
-        dim = _norm_dim(a.get("dim", 0), len(shape))
+        return tensors, shape, _norm_dim(a.get("dim", 0), len(shape))
+
+    def rule_concat(self, spec: OpSpec, a: dict[str, Any]) -> Any:
+        parsed = self._tensor_list(a)
+        if parsed is None:
+            return self.stop(a, {}, self.reason("unsupported_op", "cat of non-tensors"))
+        tensors, shape, dim = parsed
         tensors = [t for t in tensors if t.ndim == len(shape)]  # legacy cat skips empty 1-D tensors
         layouts = []
         for k in range(len(shape)):
@@ -489,12 +496,10 @@ class Inference:
         return Val(shape, tuple(layouts))
 
     def rule_stack(self, spec: OpSpec, a: dict[str, Any]) -> Any:
-        tensors = [t for t in a.get("tensors", ()) if isinstance(t, Val)]
-        meta = self.out_meta()
-        if not tensors or len(tensors) != len(a.get("tensors", ())) or not isinstance(meta, TensorMetadata):
+        parsed = self._tensor_list(a)
+        if parsed is None:
             return self.stop(a, {}, self.reason("unsupported_op", "stack of non-tensors"))
-        shape = tuple(int(d) for d in meta.shape)
-        dim = _norm_dim(a.get("dim", 0), len(shape))
+        tensors, shape, dim = parsed
         layouts = list(self.broadcast(tensors, tensors[0].shape, self.reason("fixed_coupling", "stack")))
         layouts.insert(dim, S.fixed(shape[dim]))
         return Val(shape, tuple(layouts))
