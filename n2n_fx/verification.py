@@ -50,6 +50,13 @@ def _flat(out: Any) -> list[torch.Tensor]:
     return []
 
 
+def _seeded_run(model: torch.nn.Module, batch: tuple, seed: int) -> Any:
+    """Both models draw the same random numbers (stochastic depth masks in train mode)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return model(*batch)
+
+
 def _max_abs(a: torch.Tensor, b: torch.Tensor) -> float:
     err = float((a.double() - b.double()).abs().max())
     return float("inf") if err != err else err  # NaN must fail, not vanish in max()
@@ -78,7 +85,8 @@ def verify(teacher: torch.nn.Module, student: torch.nn.Module, example_inputs: A
 
     Neither model is modified (both are deep-copied). `rtol` defaults to 1e-10 when the student's
     parameters are float64 and 1e-5 otherwise (float32 weights divided by replica counts round).
-    In train mode each input is one batch for both models (BatchNorm uses its statistics).
+    In train mode each input is one batch for both models (BatchNorm uses its statistics), and both
+    run from the same random state, so per-sample drop masks (stochastic depth) agree.
     """
     if mode not in ("eval", "train"):
         raise ValueError(f"mode must be 'eval' or 'train', got {mode!r}")
@@ -89,8 +97,8 @@ def verify(teacher: torch.nn.Module, student: torch.nn.Module, example_inputs: A
     t_model, s_model = prepare(teacher, mode), prepare(student, mode)
     worst_abs, worst_rel, per = 0.0, 0.0, []
     with torch.no_grad():
-        for batch in batches:
-            t_out, s_out = _flat(t_model(*batch)), _flat(s_model(*batch))
+        for k, batch in enumerate(batches):
+            t_out, s_out = _flat(_seeded_run(t_model, batch, seed + k)), _flat(_seeded_run(s_model, batch, seed + k))
             if len(t_out) != len(s_out) or any(a.shape != b.shape for a, b in zip(t_out, s_out)):
                 shapes = [tuple(t.shape) for t in t_out], [tuple(t.shape) for t in s_out]
                 return Report(False, float("inf"), float("inf"), rtol, len(batches), mode, per,
