@@ -95,7 +95,7 @@ def verify(teacher: torch.nn.Module, student: torch.nn.Module, example_inputs: A
     inputs = as_inputs(example_inputs)
     batches = [tuple(_to64(x) for x in inputs)] + random_like(inputs, n_random, seed)
     t_model, s_model = prepare(teacher, mode), prepare(student, mode)
-    worst_abs, worst_rel, per = 0.0, 0.0, []
+    worst_abs, worst_rel, largest, per = 0.0, 0.0, 0.0, []
     with torch.no_grad():
         for k, batch in enumerate(batches):
             t_out, s_out = _flat(_seeded_run(t_model, batch, seed + k)), _flat(_seeded_run(s_model, batch, seed + k))
@@ -109,4 +109,9 @@ def verify(teacher: torch.nn.Module, student: torch.nn.Module, example_inputs: A
             rel_err = abs_err / scale if scale > 0 else abs_err
             per.append((abs_err, rel_err))
             worst_abs, worst_rel = max(worst_abs, abs_err), max(worst_rel, rel_err)
+            largest = max(largest, scale)
+    if largest == 0.0:  # e.g. a zero-initialised classifier head: equality would prove nothing
+        return Report(False, worst_abs, worst_rel, rtol, len(batches), mode, per,
+                      "the teacher's outputs are all zero on every input, so the comparison proves nothing "
+                      "(re-initialise a zero head, or compare an earlier output)")
     return Report(worst_rel <= rtol, worst_abs, worst_rel, rtol, len(batches), mode, per)

@@ -62,3 +62,12 @@ def test_structure_mismatch_is_reported_not_compared():
     report = n2n_fx.verify(model, student, x, mode="train")
     assert not report.ok and "structure" in str(report)
     assert n2n_fx.verify(model, student, x).ok
+
+
+def test_all_zero_teacher_outputs_prove_nothing():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2)).double()
+    torch.nn.init.zeros_(model[2].weight)
+    torch.nn.init.zeros_(model[2].bias)  # a zero-initialised head, as in torchvision's ViT
+    x = torch.randn(5, 3, dtype=torch.float64)
+    report = n2n_fx.verify(model, n2n_fx.widen(model, x, factor=2.0), x)
+    assert not report.ok and "all zero" in str(report)
