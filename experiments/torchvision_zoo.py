@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 import time
 import traceback
 from collections import Counter
@@ -127,6 +129,28 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def run_guarded(name: str, max_params: float) -> dict:
+    try:
+        return run_one(name, max_params)
+    except Skipped as why:
+        return {"model": name, "skipped": str(why)}
+    except Exception as exc:  # keep going: the table records what broke
+        traceback.print_exc()
+        return {"model": name, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"}
+
+
+def run_isolated(name: str, max_params: float) -> dict:
+    """One model per process: freed float64 copies of big models fragment the heap, and 80 models
+    in one process ran out of memory."""
+    proc = subprocess.run([sys.executable, __file__, "--one", name, "--max-params", str(max_params)],
+                          capture_output=True, text=True)
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith("ROW "):
+            return json.loads(line[4:])
+    reason = "killed (out of memory?)" if proc.returncode < 0 else f"exit {proc.returncode}"
+    return {"model": name, "error": f"{reason}: {proc.stderr.strip().splitlines()[-1][:120] if proc.stderr.strip() else ''}"}
+
+
 def write(out: Path, rows: list[dict], scope: str, done: bool) -> None:
     """Rewritten after every model, so an interrupted run still leaves its table."""
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -144,20 +168,20 @@ def main() -> None:
     ap.add_argument("--models", nargs="*", help="default: every classification model")
     ap.add_argument("--out", default="docs/zoo.md")
     ap.add_argument("--max-params", type=float, default=150e6, help="skip larger models (memory)")
+    ap.add_argument("--one", help=argparse.SUPPRESS)  # child process: one model, a JSON row on stdout
     args = ap.parse_args()
+    if args.one:
+        print("ROW " + json.dumps(run_guarded(args.one, args.max_params), default=str))
+        return
     names = args.models or classification_models()
     rows = []
     for i, name in enumerate(names, 1):
         t0 = time.perf_counter()
-        try:
-            row = run_one(name, args.max_params)
+        row = run_isolated(name, args.max_params)
+        if "error" in row or "skipped" in row:
+            status = "error" if "error" in row else "skipped"
+        else:
             status = "ok" if row["ok_1.5"] and row["ok_2.0"] and row.get("ok_train", True) else "NOT PRESERVED"
-        except Skipped as why:
-            row, status = {"model": name, "skipped": str(why)}, "skipped"
-        except Exception as exc:  # keep going: the table records what broke
-            row = {"model": name, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"}
-            status = "error"
-            traceback.print_exc()
         rows.append(row)
         print(f"[{i}/{len(names)}] {name}: {status} ({time.perf_counter() - t0:.1f} s)", flush=True)
         write(Path(args.out), rows, "every classification model" if not args.models else f"{len(names)} models",
