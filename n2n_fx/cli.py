@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from . import apply_plan, deepen, infer, trace, verify
+from . import plan as make_plan
 from .errors import N2NError
 from .planning import Plan
 from .spec import load_table
@@ -89,9 +90,8 @@ def parse_widths(items: list[str] | None) -> dict[str, int] | None:
 
 
 def _plan(args: argparse.Namespace, model: torch.nn.Module, inputs: tuple, factor: float | None) -> Plan:
-    gm = trace(model, inputs)
     widths = parse_widths(getattr(args, "width", None))
-    return Plan(infer(gm), factor=factor if not widths else None, widths=widths, seed=args.seed,
+    return make_plan(model, inputs, factor=factor if not widths else None, widths=widths, seed=args.seed,
                 symmetry=getattr(args, "symmetry", "none"))
 
 
