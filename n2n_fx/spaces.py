@@ -185,8 +185,9 @@ def boundaries(layout: Layout) -> set[int]:
 def cut(layout: Layout, pos: int, reason: Reason) -> Layout:
     """Make `pos` a segment boundary, refining the atom it falls in.
 
-    A cut inside one unit's block of a stride-mapped segment cannot be honoured: that atom is
-    frozen and the segment becomes fixed positions.
+    A cut inside one unit's block of a stride-mapped segment cannot be honoured for that unit: the
+    atom is refined so that the unit stands alone, and that unit is frozen (its positions become
+    fixed); the units either side keep their map.
     """
     offset = 0
     layout = normalize(layout)
@@ -197,6 +198,12 @@ def cut(layout: Layout, pos: int, reason: Reason) -> Layout:
                 head, tail = Fixed(local), Fixed(s.size - local)
                 return layout[:i] + (head, tail) + layout[i + 1:]
             if local % s.inner:
+                unit, units = local // s.inner, find(s.atom).width
+                if units > 1:  # isolate the one unit the cut falls in; its neighbours stay widenable
+                    for edge in (unit, unit + 1):
+                        if 0 < edge < units:
+                            _refine_at(s.atom, edge)
+                    return cut(normalize(layout), pos, reason)
                 freeze(s.atom, reason)
                 return layout[:i] + (Fixed(local), Fixed(s.size - local)) + layout[i + 1:]
             _refine_at(s.atom, local // s.inner)

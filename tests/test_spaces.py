@@ -50,10 +50,15 @@ def test_stride_mismatch_freezes_but_free_parameter_adopts():
     assert not S.find(c).frozen and S.normalize((Seg(p),)) == (Seg(S.find(c), 4),)
 
 
-def test_cut_inside_a_stride_block_freezes():
-    a = Atom(3, "a")
+def test_cut_inside_a_stride_block_freezes_only_that_unit():
+    a = Atom(3, "a")  # units 0, 1, 2 at positions 0-3, 4-7, 8-11; the cut at 6 is inside unit 1
     out = S.cut((Seg(a, 4),), 6, WHY)
-    assert S.find(a).frozen and all(isinstance(s, Fixed) for s in out)
+    first, middle, last = S.leaves(a)
+    assert [x.width for x in (first, middle, last)] == [1, 1, 1]
+    assert middle.frozen and not first.frozen and not last.frozen
+    assert out == (Seg(first, 4), Fixed(2), Fixed(2), Seg(last, 4))
+    b = Atom(1, "b")  # a single unit has nothing to keep: it is frozen
+    assert S.cut((Seg(b, 4),), 2, WHY) == (Fixed(2), Fixed(2)) and S.find(b).frozen
 
 
 @given(st.integers(1, 12), st.integers(0, 12), st.integers(0, 2**31))
