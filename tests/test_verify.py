@@ -71,3 +71,13 @@ def test_all_zero_teacher_outputs_prove_nothing():
     x = torch.randn(5, 3, dtype=torch.float64)
     report = n2n_fx.verify(model, n2n_fx.widen(model, x, factor=2.0), x)
     assert not report.ok and "all zero" in str(report)
+
+
+def test_float32_comparison_for_models_too_big_for_float64():
+    model, x, student = _pair()
+    report = n2n_fx.verify(model, student, x, dtype=torch.float32)
+    assert report.ok and report.dtype == "float32" and report.rtol == 1e-5 and "float32" in str(report)
+    assert 0 < report.max_rel_err < 1e-5  # float32 rounding shows, float64's 1e-10 would not hold
+    with torch.no_grad():
+        student.get_submodule("layer1.0.conv2").weight[0, 0, 0, 0] += 1.0
+    assert not n2n_fx.verify(model, student, x, dtype=torch.float32).ok
