@@ -27,7 +27,7 @@ from .errors import (
     UnknownSpaceError,
     WidthError,
 )
-from .frontend import as_inputs, trace
+from .frontend import as_inputs, own_tensors, trace
 from .inference import Analysis, Space, infer
 from .planning import Plan
 from .spec import load_table
@@ -41,7 +41,11 @@ def plan(model: torch.nn.Module, example_inputs: Any, *, factor: float | None = 
          widths: dict[str, int] | None = None, seed: int = 0, symmetry: str = "none",
          noise_std: float = 0.01, leaf_modules: Sequence[type] = ()) -> Plan:
     """Trace `model`, infer its spaces and plan their widths (current widths unless asked)."""
-    gm = trace(model, example_inputs, leaf_modules=leaf_modules)
+    return _plan(model, example_inputs, factor, widths, seed, symmetry, noise_std, leaf_modules, False)
+
+
+def _plan(model, example_inputs, factor, widths, seed, symmetry, noise_std, leaf_modules, share: bool) -> Plan:
+    gm = trace(model, example_inputs, leaf_modules=leaf_modules, share_tensors=share)
     return Plan(infer(gm), factor=factor, widths=widths, seed=seed, symmetry=symmetry, noise_std=noise_std)
 
 
@@ -55,10 +59,12 @@ def widen(model: torch.nn.Module, example_inputs: Any, *, factor: float | None =
     """
     if factor is None and not widths:
         factor = 2.0
-    p = plan(model, example_inputs, factor=factor, widths=widths, seed=seed, symmetry=symmetry,
-             noise_std=noise_std, leaf_modules=leaf_modules)
-    # the traced graph is already a private copy of the teacher: widen it in place
-    return Net2WiderNet(p)(p.analysis.gm).graph_module
+    # the traced graph shares the teacher's tensors (no deep copy); the pass replaces the ones it
+    # widens, and own_tensors clones the rest, so the teacher is never touched
+    p = _plan(model, example_inputs, factor, widths, seed, symmetry, noise_std, leaf_modules, True)
+    student = Net2WiderNet(p)(p.analysis.gm).graph_module
+    own_tensors(student, model)
+    return student
 
 
 def apply_plan(p: Plan) -> torch.fx.GraphModule:

@@ -1,7 +1,7 @@
 """Front end: trace a model into an FX graph with shapes on every node.
 
-The graph is a private deep copy: symbolic_trace shares submodules with the model it traces, and
-the teacher must never be mutated (not even its BatchNorm statistics during shape propagation).
+The graph is a private copy: symbolic_trace shares submodules with the model it traces, and the
+teacher must never be mutated (not even its BatchNorm statistics during shape propagation).
 """
 
 from __future__ import annotations
@@ -47,14 +47,43 @@ def _offending_line(exc: BaseException) -> str:
     return f"{f.filename}:{f.lineno}: {(f.line or '').strip()}"
 
 
+def _tensors(m: torch.nn.Module) -> list[torch.Tensor]:
+    return [*m.parameters(), *m.buffers()]
+
+
+def _copy(gm: torch.fx.GraphModule, share_tensors: bool) -> torch.fx.GraphModule:
+    # a memo that maps each parameter and buffer to itself: the module tree is copied, the tensors not
+    memo = {id(t): t for t in _tensors(gm)} if share_tensors else {}
+    return copy.deepcopy(gm, memo)
+
+
+def own_tensors(student: torch.nn.Module, teacher: torch.nn.Module) -> None:
+    """Clone every parameter and buffer `student` still shares with `teacher` (after a pass that
+    replaced the tensors it changed), so that training one never touches the other."""
+    shared = {id(t) for t in _tensors(teacher)}
+    for module in student.modules():
+        for name, p in list(module._parameters.items()):
+            if p is not None and id(p) in shared:
+                module._parameters[name] = torch.nn.Parameter(p.detach().clone(), requires_grad=p.requires_grad)
+        for name, b in list(module._buffers.items()):
+            if b is not None and id(b) in shared:
+                module._buffers[name] = b.clone()
+
+
 def trace(model: torch.nn.Module, example_inputs: Any, *, leaf_modules: Sequence[type] = (),
-          concrete_args: dict[str, Any] | None = None) -> torch.fx.GraphModule:
-    """Trace `model` and annotate every node with `meta['tensor_meta']` from the example inputs."""
+          concrete_args: dict[str, Any] | None = None, share_tensors: bool = False) -> torch.fx.GraphModule:
+    """Trace `model` and annotate every node with `meta['tensor_meta']` from the example inputs.
+
+    The graph module owns copies of the model's tensors. With `share_tensors=True` it holds the
+    model's own tensors (no copy: the cost of a deep copy is that of the whole widening); only a
+    pass that replaces tensors rather than writing into them may run on it, followed by
+    `own_tensors` (this is what `n2n_fx.widen` does).
+    """
     if not isinstance(model, torch.nn.Module):
         raise N2NError(f"expected an nn.Module, got {type(model).__name__}", fix="pass the model object itself")
     inputs = as_inputs(example_inputs)
     if isinstance(model, torch.fx.GraphModule) and not leaf_modules and concrete_args is None:
-        gm = copy.deepcopy(model)
+        gm = _copy(model, share_tensors)
     else:
         try:
             tracer = _Tracer(leaf_modules)
@@ -69,7 +98,7 @@ def trace(model: torch.nn.Module, example_inputs: Any, *, leaf_modules: Sequence
                 fix="data-dependent Python control flow cannot be traced: pass concrete_args={...} to fix "
                     "the branch, or leaf_modules=[TheModuleClass] to keep that module opaque (its spaces "
                     "are then frozen)") from exc
-        gm = copy.deepcopy(gm)
+        gm = _copy(gm, share_tensors)
     propagate_shapes(gm, inputs)
     return gm
 

@@ -72,6 +72,26 @@ def test_student_retraces_and_trains():
     assert any(not torch.equal(before[k], v) for k, v in student.state_dict().items())
 
 
+def test_student_shares_no_storage_with_the_teacher():
+    """widen() traces without a deep copy; tensors it did not widen must still be the student's own."""
+    model, x = ZOO["resnet"]()
+    model = model.double().eval()
+    x = x.double()
+    first_conv = next(name for name, m in model.named_modules() if isinstance(m, nn.Conv2d))
+    student = n2n_fx.widen(model, x, widths={first_conv: model.get_submodule(first_conv).out_channels + 2})
+    teacher_ptrs = {t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers())}
+    student_tensors = [*student.parameters(), *student.buffers()]
+    assert not any(t.untyped_storage().data_ptr() in teacher_ptrs for t in student_tensors)
+    unchanged = [k for k, v in student.state_dict().items() if v.shape == model.state_dict()[k].shape]
+    assert unchanged  # the test needs tensors the plan left alone
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        for t in student_tensors:
+            if t.is_floating_point():
+                t.add_(1.0)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
 def test_deterministic_for_a_seed():
     _, x, a = _grown(seed=7, symmetry="split")
     _, _, b = _grown(seed=7, symmetry="split")
