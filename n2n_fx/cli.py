@@ -1,4 +1,4 @@
-"""Command line: n2n-fx explain | widen | deepen | check | demo.
+"""Command line: n2n-fx explain | widen | deepen | check | demo | experiment.
 
 A model is named by `module:factory` (or `path/to/file.py:factory`); the factory returns a model
 or a (model, example_inputs) pair. Without example inputs, give --input-shape.
@@ -207,6 +207,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
+def cmd_experiment(args: argparse.Namespace) -> int:
+    try:
+        from .paper.study import SETTINGS, Config, run_study
+    except ImportError as exc:
+        raise UsageError(f"the experiments need extra packages: {exc}", op="experiment",
+                         fix="pip install -e '.[paper]' (scikit-learn for the data, matplotlib for the plots)") from exc
+    settings = list(SETTINGS) if not args.settings or "all" in args.settings else args.settings
+    unknown = sorted(set(settings) - set(SETTINGS))
+    if unknown:
+        raise UsageError(f"unknown settings {unknown}", op="experiment", fix=f"choose from all {' '.join(SETTINGS)}")
+    out = Path(args.out)
+    config = Config.quick(out) if args.quick else Config(seeds=args.seeds, out=out)
+    summary = run_study(settings, config)
+    broken = [s for s in summary if s["max_rel_err"] is not None and not s["acc0_equals_teacher"]]
+    return 1 if broken else 0
+
+
 def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="module:factory or file.py:factory returning a model or (model, inputs)")
     p.add_argument("--input-shape", action="append", help="shape of an example input, e.g. 2,3,32,32")
@@ -253,6 +270,12 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="trace, explain, widen, deepen and verify a built-in Inception-BN net")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("experiment", help="reproduce the paper's experiments on digits (CSV, plots, summary)")
+    p.add_argument("settings", nargs="*", help="all (default), or any of: wider deeper explore sweep")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--out", default="docs/paper", help="folder for curves.csv, summary.csv/.md and the plots")
+    p.add_argument("--quick", action="store_true", help="a smoke-sized run (seconds): the same code paths")
+    p.set_defaults(func=cmd_experiment)
     return parser
 
 
