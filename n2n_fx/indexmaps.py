@@ -23,6 +23,13 @@ def random_map(n: int, q: int, generator: torch.Generator) -> torch.Tensor:
     return torch.cat([torch.arange(n), extra])
 
 
+def uniform_map(n: int, q: int) -> torch.Tensor:
+    """g(j) = j mod n: every old unit replicated exactly q / n times (what a norm's statistics need)."""
+    if q < n or q % n:
+        raise ValueError(f"uniform replication needs a multiple of {n}, got {q}")
+    return torch.arange(q) % n
+
+
 def identity_map(n: int) -> torch.Tensor:
     return torch.arange(n)
 

@@ -81,6 +81,8 @@ class Space:
     carriers: list[str] = field(default_factory=list)
     consumers: list[str] = field(default_factory=list)
     reasons: tuple[Reason, ...] = ()
+    uniform: str = ""  # the norm node whose statistics allow only uniform k-fold replication
+
 
     @property
     def frozen(self) -> str | None:
@@ -99,6 +101,7 @@ class Analysis:
     module_attrs: list[ModuleAttr]
     spaces: list[Space]
     ops: dict[str, str]  # node name -> table entry name (or "unknown")
+    uniform: list[tuple[str, Layout]] = field(default_factory=list)  # (norm node, normalised layout)
 
     def space_of(self, atom: Atom) -> Space | None:
         root = S.find(atom)
@@ -142,6 +145,7 @@ class Inference:
         self.ties: list[list[Layout]] = []
         self.rewrites: list[Rewrite] = []
         self.module_attrs: list[ModuleAttr] = []
+        self.uniform: list[tuple[str, Layout]] = []
         self.ops: dict[str, str] = {}
         self.node: torch.fx.Node | None = None
 
@@ -218,8 +222,16 @@ class Inference:
         self.node = None
         self._check_roles()
         self._check_ties()
+        if self._check_uniform():
+            self._check_ties()
+        spaces = self._spaces()
+        for node, layout in self.uniform:
+            for atom in S.atoms_of(layout):
+                for sp in spaces:
+                    if S.find(sp.atom) is S.find(atom) and not sp.uniform:
+                        sp.uniform = node
         return Analysis(self.gm, self.vals, self.param_layouts, self.roles, self.grouped, self.ties,
-                        self.rewrites, self.module_attrs, self._spaces(), self.ops)
+                        self.rewrites, self.module_attrs, spaces, self.ops, self.uniform)
 
     def call(self, node: torch.fx.Node) -> Any:
         args, kwargs = self.value(node.args), self.value(node.kwargs)
@@ -281,6 +293,19 @@ class Inference:
                 reason = frozen[0] if frozen else Reason("constraint", "-", "conv", "grouped conv piece is not one space")
                 for a in atoms:
                     S.freeze(a, reason)
+
+    def _check_uniform(self) -> bool:
+        """All units under one norm replicate by one k: a frozen one (k = 1) fixes the others."""
+        changed = False
+        for node, layout in self.uniform:
+            atoms = S.atoms_of(layout)
+            frozen = [r for a in atoms for r in S.find(a).frozen]
+            if frozen and any(not S.find(a).frozen for a in atoms):
+                why = Reason("constraint", node, "normalize", f"normalised together with a frozen space ({frozen[0].code})")
+                for a in atoms:
+                    S.freeze(a, why)
+                changed = True
+        return changed
 
     def _spaces(self) -> list[Space]:
         found: dict[int, Space] = {}
@@ -391,6 +416,37 @@ class Inference:
         node = self.node
         if node is not None and node.op == "call_module" and role in spec.attrs:
             self.module_attrs.append(ModuleAttr(node.target, spec.attrs[role], layout))
+
+    def rule_normalize(self, spec: OpSpec, a: dict[str, Any]) -> Any:
+        x, meta, ns = a.get("input"), self.out_meta(), a.get("normalized_shape")
+        ns = (ns,) if isinstance(ns, int) else ns
+        if not isinstance(x, Val) or not isinstance(meta, TensorMetadata) or not isinstance(ns, (list, tuple)) \
+                or not all(isinstance(d, int) for d in ns):
+            return self.stop(a, {}, self.reason("unsupported_op", "normalisation with a computed shape"))
+        if len(ns) != 1:
+            return self.stop(a, {}, self.reason("constraint", f"normalised over {len(ns)} axes at once"))
+        layout = x.layouts[-1]
+        if S.is_spaced(layout):
+            if any(isinstance(seg, Fixed) for seg in S.normalize(layout)):
+                # fixed positions are not replicated: the mean over the axis would change
+                self.freeze_all(Val((1,), (layout,)), self.reason("constraint", "normalised together with fixed positions"))
+            else:
+                self.uniform.append((self.node.name, layout))
+        for name in spec.per_channel:
+            t = a.get(name)
+            if isinstance(t, Val):
+                if t.ndim != 1 or t.shape[0] != x.shape[-1]:
+                    self.freeze_all(Val((1,), (layout,)), self.reason("unsupported_op", f"{name} is not per-feature"))
+                    continue
+                S.unify(layout, t.layouts[0], self.reason("fixed_coupling", f"{name} is not a parameter"))
+                if not self.role(t, 0, "carry"):
+                    self.freeze_all(Val((1,), (layout,)), self.reason("fixed_coupling", f"{name} is computed"))
+        self.module_attr(spec, "normalized", layout)
+        if self.node.op == "call_function" and "normalized_shape" in self.node.kwargs:
+            self.freeze_all(Val((1,), (layout,)), self.reason("unsupported_op", "normalized_shape given by keyword"))
+        elif self.node.op == "call_function":
+            self.rewrites.append(Rewrite(self.node.name, "normalized_shape", (layout,)))
+        return Val(tuple(int(d) for d in meta.shape), x.layouts)
 
     def rule_dense(self, spec: OpSpec, a: dict[str, Any]) -> Any:
         x, w, b = a.get("input"), a.get("weight"), a.get("bias")

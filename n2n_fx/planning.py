@@ -65,6 +65,7 @@ class Plan:
         self.analysis, self.seed, self.symmetry, self.noise_std = analysis, seed, symmetry, noise_std
         targets = self._targets(factor, widths or {})
         self.spaces = [SpacePlan(sp, targets[sp.name],
+                                 im.uniform_map(sp.width, targets[sp.name]) if sp.uniform else
                                  im.random_map(sp.width, targets[sp.name], seeded(seed, "g", sp.name)))
                        for sp in analysis.spaces]
         self._by_root = {S.find(p.space.atom).id: p for p in self.spaces}
@@ -97,7 +98,44 @@ class Plan:
                                        fix="widen another space; `n2n-fx explain` lists the widenable ones")
             targets[name] = q
         self._apply_ties(targets, set(widths))
+        self._apply_uniform(targets, set(widths), factor)
         return targets
+
+    def uniform_groups(self) -> list[tuple[str, list[Space]]]:
+        """(norm node, spaces) for every set of spaces that must replicate by one k (joined when
+        two norms share a space)."""
+        groups: list[tuple[list[str], dict[str, Space]]] = []
+        for node, layout in self.analysis.uniform:
+            members = {sp.name: sp for a in S.atoms_of(layout) if (sp := self.analysis.space_of(a)) is not None}
+            joined = [g for g in groups if set(g[1]) & set(members)]
+            for g in joined:
+                groups.remove(g)
+                members.update(g[1])
+            groups.append(([node] + [n for g in joined for n in g[0]], members))
+        return [(nodes[0], list(members.values())) for nodes, members in groups]
+
+    def _apply_uniform(self, targets: dict[str, int], requested: set[str], factor: float | None) -> None:
+        """Spaces under a LayerNorm/RMSNorm grow by one integer k: k = floor(factor), or the one k
+        their requested widths imply."""
+        for node, spaces in self.uniform_groups():
+            live = [sp for sp in spaces if not sp.frozen]
+            ks = set()
+            for sp in live:
+                if sp.name in requested:
+                    q = targets[sp.name]
+                    if q % sp.width:
+                        raise ConstraintError(
+                            f"space {sp.name!r} is normalised at {node}: it can only be replicated uniformly, "
+                            f"so its width must be a multiple of {sp.width}; got {q}", node=node, op="normalize",
+                            fix=f"ask for {sp.width * max(2, round(q / sp.width))} (or leave it out)")
+                    ks.add(q // sp.width)
+            if len(ks) > 1:
+                raise ConstraintError(f"spaces {[sp.name for sp in live]} are normalised together at {node} and "
+                                      f"need one replication factor; got {sorted(ks)}", node=node, op="normalize",
+                                      fix="request widths with one ratio to their current widths")
+            k = ks.pop() if ks else (max(1, math.floor(factor + 1e-9)) if factor is not None else 1)
+            for sp in live:
+                targets[sp.name] = sp.width * k
 
     def _apply_ties(self, targets: dict[str, int], requested: set[str]) -> None:
         """Grouped-conv pieces must all get one width: a request for one applies to its group."""
@@ -205,8 +243,10 @@ def format_plan(plan: Plan) -> str:
     for p in plan.spaces:
         w = f"{p.width}" if p.new_width == p.width else f"{p.width} -> {p.new_width}"
         prod = p.space.producers or p.space.carriers
-        rows.append((p.name, _short(prod), _short(p.space.consumers), w,
-                     f"{p.reasons[0].code} at {p.reasons[0].node}" if p.reasons else ""))
+        note = f"{p.reasons[0].code} at {p.reasons[0].node}" if p.reasons else ""
+        if not note and p.space.uniform and p.new_width == p.width:
+            note = f"(integer factors only: normalised at {p.space.uniform})"
+        rows.append((p.name, _short(prod), _short(p.space.consumers), w, note))
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))

@@ -23,7 +23,7 @@ from .errors import SpecError
 
 KINDS = (
     "elementwise", "channelwise", "dense", "conv", "concat", "stack", "split", "getitem",
-    "reshape", "permute", "reduce", "matmul", "shape_query", "stop",
+    "reshape", "permute", "reduce", "matmul", "shape_query", "normalize", "stop",
 )
 _NO_DEFAULT = object()
 

@@ -82,6 +82,10 @@ class ArchNet(nn.Module):
                 chans += self.sizes[i]
             elif op in ("pool", "shuffle"):
                 chans.append(chans[step[1]])
+            elif op == "norm":  # channels-last LayerNorm / RMSNorm, as in ConvNeXt
+                _, src, kind = step
+                self.layers[str(i)] = nn.LayerNorm(chans[src]) if kind == "layer" else nn.RMSNorm(chans[src])
+                chans.append(chans[src])
         self.out_channels = chans[-1]
         feat = chans[-1] * (arch.size * arch.size if arch.head == "flatten" else 1)
         self.fc1 = nn.Linear(feat, 5)
@@ -107,6 +111,8 @@ class ArchNet(nn.Module):
                 maps += [a, b]
             elif op == "pool":
                 maps.append(F.avg_pool2d(maps[step[1]], 3, 1, 1))
+            elif op == "norm":
+                maps.append(self.layers[str(i)](maps[step[1]].permute(0, 2, 3, 1)).permute(0, 3, 1, 2))
             elif op == "shuffle":  # ShuffleNet's channel shuffle with 2 groups
                 y = maps[step[1]]
                 n, c, h, w = y.shape
@@ -119,7 +125,8 @@ class ArchNet(nn.Module):
 @st.composite
 def architectures(draw, max_steps: int = 8, activations: tuple[str, ...] = tuple(ACTIVATIONS)) -> Arch:
     """Random DAGs: convs (grouped, depthwise), BN + activation, residual add, gating mul,
-    squeeze-excitation, concat, channel split, channel shuffle, pooling; a flatten or mean head."""
+    squeeze-excitation, concat, channel split, channel shuffle, pooling, channels-last LayerNorm /
+    RMSNorm; a flatten or mean head."""
     in_ch = draw(st.integers(1, 3))
     size = draw(st.sampled_from([2, 3, 4]))
     chans: list[int] = [in_ch]
@@ -127,7 +134,8 @@ def architectures(draw, max_steps: int = 8, activations: tuple[str, ...] = tuple
     for _ in range(draw(st.integers(1, max_steps))):
         n = len(chans)
         src = draw(st.integers(0, n - 1))
-        op = draw(st.sampled_from(["conv", "conv", "bn_act", "add", "mul", "cat", "chunk", "pool", "gate", "shuffle"]))
+        op = draw(st.sampled_from(["conv", "conv", "bn_act", "add", "mul", "cat", "chunk", "pool", "gate", "shuffle",
+                                   "norm"]))
         if op == "conv":
             cin = chans[src]
             divisors = [g for g in range(1, cin + 1) if cin % g == 0]
@@ -153,6 +161,9 @@ def architectures(draw, max_steps: int = 8, activations: tuple[str, ...] = tuple
         elif op == "chunk" and chans[src] >= 2:
             steps.append(("chunk", src))
             chans += [chans[src] // 2, chans[src] - chans[src] // 2]
+        elif op == "norm":
+            steps.append(("norm", src, draw(st.sampled_from(["layer", "rms"]))))
+            chans.append(chans[src])
         elif op == "shuffle" and chans[src] % 2 == 0:
             steps.append(("shuffle", src))
             chans.append(chans[src])
@@ -177,7 +188,8 @@ class WidenRequest:
         if self.growth is None:
             return {**base, "factor": self.factor}
         open_spaces = [p for p in spaces if not p.reasons]
-        widths = {p.name: p.width + int(p.width * self.growth[i % len(self.growth)] + 0.5)
+        k = 1 + int(self.growth[0] + 0.5)  # normalised spaces grow by one integer factor
+        widths = {p.name: p.width * k if p.space.uniform else p.width + int(p.width * self.growth[i % len(self.growth)] + 0.5)
                   for i, p in enumerate(open_spaces)}
         return {**base, "widths": widths} if widths else {**base, "factor": 1.0}
 
@@ -193,7 +205,8 @@ def widen_requests() -> st.SearchStrategy[WidenRequest]:
     ).map(lambda r: r if r.factor is not None or r.growth is not None else WidenRequest(2.0, None, r.symmetry, r.seed))
 
 
-INVALID_KINDS = ("below_current", "unknown_space", "frozen_space", "factor_below_one", "bad_symmetry", "not_int")
+INVALID_KINDS = ("below_current", "unknown_space", "frozen_space", "factor_below_one", "bad_symmetry", "not_int",
+                 "not_uniform")
 
 
 def invalid_request(kind: str, spaces: list) -> dict:
@@ -204,6 +217,9 @@ def invalid_request(kind: str, spaces: list) -> dict:
         return {"widths": {open_spaces[0].name: open_spaces[0].width - 1}}
     if kind == "frozen_space" and frozen:
         return {"widths": {frozen[0].name: frozen[0].width + 1}}
+    uniform = [p for p in open_spaces if p.space.uniform and p.width > 1]
+    if kind == "not_uniform" and uniform:  # a normalised space may only be replicated k-fold
+        return {"widths": {uniform[0].name: uniform[0].width + 1}}
     if kind == "not_int" and open_spaces:
         return {"widths": {open_spaces[0].name: open_spaces[0].width + 0.5}}
     if kind == "factor_below_one":

@@ -130,7 +130,10 @@ class Net2WiderNet(PassBase):
                 _set_tensor(graph_module, param, new.contiguous())
                 modified = True
         for ma in an.module_attrs:
-            setattr(graph_module.get_submodule(ma.module), ma.attr, plan.new_width(ma.layout))
+            module, width = graph_module.get_submodule(ma.module), plan.new_width(ma.layout)
+            old = getattr(module, ma.attr)
+            # LayerNorm.normalized_shape is a tuple whose last entry is the normalised width
+            setattr(module, ma.attr, (*old[:-1], width) if isinstance(old, tuple) else width)
         if self._rewrite_graph(graph_module):
             graph_module.recompile()  # only literals in the code changed; attributes need no recompile
             modified = True
@@ -171,6 +174,9 @@ class Net2WiderNet(PassBase):
                 else:
                     node.target = torch.split
                 node.args, node.kwargs = (x, widths, rw.dim), {}
+                changed = True
+            elif rw.what == "normalized_shape":  # F.layer_norm(x, (C,), ...): the literal follows the width
+                node.args = (node.args[0], (*tuple(node.args[1])[:-1], widths[0]), *node.args[2:])
                 changed = True
             elif rw.what == "groups":
                 if len(node.args) > 6:  # conv(input, weight, bias, stride, padding, dilation, groups)

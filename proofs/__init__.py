@@ -22,6 +22,7 @@ RESERVED: dict[str, str] = {
     "split_pieces": "split/chunk/getitem: a space cut into independently widened pieces",
     "flatten_stride": "flatten (C, H, W) -> C*H*W: unit c spans an H*W block (the stride map)",
     "permute_axes": "permute/transpose move layouts with their axes",
+    "normalize": "LayerNorm / RMSNorm over the last axis: uniform k-fold replication keeps the statistics",
     "stop": "no identity: stop entries freeze what they touch",
 }
 

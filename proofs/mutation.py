@@ -65,6 +65,13 @@ def _concat_offset() -> None:
     im.gather_index = gather_index
 
 
+@mutant("non_uniform_norm", "spaces under a LayerNorm/RMSNorm get a random map (some units copied, others not)")
+def _non_uniform_norm() -> None:
+    import n2n_fx.indexmaps as im
+
+    im.uniform_map = lambda n, q: im.random_map(n, q, torch.Generator().manual_seed(q))
+
+
 @mutant("independent_add", "the two operands of a binary op keep independent maps (no union)")
 def _independent_add() -> None:
     import n2n_fx.inference as inf

@@ -223,6 +223,21 @@ class ChannelsLast(nn.Module):
         return self.b(torch.relu(self.lin(y)).transpose(1, 3).transpose(2, 3))
 
 
+class NormNet(nn.Module):
+    """A residual stream under LayerNorm and RMSNorm (module and functional), with an MLP branch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.ln, self.up, self.down = nn.Linear(2, 2), nn.LayerNorm(2), nn.Linear(2, 3), nn.Linear(3, 2)
+        self.rms, self.g, self.head = nn.RMSNorm(2), nn.Parameter(torch.randn(2)), nn.Linear(2, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.ln(self.a(x))
+        h = h + self.down(torch.relu(self.up(h)))
+        h = F.layer_norm(self.rms(h), (2,), self.g, None, 1e-5)
+        return self.head(h)
+
+
 # ------------------------------------------------------------------------------ proofs
 @proof("dense_matrix")
 def dense_matrix() -> list[Claim]:
@@ -409,6 +424,31 @@ def flatten_stride() -> list[Claim]:
 def permute_axes() -> list[Claim]:
     return [widen_claim("permute to channels-last, Linear over channels, transpose back (3 -> 5)", ChannelsLast(),
                         torch.randn(1, 1, 1, 2), plan_kw={"factor": 1.7, "seed": 1})]
+
+
+@proof("normalize")
+def normalize() -> list[Claim]:
+    """Mean, variance and mean square over the last axis survive k-fold uniform replication only."""
+    x = torch.randn(1, 2)
+    claims = [widen_claim(f"LayerNorm, RMSNorm and F.layer_norm on a residual stream, uniform x{k} (MLP 3 -> {m})",
+                          NormNet(), x, plan_kw={"factor": float(k), "seed": 1}) for k, m in ((2, 6), (3, 9))]
+    a, b = sympy.symbols("a b", real=True)
+    one = np.array([[a, b]], dtype=object)
+    lopsided = np.array([[a, a, b]], dtype=object)  # a replicated, b not: the mean moves
+    claims.append(broken_claim("non-uniform replication changes LayerNorm's output",
+                               sym.difference(sym.norm_last(one, None, None, 1e-5, False)[:, 1:],
+                                              sym.norm_last(lopsided, None, None, 1e-5, False)[:, 2:])))
+    try:  # and the planner refuses to make one
+        n2n_fx.plan(NormNet(), x, widths={"a": 3})
+        refused = False
+    except n2n_fx.ConstraintError:
+        refused = True
+    claims.append(Claim("the planner refuses a non-multiple width for a normalised space", refused))
+    at_15 = n2n_fx.plan(NormNet(), x, factor=1.5)
+    kept = all(p.new_width == p.width for p in at_15.spaces if p.space.uniform)
+    claims.append(Claim("factor 1.5 leaves normalised spaces at k = 1 (exact), others grow", kept and any(
+        p.new_width > p.width for p in at_15.spaces)))
+    return claims
 
 
 @proof("stop")

@@ -155,6 +155,20 @@ def batch_norm(x: Array, mean: Array, var: Array, weight: Array | None, bias: Ar
     return y
 
 
+def norm_last(x: Array, weight: Array | None, bias: Array | None, eps: float, rms: bool) -> Array:
+    """LayerNorm (rms=False) or RMSNorm over the last axis."""
+    n = x.shape[-1]
+    sqrt = np.vectorize(sympy.sqrt, otypes=[object])
+    if rms:
+        y = x / sqrt((x ** 2).sum(axis=-1, keepdims=True) / n + exact(eps))
+    else:
+        centred = x - x.sum(axis=-1, keepdims=True) / n
+        y = centred / sqrt((centred ** 2).sum(axis=-1, keepdims=True) / n + exact(eps))
+    if weight is not None:
+        y = y * weight
+    return y + bias if bias is not None else y
+
+
 def _pool(x: Array, k: int, stride: int, reduce: Callable) -> Array:
     n, c, h, w = x.shape
     ho, wo = (h - k) // stride + 1, (w - k) // stride + 1
@@ -197,6 +211,10 @@ class SymInterpreter(torch.fx.Interpreter):
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             return batch_norm(x, self._p(target, "running_mean"), self._p(target, "running_var"),
                               self._p(target, "weight"), self._p(target, "bias"), self.training, m.eps)
+        if isinstance(m, (nn.LayerNorm, nn.RMSNorm)):
+            rms = isinstance(m, nn.RMSNorm)
+            eps = m.eps if m.eps is not None else torch.finfo(torch.float64).eps
+            return norm_last(x, self._p(target, "weight"), None if rms else self._p(target, "bias"), eps, rms)
         if isinstance(m, (nn.Identity, nn.Dropout)):
             return x
         if isinstance(m, nn.MaxPool2d):
@@ -239,6 +257,9 @@ class SymInterpreter(torch.fx.Interpreter):
             return args[0].reshape(*args[0].shape[:start], -1)
         if target is torch.matmul or target is operator.matmul:
             return args[0] @ args[1]
+        if target is F.layer_norm:  # (input, normalized_shape, weight, bias, eps)
+            full = list(args) + [None] * (5 - len(args))
+            return norm_last(full[0], full[2], full[3], kwargs.get("eps", full[4] or 1e-5), rms=False)
         if target is F.adaptive_avg_pool2d:
             return args[0].mean(axis=(2, 3), keepdims=True)
         raise NotImplementedError(f"symbolic {target}")
@@ -277,8 +298,26 @@ def run(gm: torch.fx.GraphModule, params: dict[str, Array], inputs: tuple, **kw:
     return SymInterpreter(gm, params, **kw).run(*inputs)
 
 
+def _visibly_nonzero(expr: Any) -> bool:
+    """One exact evaluation at positive rationals: a nonzero value settles it at once (expanding a
+    wrong difference under square roots can take minutes). Zero proves nothing; the symbolic check
+    decides. Undefined activations f are evaluated as f(v) = v**3 + v."""
+    if not isinstance(expr, sympy.Basic):
+        return False
+    undef = sympy.core.function.AppliedUndef
+    expr = expr.replace(lambda e: isinstance(e, undef), lambda e: e.args[0] ** 3 + e.args[0])
+    values = {s: sympy.Rational(3 + 5 * k % 11, 7 + k % 5) for k, s in enumerate(sorted(expr.free_symbols, key=str))}
+    try:
+        value = complex(sympy.N(expr.xreplace(values), 40))
+    except (TypeError, ValueError, ZeroDivisionError):
+        return False
+    return abs(value) > 1e-25
+
+
 def is_zero(expr: Any) -> bool:
     """teacher - student reduces to 0 by expand/cancel alone (no equality oracle is trusted)."""
+    if _visibly_nonzero(expr):
+        return False
     e = sympy.expand(expr)
     return e == 0 or sympy.cancel(sympy.together(e)) == 0
 
