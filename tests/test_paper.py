@@ -75,3 +75,16 @@ def test_cli_experiment(tmp_path, capsys):
     assert main(["experiment", "deeper", "--quick", "--out", str(tmp_path)]) == 0
     assert "net2deeper" in capsys.readouterr().out and (tmp_path / "deeper.png").exists()
     assert main(["experiment", "bogus"]) == 2
+
+
+def test_augment_shifts_and_adds_noise_deterministically():
+    from n2n_fx.paper.train import augment
+
+    x = load_digits().x_train[:16]
+    assert torch.equal(augment(x, torch.Generator().manual_seed(0), 0, 0.0), x)
+    a = augment(x, torch.Generator().manual_seed(1), 1, 0.0)
+    assert a.shape == x.shape and not torch.equal(a, x)
+    assert torch.equal(a, augment(x, torch.Generator().manual_seed(1), 1, 0.0))
+    # a shift moves pixels, it does not invent them: each image's values are a subset plus zero padding
+    for i in range(16):
+        assert set(a[i].flatten().tolist()) <= set(x[i].flatten().tolist()) | {0.0}
