@@ -68,7 +68,12 @@ def build(name: str) -> torch.nn.Module:
         return InceptionBNLike()
     import torchvision
 
-    return torchvision.models.get_model(name, weights=None)
+    model = torchvision.models.get_model(name, weights=None)
+    with torch.no_grad():  # ViT's zero-initialised head would make every output 0: nothing to verify
+        for p in model.parameters():
+            if p.numel() and not p.any():
+                p.normal_(0.0, 0.02, generator=torch.Generator().manual_seed(2))
+    return model
 
 
 def peer_fn(model: torch.nn.Module, x: torch.Tensor):
@@ -167,7 +172,8 @@ def main() -> None:
             r["name"], f"{r['params'][0] / 1e6:.1f}M -> {r['params'][1] / 1e6:.1f}M", str(r["nodes"]),
             str(r["spaces"]), *(_ms(r[k]) for k in ("trace", "infer", "plan", "apply", "floor")),
             _x(r["apply_ratio"]), _x(r["widen_ratio"]), _ms(r.get("peer")), str(r["groups"] or "-"),
-            _x(r["infer_peer"]), _x(r["trace_infer_peer"]), f"{r['verify']:.1f} s", f"{r['rel']:.1e}"]) + " |")
+            _x(r["infer_peer"]), _x(r["trace_infer_peer"]), f"{r['verify']:.1f} s",
+            f"{r['rel']:.1e}" + ("" if r["ok"] else " NOT PRESERVED")]) + " |")
     print("\napply = the Net2WiderNet pass plus cloning the tensors it left alone; widen = trace + infer + "
           "plan + apply (what n2n_fx.widen runs); floor = bare index_select of every widened tensor (indices "
           "prebuilt); TP build = Torch-Pruning DependencyGraph().build_dependency + get_all_groups. Times are "
