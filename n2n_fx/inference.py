@@ -400,17 +400,24 @@ class Inference:
                 if S.is_spaced(x.layouts[k]):
                     self.freeze_all(Val((x.shape[k],), (x.layouts[k],)), self.reason("pooled_over", f"axis {k} is pooled"))
                 layouts.append(S.fixed(shape[k]))
-        for name in spec.per_channel:
-            t = a.get(name)
-            if isinstance(t, Val):
-                if t.ndim != 1 or t.shape[0] != x.shape[ch]:
-                    self.freeze_all(x.layouts[ch], self.reason("unsupported_op", f"{name} is not per-channel"))
-                    continue
-                S.unify(x.layouts[ch], t.layouts[0], self.reason("fixed_coupling", f"{name} is not a parameter"))
-                if not self.role(t, 0, "carry"):
-                    self.freeze_all(Val(x.shape, (x.layouts[ch],)), self.reason("fixed_coupling", f"{name} is computed"))
+        self.carry_per_unit(spec, a, x.layouts[ch], x.shape[ch])
         self.module_attr(spec, "channels", x.layouts[ch])
         return Val(shape, tuple(layouts))
+
+    def carry_per_unit(self, spec: OpSpec, a: dict[str, Any], layout: Layout, size: int) -> None:
+        """Per-unit tensors of the axis (BatchNorm statistics, norm gains and biases) are copied
+        through its g; one that is not a 1-D parameter of that size freezes the axis."""
+        whole = Val((size,), (layout,))
+        for name in spec.per_channel:
+            t = a.get(name)
+            if not isinstance(t, Val):
+                continue
+            if t.ndim != 1 or t.shape[0] != size:
+                self.freeze_all(whole, self.reason("unsupported_op", f"{name} is not one value per unit"))
+                continue
+            S.unify(layout, t.layouts[0], self.reason("fixed_coupling", f"{name} is not a parameter"))
+            if not self.role(t, 0, "carry"):
+                self.freeze_all(whole, self.reason("fixed_coupling", f"{name} is computed"))
 
     def module_attr(self, spec: OpSpec, role: str, layout: Layout) -> None:
         node = self.node
@@ -432,15 +439,7 @@ class Inference:
                 self.freeze_all(Val((1,), (layout,)), self.reason("constraint", "normalised together with fixed positions"))
             else:
                 self.uniform.append((self.node.name, layout))
-        for name in spec.per_channel:
-            t = a.get(name)
-            if isinstance(t, Val):
-                if t.ndim != 1 or t.shape[0] != x.shape[-1]:
-                    self.freeze_all(Val((1,), (layout,)), self.reason("unsupported_op", f"{name} is not per-feature"))
-                    continue
-                S.unify(layout, t.layouts[0], self.reason("fixed_coupling", f"{name} is not a parameter"))
-                if not self.role(t, 0, "carry"):
-                    self.freeze_all(Val((1,), (layout,)), self.reason("fixed_coupling", f"{name} is computed"))
+        self.carry_per_unit(spec, a, layout, x.shape[-1])
         self.module_attr(spec, "normalized", layout)
         if self.node.op == "call_function" and "normalized_shape" in self.node.kwargs:
             self.freeze_all(Val((1,), (layout,)), self.reason("unsupported_op", "normalized_shape given by keyword"))
