@@ -37,10 +37,7 @@ def _time(fn, *args, **kwargs):
 def gather_floor_fn(plan: Plan, gm: torch.nn.Module):
     """Precompute the index tensors, return a closure that only gathers."""
     jobs = []
-    by_param: dict[str, list[int]] = {}
-    for (param, axis) in plan.analysis.param_layouts:
-        by_param.setdefault(param, []).append(axis)
-    for param, axes in by_param.items():
+    for param, axes in plan.analysis.axes_by_param().items():
         t = gm.get_parameter(param) if param in dict(gm.named_parameters()) else gm.get_buffer(param)
         idx = []
         for axis in axes:

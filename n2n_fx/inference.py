@@ -83,7 +83,6 @@ class Space:
     reasons: tuple[Reason, ...] = ()
     uniform: str = ""  # the norm node whose statistics allow only uniform k-fold replication
 
-
     @property
     def frozen(self) -> str | None:
         return str(self.reasons[0]) if self.reasons else None
@@ -102,6 +101,13 @@ class Analysis:
     spaces: list[Space]
     ops: dict[str, str]  # node name -> table entry name (or "unknown")
     uniform: list[tuple[str, Layout]] = field(default_factory=list)  # (norm node, normalised layout)
+
+    def axes_by_param(self) -> dict[str, list[int]]:
+        """The bound axes of every parameter or buffer, in binding order."""
+        out: dict[str, list[int]] = {}
+        for param, axis in self.param_layouts:
+            out.setdefault(param, []).append(axis)
+        return out
 
     def space_of(self, atom: Atom) -> Space | None:
         root = S.find(atom)
@@ -225,11 +231,12 @@ class Inference:
         if self._check_uniform():
             self._check_ties()
         spaces = self._spaces()
+        by_root = {S.find(sp.atom).id: sp for sp in spaces}
         for node, layout in self.uniform:
             for atom in S.atoms_of(layout):
-                for sp in spaces:
-                    if S.find(sp.atom) is S.find(atom) and not sp.uniform:
-                        sp.uniform = node
+                sp = by_root.get(S.find(atom).id)
+                if sp is not None and not sp.uniform:
+                    sp.uniform = node
         return Analysis(self.gm, self.vals, self.param_layouts, self.roles, self.grouped, self.ties,
                         self.rewrites, self.module_attrs, spaces, self.ops, self.uniform)
 

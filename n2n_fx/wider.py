@@ -118,12 +118,9 @@ class Net2WiderNet(PassBase):
 
     def call(self, graph_module: torch.fx.GraphModule) -> PassResult:
         plan, an = self.plan, self.plan.analysis
-        by_param: dict[str, list[int]] = {}
-        for (param, axis) in an.param_layouts:
-            by_param.setdefault(param, []).append(axis)
         grouped = {g.param: g for g in an.grouped}
         modified = False
-        for param, axes in by_param.items():
+        for param, axes in an.axes_by_param().items():
             t = _get_attr(graph_module, param).detach()
             new = remap_tensor(t, param, axes, plan, TORCH, grouped.get(param), noise=self._noise)
             if new is not t:

@@ -85,12 +85,9 @@ def teacher_params(gm: torch.nn.Module) -> dict[str, Array]:
 def student_params(plan: Plan, params: dict[str, Array], arrays: Any = SYMPY) -> dict[str, Array]:
     """The engine's remap_tensor applied to every symbolic parameter."""
     an = plan.analysis
-    axes: dict[str, list[int]] = {}
-    for (param, axis) in an.param_layouts:
-        axes.setdefault(param, []).append(axis)
     grouped = {g.param: g for g in an.grouped}
     out = dict(params)
-    for param, ax in axes.items():
+    for param, ax in an.axes_by_param().items():
         if param in params:
             out[param] = remap_tensor(params[param], param, ax, plan, arrays, grouped.get(param))
     return out

@@ -49,9 +49,7 @@ def random_pad(teacher: nn.Module, x: torch.Tensor, widths: dict[str, int], seed
     plan = n2n_fx.plan(teacher, x, widths=widths, seed=seed)
     student = reinit(n2n_fx.apply_plan(plan), seed)
     old = plan.analysis.gm
-    axes: dict[str, list[int]] = {}
-    for param, axis in plan.analysis.param_layouts:
-        axes.setdefault(param, []).append(axis)
+    axes = plan.analysis.axes_by_param()
     state = student.state_dict()
     with torch.no_grad():
         for name, t in old.state_dict().items():
