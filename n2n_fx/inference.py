@@ -71,6 +71,16 @@ class GroupedContract:
 
 
 @dataclass
+class HeadLink:
+    """nn.MultiheadAttention ties widths: embed width (of `embed`) == head_dim x heads."""
+
+    node: str
+    embed: Layout
+    heads: Atom
+    head_dim: int
+
+
+@dataclass
 class Space:
     """A set of units widened by one g: what the user sees in the plan."""
 
@@ -82,6 +92,7 @@ class Space:
     consumers: list[str] = field(default_factory=list)
     reasons: tuple[Reason, ...] = ()
     uniform: str = ""  # the norm node whose statistics allow only uniform k-fold replication
+    attention: str = ""  # the attention node whose embed = heads x head_dim link holds this width
 
     @property
     def frozen(self) -> str | None:
@@ -101,6 +112,7 @@ class Analysis:
     spaces: list[Space]
     ops: dict[str, str]  # node name -> table entry name (or "unknown")
     uniform: list[tuple[str, Layout]] = field(default_factory=list)  # (norm node, normalised layout)
+    links: list[HeadLink] = field(default_factory=list)
 
     def axes_by_param(self) -> dict[str, list[int]]:
         """The bound axes of every parameter or buffer, in binding order."""
@@ -152,6 +164,7 @@ class Inference:
         self.rewrites: list[Rewrite] = []
         self.module_attrs: list[ModuleAttr] = []
         self.uniform: list[tuple[str, Layout]] = []
+        self.links: list[HeadLink] = []
         self.ops: dict[str, str] = {}
         self.node: torch.fx.Node | None = None
 
@@ -228,7 +241,7 @@ class Inference:
         self.node = None
         self._check_roles()
         self._check_ties()
-        if self._check_uniform():
+        while self._check_uniform() | self._check_links():
             self._check_ties()
         spaces = self._spaces()
         by_root = {S.find(sp.atom).id: sp for sp in spaces}
@@ -237,8 +250,13 @@ class Inference:
                 sp = by_root.get(S.find(atom).id)
                 if sp is not None and not sp.uniform:
                     sp.uniform = node
+        for link in self.links:
+            for atom in (*S.atoms_of(link.embed), link.heads):
+                sp = by_root.get(S.find(atom).id)
+                if sp is not None and not sp.attention:
+                    sp.attention = link.node
         return Analysis(self.gm, self.vals, self.param_layouts, self.roles, self.grouped, self.ties,
-                        self.rewrites, self.module_attrs, spaces, self.ops, self.uniform)
+                        self.rewrites, self.module_attrs, spaces, self.ops, self.uniform, self.links)
 
     def call(self, node: torch.fx.Node) -> Any:
         args, kwargs = self.value(node.args), self.value(node.kwargs)
@@ -270,9 +288,12 @@ class Inference:
 
     def bind_module(self, node: torch.fx.Node, spec: OpSpec, args: tuple, kwargs: dict) -> dict[str, Any]:
         mod = self.gm.get_submodule(node.target)
-        bound = bind(spec, args[:1], {}) if args else {}
+        if spec.forward:
+            bound = bind(spec, args, kwargs, spec.forward)
+        else:
+            bound = bind(spec, args[:1], {}) if args else {}
         for name, attr in spec.params.items():
-            t = getattr(mod, attr, None)
+            t = _get_attr(mod, attr, None)
             bound[name] = self.param_val(f"{node.target}.{attr}", t) if isinstance(t, torch.Tensor) else None
         for name, attr in spec.config.items():
             bound[name] = getattr(mod, attr)
@@ -314,6 +335,22 @@ class Inference:
                 changed = True
         return changed
 
+    def _check_links(self) -> bool:
+        """embed width == heads x head_dim: frozen heads fix the embed width, a fixed embed the heads."""
+        changed = False
+        for link in self.links:
+            heads = S.find(link.heads)
+            embed = [S.find(a) for a in S.atoms_of(link.embed)]
+            if heads.frozen and any(not a.frozen for a in embed):
+                why = Reason("constraint", link.node, "attention", f"embed width is heads x head_dim and the heads are frozen ({heads.frozen[0].code})")
+                for a in embed:
+                    S.freeze(a, why)
+                changed = True
+            elif not heads.frozen and all(a.frozen for a in embed):
+                S.freeze(heads, Reason("constraint", link.node, "attention", "heads x head_dim must equal the embed width, which is frozen"))
+                changed = True
+        return changed
+
     def _spaces(self) -> list[Space]:
         found: dict[int, Space] = {}
         order: list[int] = []
@@ -348,7 +385,7 @@ class Inference:
             sp = found[rid]
             if not sp.producers and not (sp.carriers and sp.consumers):
                 continue  # a parameter axis that meets no hidden unit (kernel taps, ...)
-            base = (sp.producers or sp.carriers)[0]
+            base = S.find(sp.atom).label or (sp.producers or sp.carriers)[0]
             name, k = base, 2
             while name in names:
                 name, k = f"{base}#{k}", k + 1
@@ -429,7 +466,8 @@ class Inference:
     def module_attr(self, spec: OpSpec, role: str, layout: Layout) -> None:
         node = self.node
         if node is not None and node.op == "call_module" and role in spec.attrs:
-            self.module_attrs.append(ModuleAttr(node.target, spec.attrs[role], layout))
+            child, _, attr = spec.attrs[role].rpartition(".")  # "out_proj.in_features": a child's
+            self.module_attrs.append(ModuleAttr(f"{node.target}.{child}" if child else node.target, attr, layout))
 
     def rule_normalize(self, spec: OpSpec, a: dict[str, Any]) -> Any:
         x, meta, ns = a.get("input"), self.out_meta(), a.get("normalized_shape")
@@ -453,6 +491,62 @@ class Inference:
         elif self.node.op == "call_function":
             self.rewrites.append(Rewrite(self.node.name, "normalized_shape", (layout,)))
         return Val(tuple(int(d) for d in meta.shape), x.layouts)
+
+    def rule_expand(self, spec: OpSpec, a: dict[str, Any]) -> Any:
+        x, meta = a.get("input"), self.out_meta()
+        if not isinstance(x, Val) or not isinstance(meta, TensorMetadata):
+            return self.stop(a, {}, self.reason("unsupported_op", "expand of a non-tensor"))
+        shape = tuple(int(d) for d in meta.shape)
+        layouts = self.broadcast([x], shape, self.reason("fixed_coupling", "expand"))
+        if any(isinstance(d, int) and d != -1 for d in a.get("size", ())):
+            self.rewrites.append(Rewrite(self.node.name, "view_shape", layouts))  # literal sizes follow
+        return Val(shape, layouts)
+
+    def rule_attention(self, spec: OpSpec, a: dict[str, Any]) -> Any:
+        """nn.MultiheadAttention (packed q/k/v projection). Net2WiderNet grows it by whole heads: a
+        copied head's q, k, v rows are its teacher's, so its softmax and output are the teacher
+        head's; the output projection divides its columns by the copies."""
+        q, k, v = a.get("query"), a.get("key"), a.get("value")
+        w_in, b_in, w_out, b_out = a.get("in_weight"), a.get("in_bias"), a.get("out_weight"), a.get("out_bias")
+        meta = self.out_meta()
+        if not a.get("packed") or not isinstance(w_in, Val) or not isinstance(w_out, Val):
+            return self.stop(a, {}, self.reason("unsupported_op", "separate q/k/v projections (kdim or vdim != embed_dim)"))
+        if a.get("bias_k") is not None or a.get("add_zero_attn"):
+            return self.stop(a, {}, self.reason("unsupported_op", "bias_k/bias_v or add_zero_attn append a key per head"))
+        if not all(isinstance(t, Val) for t in (q, k, v)) or not isinstance(meta, (list, tuple)):
+            return self.stop(a, {}, self.reason("unsupported_op", "query, key and value must be tensors"))
+        n_heads = a["num_heads"]
+        head_dim = w_in.shape[1] // n_heads
+        for t in (q, k, v):  # attention mixes sequence positions (and batch rows stay fixed)
+            for axis in range(t.ndim - 1):
+                if S.is_spaced(t.layouts[axis]):
+                    self.freeze_all(Val((1,), (t.layouts[axis],)), self.reason("pooled_over", f"attention mixes axis {axis}"))
+        why = self.reason("fixed_coupling", "attention features meet a fixed axis")
+        for t in (q, k, v):  # the packed projection's columns read query, key and value alike
+            S.unify(t.layouts[-1], w_in.layouts[1], why)
+        heads = Atom(n_heads, f"{self.node.target}:heads", label=f"{self.node.target}.heads")
+        head = (Seg(heads, head_dim),)  # a head's head_dim rows move together
+        S.unify(w_in.layouts[0], qkv_rows(heads, head_dim), why)
+        S.unify(w_out.layouts[1], head, why)
+        self.role(w_in, 1, "contract")
+        self.role(w_in, 0, "out")
+        self.role(w_out, 1, "contract")
+        self.role(w_out, 0, "out")
+        for b, w in ((b_in, w_in), (b_out, w_out)):
+            if isinstance(b, Val):
+                S.unify(w.layouts[0], b.layouts[0], why)
+                self.role(b, 0, "carry")
+        mask = a.get("attn_mask")
+        if isinstance(mask, Val) and mask.ndim == 3:
+            S.freeze(heads, self.reason("constraint", "a 3-D attn_mask holds one slice per head"))
+        if _weights_used(self.node):
+            S.freeze(heads, self.reason("constraint", "attention weights averaged over heads are used"))
+        self.links.append(HeadLink(self.node.name, q.layouts[-1], heads, head_dim))
+        for role_, layout in (("embed", q.layouts[-1]), ("kdim", k.layouts[-1]), ("vdim", v.layouts[-1]),
+                              ("heads", (Seg(heads),)), ("proj_in", head), ("proj_out", w_out.layouts[0])):
+            self.module_attr(spec, role_, layout)
+        out = Val(tuple(int(d) for d in meta[0].shape), q.layouts[:-1] + (S.normalize(w_out.layouts[0]),))
+        return (out, self.from_meta(meta[1]) if len(meta) > 1 else Scalar())
 
     def rule_dense(self, spec: OpSpec, a: dict[str, Any]) -> Any:
         x, w, b = a.get("input"), a.get("weight"), a.get("bias")
@@ -625,8 +719,10 @@ class Inference:
                 if isinstance(arg, Scalar) and S.is_spaced(lay):
                     need = {S.find(t) for t in S.atoms_of(lay)}
                     have = {S.find(leaf) for t in arg.taint for leaf in S.leaves(t)}
-                    if not need <= have:
-                        self.freeze_all(Val((1,), (lay,)), self.reason("untracked_size", f"size argument {k} is computed"))
+                    if not need <= have:  # the computed size follows other spaces: hold both
+                        why = self.reason("untracked_size", f"size argument {k} is computed from another space")
+                        self.freeze_all(Val((1,), (lay,)), why)
+                        self.freeze_all(arg, why)
                 elif isinstance(arg, Scalar) and arg.taint:
                     # a fixed dim whose size is computed from a width: it would change on the student
                     self.freeze_all(arg, self.reason("size_used", f"size argument {k} depends on a width"))
@@ -681,6 +777,22 @@ class Inference:
         if name == "numel":
             return Scalar(frozenset().union(*taints))
         return Scalar()
+
+
+def qkv_rows(heads: Atom, head_dim: int) -> Layout:
+    """The packed projection's rows: q | k | v, each laid out by head (a head's rows move together);
+    q and k of one head must share its map (their dot product), and v with them (one output)."""
+    return (Seg(heads, head_dim),) * 3
+
+
+def _weights_used(node: torch.fx.Node) -> bool:
+    """Does anything read element 1 (the attention weights) of this node's output tuple?"""
+    for user in node.users:
+        if user.op != "call_function" or user.target is not operator.getitem:
+            return True  # the tuple escapes whole
+        if user.args[1] != 0 and user.users:
+            return True
+    return False
 
 
 def reshape_layouts(in_shape: tuple[int, ...], in_layouts: tuple[Layout, ...], out_shape: tuple[int, ...],
@@ -761,10 +873,13 @@ def _divisible(layout: Layout, rest: int) -> bool:
     return all((s.inner % rest == 0) if isinstance(s, Seg) else (s.size % rest == 0) for s in S.normalize(layout))
 
 
-def _get_attr(gm: torch.nn.Module, target: str) -> Any:
+_MISSING = object()
+
+
+def _get_attr(gm: torch.nn.Module, target: str, default: Any = _MISSING) -> Any:
     obj: Any = gm
     for part in target.split("."):
-        obj = getattr(obj, part)
+        obj = getattr(obj, part) if default is _MISSING else getattr(obj, part, default)
     return obj
 
 

@@ -99,6 +99,7 @@ class Plan:
             targets[name] = q
         self._apply_ties(targets, set(widths))
         self._apply_uniform(targets, set(widths), factor)
+        self._apply_links(targets, set(widths))
         return targets
 
     def uniform_groups(self) -> list[tuple[str, list[Space]]]:
@@ -136,6 +137,62 @@ class Plan:
             k = ks.pop() if ks else (max(1, math.floor(factor + 1e-9)) if factor is not None else 1)
             for sp in live:
                 targets[sp.name] = sp.width * k
+
+    def _apply_links(self, targets: dict[str, int], requested: set[str]) -> None:
+        """nn.MultiheadAttention: heads = embed width / head_dim. A factor that gives an embed width
+        off the head_dim grid leaves that attention's spaces (and what is tied to them) as they are;
+        a requested width off the grid is an error."""
+        an = self.analysis
+        for _ in range(len(an.links) + 1):
+            reset: set[str] = set()
+            for link in an.links:
+                heads = an.space_of(link.heads)
+                embed = [sp for a in S.atoms_of(link.embed) if (sp := an.space_of(a)) is not None]
+                if heads is None:
+                    continue
+                width = self._layout_width(link.embed, targets)
+                want = width // link.head_dim if width % link.head_dim == 0 else None
+                if want is not None and (heads.frozen and want != heads.width or
+                                         heads.name in requested and targets[heads.name] != want):
+                    want = None
+                if want is not None:
+                    targets[heads.name] = want
+                    continue
+                if heads.name in requested or any(sp.name in requested for sp in embed):
+                    raise ConstraintError(
+                        f"attention {link.node}: embed width {width} must equal heads x head_dim "
+                        f"({targets[heads.name]} x {link.head_dim})", node=link.node, op="attention",
+                        fix=f"request an embed width that is a multiple of {link.head_dim} and leave "
+                            f"{heads.name!r} out (it follows: embed width / {link.head_dim})")
+                reset |= {heads.name, *(sp.name for sp in embed)}
+            if not reset:
+                return
+            for name in self._closure(reset):
+                targets[name] = next(sp.width for sp in an.spaces if sp.name == name)
+        raise ConstraintError("attention widths did not settle", op="attention",  # pragma: no cover
+                              fix="request widths for the attention's spaces explicitly")
+
+    def _layout_width(self, layout: Layout, targets: dict[str, int]) -> int:
+        total = 0
+        for s in S.normalize(layout):
+            sp = self.analysis.space_of(s.atom) if isinstance(s, Seg) else None
+            total += (targets[sp.name] * s.inner if sp is not None else s.size)
+        return total
+
+    def _closure(self, names: set[str]) -> set[str]:
+        """Spaces that must keep their width with `names`: their norm groups and conv tie groups."""
+        groups = [[sp.name for sp in spaces] for _, spaces in self.uniform_groups()]
+        for group in self.analysis.ties:
+            groups.append([sp.name for lay in group for a in S.atoms_of(lay)
+                           if (sp := self.analysis.space_of(a)) is not None])
+        out, changed = set(names), True
+        while changed:
+            changed = False
+            for g in groups:
+                if out & set(g) and not set(g) <= out:
+                    out |= set(g)
+                    changed = True
+        return out
 
     def _apply_ties(self, targets: dict[str, int], requested: set[str]) -> None:
         """Grouped-conv pieces must all get one width: a request for one applies to its group."""
@@ -246,6 +303,8 @@ def format_plan(plan: Plan) -> str:
         note = f"{p.reasons[0].code} at {p.reasons[0].node}" if p.reasons else ""
         if not note and p.space.uniform and p.new_width == p.width:
             note = f"(integer factors only: normalised at {p.space.uniform})"
+        elif not note and p.space.attention and p.new_width == p.width:
+            note = f"(embed width = heads x head_dim at {p.space.attention})"
         rows.append((p.name, _short(prod), _short(p.space.consumers), w, note))
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]

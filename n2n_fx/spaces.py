@@ -41,6 +41,7 @@ class Atom:
     frozen: list[Reason] = field(default_factory=list)
     free: bool = False  # a parameter axis not yet related to any other axis: may adopt a stride
     alias: tuple[Atom, int] | None = None  # (atom, k): this atom IS that atom's units, each k wide
+    label: str = ""  # a space name given by the rule that made the atom (attention heads)
 
     def __repr__(self) -> str:
         return f"Atom#{self.id}({self.origin}, w={self.width})"

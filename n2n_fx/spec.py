@@ -23,7 +23,7 @@ from .errors import SpecError
 
 KINDS = (
     "elementwise", "channelwise", "dense", "conv", "concat", "stack", "split", "getitem",
-    "reshape", "permute", "reduce", "matmul", "shape_query", "normalize", "stop",
+    "reshape", "permute", "reduce", "matmul", "shape_query", "normalize", "expand", "attention", "stop",
 )
 _NO_DEFAULT = object()
 
@@ -36,6 +36,7 @@ class OpSpec:
     kind: str
     signature: tuple[tuple[str, Any], ...]  # (name, default or _NO_DEFAULT); "*name" is varargs
     proof: str
+    forward: tuple[tuple[str, Any], ...] = ()  # a module's forward arguments, when it takes more than one
     modules: tuple[str, ...] = ()
     functions: tuple[str, ...] = ()
     methods: tuple[str, ...] = ()
@@ -144,6 +145,7 @@ def parse_table(raw: dict[str, Any]) -> RuleTable:
         spec = OpSpec(
             name=entry["name"], kind=entry["kind"], proof=entry["proof"],
             signature=_parse_signature(entry.get("signature", ["input"]), where),
+            forward=_parse_signature(entry.get("forward", []), where),
             modules=tuple(entry.get("modules", ())), functions=tuple(entry.get("functions", ())),
             methods=tuple(entry.get("methods", ())), params=dict(entry.get("params", {})),
             config=dict(entry.get("config", {})), attrs=dict(entry.get("attrs", {})),
@@ -184,11 +186,12 @@ def load_table() -> RuleTable:
         return parse_table(tomllib.load(fh))
 
 
-def bind(spec: OpSpec, args: tuple, kwargs: dict) -> dict[str, Any]:
-    """Bind a call's positional and keyword arguments to the entry's signature names."""
+def bind(spec: OpSpec, args: tuple, kwargs: dict, signature: tuple[tuple[str, Any], ...] = ()) -> dict[str, Any]:
+    """Bind a call's positional and keyword arguments to the entry's signature names (or to the
+    given signature: a module's forward)."""
     bound: dict[str, Any] = {}
     pos = list(args)
-    for name, default in spec.signature:
+    for name, default in signature or spec.signature:
         if name.startswith("*"):
             rest = pos
             if len(rest) == 1 and isinstance(rest[0], (list, tuple)):

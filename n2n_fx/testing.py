@@ -86,6 +86,10 @@ class ArchNet(nn.Module):
                 _, src, kind = step
                 self.layers[str(i)] = nn.LayerNorm(chans[src]) if kind == "layer" else nn.RMSNorm(chans[src])
                 chans.append(chans[src])
+            elif op == "attention":  # self-attention over the positions, channels as features
+                _, src, heads = step
+                self.layers[str(i)] = nn.MultiheadAttention(chans[src], heads, batch_first=True)
+                chans.append(chans[src])
         self.out_channels = chans[-1]
         feat = chans[-1] * (arch.size * arch.size if arch.head == "flatten" else 1)
         self.fc1 = nn.Linear(feat, 5)
@@ -113,6 +117,12 @@ class ArchNet(nn.Module):
                 maps.append(F.avg_pool2d(maps[step[1]], 3, 1, 1))
             elif op == "norm":
                 maps.append(self.layers[str(i)](maps[step[1]].permute(0, 2, 3, 1)).permute(0, 3, 1, 2))
+            elif op == "attention":
+                y = maps[step[1]]
+                n, c, h, w = y.shape
+                tokens = y.flatten(2).transpose(1, 2)
+                out = self.layers[str(i)](tokens, tokens, tokens, need_weights=False)[0]
+                maps.append(out.transpose(1, 2).reshape(n, c, h, w))
             elif op == "shuffle":  # ShuffleNet's channel shuffle with 2 groups
                 y = maps[step[1]]
                 n, c, h, w = y.shape
@@ -126,7 +136,7 @@ class ArchNet(nn.Module):
 def architectures(draw, max_steps: int = 8, activations: tuple[str, ...] = tuple(ACTIVATIONS)) -> Arch:
     """Random DAGs: convs (grouped, depthwise), BN + activation, residual add, gating mul,
     squeeze-excitation, concat, channel split, channel shuffle, pooling, channels-last LayerNorm /
-    RMSNorm; a flatten or mean head."""
+    RMSNorm, multi-head self-attention over positions; a flatten or mean head."""
     in_ch = draw(st.integers(1, 3))
     size = draw(st.sampled_from([2, 3, 4]))
     chans: list[int] = [in_ch]
@@ -135,7 +145,7 @@ def architectures(draw, max_steps: int = 8, activations: tuple[str, ...] = tuple
         n = len(chans)
         src = draw(st.integers(0, n - 1))
         op = draw(st.sampled_from(["conv", "conv", "bn_act", "add", "mul", "cat", "chunk", "pool", "gate", "shuffle",
-                                   "norm"]))
+                                   "norm", "attention"]))
         if op == "conv":
             cin = chans[src]
             divisors = [g for g in range(1, cin + 1) if cin % g == 0]
@@ -164,6 +174,10 @@ def architectures(draw, max_steps: int = 8, activations: tuple[str, ...] = tuple
         elif op == "norm":
             steps.append(("norm", src, draw(st.sampled_from(["layer", "rms"]))))
             chans.append(chans[src])
+        elif op == "attention":
+            heads = draw(st.sampled_from([h for h in range(1, chans[src] + 1) if chans[src] % h == 0]))
+            steps.append(("attention", src, heads))
+            chans.append(chans[src])
         elif op == "shuffle" and chans[src] % 2 == 0:
             steps.append(("shuffle", src))
             chans.append(chans[src])
@@ -187,7 +201,8 @@ class WidenRequest:
         base = {"symmetry": self.symmetry, "seed": self.seed}
         if self.growth is None:
             return {**base, "factor": self.factor}
-        open_spaces = [p for p in spaces if not p.reasons]
+        # attention spaces are left to the plan (heads follow the embed width, a multiple of head_dim)
+        open_spaces = [p for p in spaces if not p.reasons and not p.space.attention]
         k = 1 + int(self.growth[0] + 0.5)  # normalised spaces grow by one integer factor
         widths = {p.name: p.width * k if p.space.uniform else p.width + int(p.width * self.growth[i % len(self.growth)] + 0.5)
                   for i, p in enumerate(open_spaces)}

@@ -23,6 +23,8 @@ RESERVED: dict[str, str] = {
     "flatten_stride": "flatten (C, H, W) -> C*H*W: unit c spans an H*W block (the stride map)",
     "permute_axes": "permute/transpose move layouts with their axes",
     "normalize": "LayerNorm / RMSNorm over the last axis: uniform k-fold replication keeps the statistics",
+    "expand": "expand/broadcast_to: a broadcast parameter (class token) is copied through g",
+    "attention_heads": "multi-head attention grows by whole heads; head_dim and its scale stay",
     "stop": "no identity: stop entries freeze what they touch",
 }
 

@@ -143,6 +143,16 @@ def _forget_consumer() -> None:
     inf.Inference.role = role
 
 
+@mutant("heads_per_projection", "attention's q, k and v rows get independent head maps")
+def _heads_per_projection() -> None:
+    import n2n_fx.inference as inf
+    from n2n_fx.spaces import Atom, Seg
+
+    def qkv_rows(heads, head_dim):
+        return tuple(Seg(h, head_dim) for h in (heads, Atom(heads.width, "k"), Atom(heads.width, "v")))
+    inf.qkv_rows = qkv_rows
+
+
 SUITE = ["tests/test_properties.py", "tests/test_models.py", "-k",
          "properties or widen_exact_float64 or deepen_several or compositions", "-x", "-q", "-p", "no:cacheprovider"]
 

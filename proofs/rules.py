@@ -238,6 +238,32 @@ class NormNet(nn.Module):
         return self.head(h)
 
 
+class AttnNet(nn.Module):
+    """A residual stream through self-attention (embed 4, 2 heads of 2) and out."""
+
+    def __init__(self, batch_first: bool = True) -> None:
+        super().__init__()
+        self.a, self.head = nn.Linear(3, 4), nn.Linear(4, 2)
+        self.attn = nn.MultiheadAttention(4, 2, batch_first=batch_first)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a(x)
+        return self.head(h + self.attn(h, h, h, need_weights=False)[0])
+
+
+class TokenNet(nn.Module):
+    """ViT's class token and position embedding: parameters broadcast into the hidden space."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.head = nn.Linear(3, 2), nn.Linear(2, 2)
+        self.cls, self.pos = nn.Parameter(torch.randn(1, 1, 2)), nn.Parameter(torch.randn(1, 3, 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = torch.cat([self.cls.expand(x.shape[0], -1, -1), self.a(x)], dim=1) + self.pos
+        return self.head(torch.tanh(tokens))
+
+
 # ------------------------------------------------------------------------------ proofs
 @proof("dense_matrix")
 def dense_matrix() -> list[Claim]:
@@ -448,6 +474,39 @@ def normalize() -> list[Claim]:
     kept = all(p.new_width == p.width for p in at_15.spaces if p.space.uniform)
     claims.append(Claim("factor 1.5 leaves normalised spaces at k = 1 (exact), others grow", kept and any(
         p.new_width > p.width for p in at_15.spaces)))
+    return claims
+
+
+@proof("expand")
+def expand() -> list[Claim]:
+    """A broadcast parameter (class token) is copied through g like a bias; position embeddings add."""
+    x = torch.randn(1, 2, 3)
+    return [widen_claim(f"class token expanded and concatenated, position embedding added (2 -> {w})", TokenNet(), x,
+                        plan_kw={"widths": {"a": w}, "seed": 3}) for w in (3, 5)]
+
+
+@proof("attention_heads")
+def attention_heads() -> list[Claim]:
+    """Whole heads duplicated: a copy's q, k, v rows are its teacher head's, so its softmax and output
+    are too; the output projection divides by the copies. head_dim (and its scale) never changes."""
+    x = torch.randn(1, 2, 3)
+    claims = [widen_claim(f"self-attention, batch_first={bf}, embed 4 -> {2 * k}, heads 2 -> {k} (seed {seed})",
+                          AttnNet(bf), x if bf else x.transpose(0, 1), plan_kw={"factor": k / 2, "seed": seed})
+              for bf, k, seed in ((True, 4, 0), (True, 3, 1), (False, 4, 2))]
+    a, b, c, d = sympy.symbols("a b c d", real=True)
+    teacher = (a * c + b * d) / sympy.sqrt(2)  # one head, head_dim 2: a score
+    student = (a * c / 2 + a * c / 2 + b * d) / sympy.sqrt(3)  # q dim 0 copied, k halved: head_dim 3
+    claims.append(broken_claim("widening inside a head (head_dim 2 -> 3) changes the 1/sqrt(head_dim) scale",
+                               sym.difference(np.array([teacher]), np.array([student]))))
+    mixed = (a * d + b * c) / sympy.sqrt(2)  # q of one head against k rows of another map
+    claims.append(broken_claim("q and k rows of a head under different maps change the score",
+                               sym.difference(np.array([teacher]), np.array([mixed]))))
+    try:
+        n2n_fx.plan(AttnNet(), x, widths={"a": 5})
+        refused = False
+    except n2n_fx.ConstraintError:
+        refused = True
+    claims.append(Claim("the planner refuses an embed width off the head_dim grid (5 with head_dim 2)", refused))
     return claims
 
 

@@ -166,6 +166,25 @@ def norm_last(x: Array, weight: Array | None, bias: Array | None, eps: float, rm
     return y + bias if bias is not None else y
 
 
+def attention(q: Array, k: Array, v: Array, m: nn.MultiheadAttention, w_in: Array, b_in: Array | None,
+              w_out: Array, b_out: Array | None) -> Array:
+    """nn.MultiheadAttention (packed projection, no masks): softmax(q k^T / sqrt(head_dim)) v per head."""
+    if not m.batch_first:
+        q, k, v = (np.swapaxes(t, 0, 1) for t in (q, k, v))
+    heads, hd = m.num_heads, w_in.shape[1] // m.num_heads
+    wq, wk, wv = np.split(w_in, 3, axis=0)
+    bq, bk, bv = np.split(b_in, 3) if b_in is not None else (0, 0, 0)
+    qp, kp, vp = q @ wq.T + bq, k @ wk.T + bk, v @ wv.T + bv
+    exp = np.vectorize(sympy.exp, otypes=[object])
+    out = np.empty(qp.shape, dtype=object)
+    for n, h in np.ndindex(qp.shape[0], heads):
+        cols = slice(h * hd, (h + 1) * hd)
+        e = exp(qp[n, :, cols] @ kp[n, :, cols].T / sympy.sqrt(hd))
+        out[n, :, cols] = (e / e.sum(axis=1, keepdims=True)) @ vp[n, :, cols]
+    y = out @ w_out.T + (b_out if b_out is not None else 0)
+    return y if m.batch_first else np.swapaxes(y, 0, 1)
+
+
 def _pool(x: Array, k: int, stride: int, reduce: Callable) -> Array:
     n, c, h, w = x.shape
     ho, wo = (h - k) // stride + 1, (w - k) // stride + 1
@@ -212,6 +231,11 @@ class SymInterpreter(torch.fx.Interpreter):
             rms = isinstance(m, nn.RMSNorm)
             eps = m.eps if m.eps is not None else torch.finfo(torch.float64).eps
             return norm_last(x, self._p(target, "weight"), None if rms else self._p(target, "bias"), eps, rms)
+        if isinstance(m, nn.MultiheadAttention):
+            q, k, v = args[:3]
+            w = attention(q, k, v, m, self._p(target, "in_proj_weight"), self._p(target, "in_proj_bias"),
+                          self._p(target, "out_proj.weight"), self._p(target, "out_proj.bias"))
+            return w, None
         if isinstance(m, (nn.Identity, nn.Dropout)):
             return x
         if isinstance(m, nn.MaxPool2d):
@@ -242,6 +266,8 @@ class SymInterpreter(torch.fx.Interpreter):
             return args[0].mean(axis=args[1] if len(args) > 1 else kwargs.get("dim"))
         if target is operator.getitem:
             return args[0][args[1]]
+        if target is getattr:
+            return getattr(args[0], args[1])
         if target is torch.stack:
             return np.stack(args[0], axis=kwargs.get("dim", args[1] if len(args) > 1 else 0))
         if target in (torch.cat, torch.concat):
@@ -280,6 +306,11 @@ class SymInterpreter(torch.fx.Interpreter):
             size = -(-x.shape[dim] // chunks)
             sizes = [min(size, x.shape[dim] - k * size) for k in range(chunks) if k * size < x.shape[dim]]
             return self.call_function(torch.split, (x, sizes, dim), {})
+        if target == "expand":
+            sizes = args[1] if len(args) == 2 and isinstance(args[1], (tuple, list)) else args[1:]
+            lead = len(sizes) - x.ndim
+            sizes = [x.shape[i - lead] if s == -1 else s for i, s in enumerate(sizes)]
+            return np.broadcast_to(x, sizes)
         if target == "transpose":
             return np.swapaxes(x, args[1], args[2])
         if target == "unsqueeze":

@@ -63,9 +63,13 @@ def test_widen_preserves_random_architectures(arch, req):
     for p in plan.spaces:
         if p.reasons:
             assert p.new_width == p.width
+        elif p.space.attention:  # heads follow the embed width; off the head_dim grid both stay
+            assert p.new_width >= p.width
+        elif "factor" in asked and p.space.uniform:  # one integer k per norm group
+            assert p.new_width == p.width * max(1, int(asked["factor"] + 1e-9))
         elif "factor" in asked:
             assert p.new_width == max(p.width, int(p.width * asked["factor"] + 0.5))
-        else:
+        elif p.name in asked["widths"]:
             assert p.new_width >= asked["widths"][p.name]  # ties may raise a group to its widest
 
 
