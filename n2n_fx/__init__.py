@@ -29,6 +29,7 @@ from .errors import (
 )
 from .frontend import as_inputs, own_tensors, trace
 from .inference import Analysis, Space, infer
+from .optim import widen_optimizer
 from .planning import Plan
 from .spec import load_table
 from .verification import Report, verify
@@ -39,19 +40,25 @@ __version__ = "0.1.0"
 
 def plan(model: torch.nn.Module, example_inputs: Any, *, factor: float | None = None,
          widths: dict[str, int] | None = None, seed: int = 0, symmetry: str = "none",
-         noise_std: float = 0.01, leaf_modules: Sequence[type] = ()) -> Plan:
-    """Trace `model`, infer its spaces and plan their widths (current widths unless asked)."""
-    return _plan(model, example_inputs, factor, widths, seed, symmetry, noise_std, leaf_modules, False)
+         noise_std: float = 0.01, leaf_modules: Sequence[type] = (), replication: str = "random") -> Plan:
+    """Trace `model`, infer its spaces and plan their widths (current widths unless asked).
+
+    replication='uniform' copies every unit k times (integer factors): what an exact optimizer
+    hand-over needs (see widen_optimizer)."""
+    return _plan(model, example_inputs, factor, widths, seed, symmetry, noise_std, leaf_modules, False, replication)
 
 
-def _plan(model, example_inputs, factor, widths, seed, symmetry, noise_std, leaf_modules, share: bool) -> Plan:
+def _plan(model, example_inputs, factor, widths, seed, symmetry, noise_std, leaf_modules, share: bool,
+          replication: str = "random") -> Plan:
     gm = trace(model, example_inputs, leaf_modules=leaf_modules, share_tensors=share)
-    return Plan(infer(gm), factor=factor, widths=widths, seed=seed, symmetry=symmetry, noise_std=noise_std)
+    return Plan(infer(gm), factor=factor, widths=widths, seed=seed, symmetry=symmetry, noise_std=noise_std,
+                replication=replication)
 
 
 def widen(model: torch.nn.Module, example_inputs: Any, *, factor: float | None = None,
           widths: dict[str, int] | None = None, seed: int = 0, symmetry: str = "none",
-          noise_std: float = 0.01, leaf_modules: Sequence[type] = ()) -> torch.fx.GraphModule:
+          noise_std: float = 0.01, leaf_modules: Sequence[type] = (), replication: str = "random",
+          ) -> torch.fx.GraphModule:
     """Net2WiderNet: a wider student computing the teacher's function (symmetry 'none'/'split').
 
     Give `factor` (a real >= 1, applied to every widenable space) or `widths` ({space: units});
@@ -61,7 +68,7 @@ def widen(model: torch.nn.Module, example_inputs: Any, *, factor: float | None =
         factor = 2.0
     # the traced graph shares the teacher's tensors (no deep copy); the pass replaces the ones it
     # widens, and own_tensors clones the rest, so the teacher is never touched
-    p = _plan(model, example_inputs, factor, widths, seed, symmetry, noise_std, leaf_modules, True)
+    p = _plan(model, example_inputs, factor, widths, seed, symmetry, noise_std, leaf_modules, True, replication)
     student = Net2WiderNet(p)(p.analysis.gm).graph_module
     own_tensors(student, model)
     return student
@@ -92,5 +99,6 @@ __all__ = [
     "Analysis", "ConstraintError", "DeepenError", "FrozenSpaceError", "N2NError", "Net2DeeperNet",
     "Net2WiderNet", "NotPreservedError", "Plan", "Report", "Space", "SpecError", "TraceFailure",
     "UnknownNodeError", "UnknownSpaceError", "WidthError", "apply_plan", "deepen", "infer", "load_table",
+    "widen_optimizer",
     "plan", "trace", "verify", "widen",
 ]

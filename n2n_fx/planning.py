@@ -15,6 +15,7 @@ from .inference import Analysis, Space
 from .spaces import Layout, Seg
 
 SYMMETRY_MODES = ("none", "split", "noise")
+REPLICATION_MODES = ("random", "uniform")
 
 
 @dataclass
@@ -58,15 +59,25 @@ class Plan:
 
     def __init__(self, analysis: Analysis, *, factor: float | None = None,
                  widths: dict[str, int] | None = None, seed: int = 0, symmetry: str = "none",
-                 noise_std: float = 0.01) -> None:
+                 noise_std: float = 0.01, replication: str = "random") -> None:
         if symmetry not in SYMMETRY_MODES:
             raise WidthError(f"symmetry must be one of {SYMMETRY_MODES}, got {symmetry!r}",
                              fix="use symmetry='none' (exact), 'split' (exact) or 'noise' (the paper's)")
+        if replication not in REPLICATION_MODES:
+            raise WidthError(f"replication must be one of {REPLICATION_MODES}, got {replication!r}",
+                             fix="use replication='random' (the paper's g) or 'uniform' (every unit k times)")
         self.analysis, self.seed, self.symmetry, self.noise_std = analysis, seed, symmetry, noise_std
+        self.replication = replication
         targets = self._targets(factor, widths or {})
+        if replication == "uniform":
+            for sp in analysis.spaces:
+                if targets[sp.name] % sp.width:
+                    raise WidthError(f"replication='uniform' copies every unit k times, so space {sp.name!r} "
+                                     f"needs a multiple of {sp.width}; got {targets[sp.name]}", node=sp.name,
+                                     op="replication", fix="use an integer factor (2.0, 3.0) or widths that are multiples")
         self.spaces = [SpacePlan(sp, targets[sp.name],
-                                 im.uniform_map(sp.width, targets[sp.name]) if sp.uniform else
-                                 im.random_map(sp.width, targets[sp.name], seeded(seed, "g", sp.name)))
+                                 im.uniform_map(sp.width, targets[sp.name]) if sp.uniform or replication == "uniform"
+                                 else im.random_map(sp.width, targets[sp.name], seeded(seed, "g", sp.name)))
                        for sp in analysis.spaces]
         self._by_root = {S.find(p.space.atom).id: p for p in self.spaces}
         self._cache: dict[tuple, torch.Tensor] = {}  # many tensors share one layout (conv + its BN)
@@ -264,6 +275,17 @@ class Plan:
                 else:
                     scale = im.divide_scale(g, n)
                 parts.append((scale, s.inner))
+            else:
+                parts.append((torch.ones(s.size, dtype=torch.float64), 1))
+        return im.gather_scale(parts)
+
+    def layout_counts(self, layout: Layout) -> torch.Tensor:
+        """How many replicas the unit at each new position has (1 on fixed positions), float64."""
+        parts = []
+        for s in S.normalize(layout):
+            if isinstance(s, Seg):
+                g, n = self.leaf_map(s.atom)
+                parts.append((im.replica_counts(g, n)[g].to(torch.float64), s.inner))
             else:
                 parts.append((torch.ones(s.size, dtype=torch.float64), 1))
         return im.gather_scale(parts)

@@ -1,0 +1,121 @@
+"""The optimizer hand-over: state remapped through the plan; with uniform replication the student's
+next step is the teacher's next step, widened."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import n2n_fx
+
+
+class Net(nn.Module):
+    """Conv + BatchNorm, a residual MLP under LayerNorm, a head: copied, contracted and carried axes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        # no conv bias: under train-mode BatchNorm its true gradient is 0, and Adam turns the round-off
+        # left in it into an update of about lr * 1e-9 that no two summation orders share
+        self.conv, self.bn = nn.Conv2d(2, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4)
+        self.fc, self.ln = nn.Linear(4 * 9, 6), nn.LayerNorm(6)
+        self.up, self.down, self.head = nn.Linear(6, 5), nn.Linear(5, 6), nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.flatten(torch.relu(self.bn(self.conv(x))), 1)
+        h = self.ln(self.fc(h))
+        h = h + self.down(torch.tanh(self.up(h)))
+        return self.head(h)
+
+
+OPTIMIZERS = {
+    "sgd": lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=0.01),
+    "nesterov": lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.8, nesterov=True, weight_decay=0.02),
+    "adam": lambda ps: torch.optim.Adam(ps, lr=0.01, weight_decay=0.01),
+    "amsgrad": lambda ps: torch.optim.Adam(ps, lr=0.01, amsgrad=True, eps=1e-6),
+    "adamw": lambda ps: torch.optim.AdamW(ps, lr=0.01, weight_decay=0.1),
+}
+
+
+def _batch(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(8, 2, 3, 3, generator=gen, dtype=torch.float64), torch.randn(8, 3, generator=gen,
+                                                                                      dtype=torch.float64)
+
+
+def _step(model: nn.Module, opt: torch.optim.Optimizer, seed: int) -> None:
+    x, y = _batch(seed)
+    opt.zero_grad()
+    (model(x) - y).square().mean().backward()
+    opt.step()
+
+
+def _trained(kind: str) -> tuple[nn.Module, torch.optim.Optimizer]:
+    torch.manual_seed(0)
+    model = Net().double().train()
+    opt = OPTIMIZERS[kind](model.parameters())
+    for seed in range(3):  # non-trivial moments
+        _step(model, opt, seed)
+    return model, opt
+
+
+@pytest.mark.parametrize("kind", list(OPTIMIZERS))
+@pytest.mark.parametrize("factor", [2.0, 3.0])
+def test_exact_hand_over_commutes_with_a_step(kind: str, factor: float) -> None:
+    teacher, opt = _trained(kind)
+    x = _batch(99)[0]
+    plan = n2n_fx.plan(teacher, x, factor=factor, replication="uniform")
+    student = n2n_fx.apply_plan(plan)
+    student.train()
+    opt_s = n2n_fx.widen_optimizer(plan, teacher, opt, student, exact=True)
+    _step(teacher, opt, 7)
+    _step(student, opt_s, 7)
+    plan.analysis.gm.load_state_dict(teacher.state_dict())  # widen the stepped teacher with the same maps
+    expected = n2n_fx.apply_plan(plan)
+    worst = 0.0
+    for name, p in student.named_parameters():
+        p, q = p.detach(), expected.get_parameter(name).detach()
+        assert p.shape == q.shape, name
+        worst = max(worst, float((p - q).abs().max() / q.abs().max().clamp_min(1e-300)))
+    assert worst < 1e-12, f"{kind}: student step differs from the widened teacher step by {worst:.2e}"
+    report = n2n_fx.verify(teacher.eval(), student.eval(), x)
+    assert report.ok, report
+
+
+def test_state_is_gathered_and_divided_by_the_gradient_replicas() -> None:
+    teacher, opt = _trained("adam")
+    x = _batch(99)[0]
+    plan = n2n_fx.plan(teacher, x, factor=1.5, seed=3)  # random maps: counts differ per unit
+    student = n2n_fx.apply_plan(plan)
+    opt_s = n2n_fx.widen_optimizer(plan, teacher, opt, student)
+    g_up = plan.layout_index(plan.analysis.param_layouts[("up.weight", 0)])
+    counts = plan.layout_counts(plan.analysis.param_layouts[("up.weight", 0)])
+    assert counts.max() > 1 and counts.min() == 1
+    g_in = plan.layout_index(plan.analysis.param_layouts[("up.weight", 1)])
+    m, v = opt.state[teacher.up.weight]["exp_avg"], opt.state[teacher.up.weight]["exp_avg_sq"]
+    st = opt_s.state[student.get_parameter("up.weight")]
+    torch.testing.assert_close(st["exp_avg"], m[g_up][:, g_in] / counts[:, None], rtol=0, atol=0)
+    torch.testing.assert_close(st["exp_avg_sq"], v[g_up][:, g_in] / counts[:, None] ** 2, rtol=0, atol=0)
+    assert st["step"] == opt.state[teacher.up.weight]["step"]
+    # the teacher's optimizer is untouched and still steps its own model
+    assert all(s["exp_avg"].shape == p.shape for p, s in opt.state.items())
+    _step(student.train(), opt_s, 5)
+
+
+def test_exact_needs_uniform_replication() -> None:
+    teacher, opt = _trained("sgd")
+    x = _batch(99)[0]
+    plan = n2n_fx.plan(teacher, x, factor=2.0)
+    with pytest.raises(n2n_fx.ConstraintError, match="uniform"):
+        n2n_fx.widen_optimizer(plan, teacher, opt, n2n_fx.apply_plan(plan), exact=True)
+    with pytest.raises(n2n_fx.WidthError, match="multiple"):
+        n2n_fx.plan(teacher, x, factor=1.5, replication="uniform")
+
+
+def test_unsupported_optimizer_is_refused() -> None:
+    teacher = Net().double()
+    x = _batch(0)[0]
+    plan = n2n_fx.plan(teacher, x, factor=2.0)
+    opt = torch.optim.RMSprop(teacher.parameters())
+    with pytest.raises(n2n_fx.N2NError, match="RMSprop"):
+        n2n_fx.widen_optimizer(plan, teacher, opt, n2n_fx.apply_plan(plan))
