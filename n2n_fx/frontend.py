@@ -61,13 +61,16 @@ def own_tensors(student: torch.nn.Module, teacher: torch.nn.Module) -> None:
     """Clone every parameter and buffer `student` still shares with `teacher` (after a pass that
     replaced the tensors it changed), so that training one never touches the other."""
     shared = {id(t) for t in _tensors(teacher)}
+    clones: dict[int, torch.Tensor] = {}  # one clone per tensor: tied weights stay tied
     for module in student.modules():
         for name, p in list(module._parameters.items()):
             if p is not None and id(p) in shared:
-                module._parameters[name] = torch.nn.Parameter(p.detach().clone(), requires_grad=p.requires_grad)
+                if id(p) not in clones:
+                    clones[id(p)] = torch.nn.Parameter(p.detach().clone(), requires_grad=p.requires_grad)
+                module._parameters[name] = clones[id(p)]
         for name, b in list(module._buffers.items()):
             if b is not None and id(b) in shared:
-                module._buffers[name] = b.clone()
+                module._buffers[name] = clones.setdefault(id(b), b.clone())
 
 
 def trace(model: torch.nn.Module, example_inputs: Any, *, leaf_modules: Sequence[type] = (),

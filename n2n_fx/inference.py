@@ -49,9 +49,10 @@ class Rewrite:
     """A literal in the student's graph that depends on widths (view sizes, split sizes, groups)."""
 
     node: str
-    what: str  # "view_shape" | "split_sizes" | "groups"
+    what: str  # "view_shape" | "split_sizes" | "groups" | "normalized_shape" | "arg"
     layouts: tuple[Layout, ...]
-    dim: int = 0
+    dim: int = 0  # split: the axis; arg: the argument's position
+    arg: str = ""  # arg: the argument's name (when passed by keyword)
 
 
 @dataclass
@@ -113,6 +114,7 @@ class Analysis:
     ops: dict[str, str]  # node name -> table entry name (or "unknown")
     uniform: list[tuple[str, Layout]] = field(default_factory=list)  # (norm node, normalised layout)
     links: list[HeadLink] = field(default_factory=list)
+    aliases: dict[str, list[str]] = field(default_factory=dict)  # tied: parameter -> its other names
 
     def axes_by_param(self) -> dict[str, list[int]]:
         """The bound axes of every parameter or buffer, in binding order."""
@@ -165,6 +167,8 @@ class Inference:
         self.module_attrs: list[ModuleAttr] = []
         self.uniform: list[tuple[str, Layout]] = []
         self.links: list[HeadLink] = []
+        self.aliases: dict[str, list[str]] = {}  # parameter -> other names of the same tensor
+        self._tensor_names: dict[int, str] = {}
         self.ops: dict[str, str] = {}
         self.node: torch.fx.Node | None = None
 
@@ -198,6 +202,11 @@ class Inference:
         return self.node.meta.get("tensor_meta")
 
     def param_val(self, qualname: str, tensor: torch.Tensor) -> Val:
+        # a tensor reached under two names (tied weights) is one parameter: its first name
+        canonical = self._tensor_names.setdefault(id(tensor), qualname)
+        if canonical != qualname and qualname not in self.aliases.setdefault(canonical, []):
+            self.aliases[canonical].append(qualname)
+        qualname = canonical
         layouts, axes = [], []
         for axis, size in enumerate(tensor.shape):
             key = (qualname, axis)
@@ -256,7 +265,8 @@ class Inference:
                 if sp is not None and not sp.attention:
                     sp.attention = link.node
         return Analysis(self.gm, self.vals, self.param_layouts, self.roles, self.grouped, self.ties,
-                        self.rewrites, self.module_attrs, spaces, self.ops, self.uniform, self.links)
+                        self.rewrites, self.module_attrs, spaces, self.ops, self.uniform, self.links,
+                        self.aliases)
 
     def call(self, node: torch.fx.Node) -> Any:
         args, kwargs = self.value(node.args), self.value(node.kwargs)
@@ -503,19 +513,22 @@ class Inference:
         return Val(shape, layouts)
 
     def rule_attention(self, spec: OpSpec, a: dict[str, Any]) -> Any:
-        """nn.MultiheadAttention (packed q/k/v projection). Net2WiderNet grows it by whole heads: a
-        copied head's q, k, v rows are its teacher's, so its softmax and output are the teacher
-        head's; the output projection divides its columns by the copies."""
-        q, k, v = a.get("query"), a.get("key"), a.get("value")
-        w_in, b_in, w_out, b_out = a.get("in_weight"), a.get("in_bias"), a.get("out_weight"), a.get("out_bias")
+        """Multi-head attention with a packed q/k/v projection (nn.MultiheadAttention, Swin's
+        shifted_window_attention). Net2WiderNet grows it by whole heads: a copied head's q, k, v
+        rows are its teacher's, so its softmax and output are the teacher head's; the output
+        projection divides its columns by the copies."""
+        op = lambda name: a.get(spec.operands.get(name, name))  # noqa: E731
+        q, k, v = op("query"), op("key"), op("value")
+        w_in, b_in, w_out, b_out = op("in_weight"), op("in_bias"), op("out_weight"), op("out_bias")
         meta = self.out_meta()
-        if not a.get("packed") or not isinstance(w_in, Val) or not isinstance(w_out, Val):
+        if not a.get("packed", True) or not isinstance(w_in, Val) or not isinstance(w_out, Val):
             return self.stop(a, {}, self.reason("unsupported_op", "separate q/k/v projections (kdim or vdim != embed_dim)"))
         if a.get("bias_k") is not None or a.get("add_zero_attn"):
             return self.stop(a, {}, self.reason("unsupported_op", "bias_k/bias_v or add_zero_attn append a key per head"))
-        if not all(isinstance(t, Val) for t in (q, k, v)) or not isinstance(meta, (list, tuple)):
-            return self.stop(a, {}, self.reason("unsupported_op", "query, key and value must be tensors"))
-        n_heads = a["num_heads"]
+        n_heads = a.get("num_heads")
+        if not all(isinstance(t, Val) for t in (q, k, v)) or not isinstance(n_heads, int) \
+                or not isinstance(meta, (list, tuple, TensorMetadata)):
+            return self.stop(a, {}, self.reason("unsupported_op", "query, key and value must be tensors, num_heads a literal"))
         head_dim = w_in.shape[1] // n_heads
         for t in (q, k, v):  # attention mixes sequence positions (and batch rows stay fixed)
             for axis in range(t.ndim - 1):
@@ -524,7 +537,7 @@ class Inference:
         why = self.reason("fixed_coupling", "attention features meet a fixed axis")
         for t in (q, k, v):  # the packed projection's columns read query, key and value alike
             S.unify(t.layouts[-1], w_in.layouts[1], why)
-        heads = Atom(n_heads, f"{self.node.target}:heads", label=f"{self.node.target}.heads")
+        heads = Atom(n_heads, f"{self.node.target}:heads", label=f"{_owner(self.node, w_in)}.heads")
         head = (Seg(heads, head_dim),)  # a head's head_dim rows move together
         S.unify(w_in.layouts[0], qkv_rows(heads, head_dim), why)
         S.unify(w_out.layouts[1], head, why)
@@ -536,17 +549,64 @@ class Inference:
             if isinstance(b, Val):
                 S.unify(w.layouts[0], b.layouts[0], why)
                 self.role(b, 0, "carry")
+        per_head = self.reason("fixed_coupling", "a per-head tensor is not a parameter or a heads space")
+        for t, axis in ((op("head_bias"), -3), (op("head_scale"), 0)):  # Swin: one bias / scale per head
+            if isinstance(t, Val):
+                S.unify(t.layouts[axis], (Seg(heads),), per_head)
+                self.role(t, axis, "carry")
         mask = a.get("attn_mask")
         if isinstance(mask, Val) and mask.ndim == 3:
             S.freeze(heads, self.reason("constraint", "a 3-D attn_mask holds one slice per head"))
-        if _weights_used(self.node):
+        if not isinstance(meta, TensorMetadata) and _weights_used(self.node):  # (output, weights)
             S.freeze(heads, self.reason("constraint", "attention weights averaged over heads are used"))
         self.links.append(HeadLink(self.node.name, q.layouts[-1], heads, head_dim))
         for role_, layout in (("embed", q.layouts[-1]), ("kdim", k.layouts[-1]), ("vdim", v.layouts[-1]),
                               ("heads", (Seg(heads),)), ("proj_in", head), ("proj_out", w_out.layouts[0])):
             self.module_attr(spec, role_, layout)
-        out = Val(tuple(int(d) for d in meta[0].shape), q.layouts[:-1] + (S.normalize(w_out.layouts[0]),))
+        if self.node.op == "call_function":  # num_heads is a literal of the call
+            names = [n for n, _ in spec.signature]
+            self.rewrites.append(Rewrite(self.node.name, "arg", ((Seg(heads),),), names.index("num_heads"), "num_heads"))
+        out_meta = meta if isinstance(meta, TensorMetadata) else meta[0]
+        out = Val(tuple(int(d) for d in out_meta.shape), q.layouts[:-1] + (S.normalize(w_out.layouts[0]),))
+        if isinstance(meta, TensorMetadata):
+            return out
         return (out, self.from_meta(meta[1]) if len(meta) > 1 else Scalar())
+
+    def rule_embedding(self, spec: OpSpec, a: dict[str, Any]) -> Any:
+        w, idx = a.get(spec.operands.get("weight", "weight")), a.get(spec.operands.get("input", "input"))
+        meta = self.out_meta()
+        if not (isinstance(w, Val) and w.ndim == 2 and isinstance(idx, Val) and isinstance(meta, TensorMetadata)):
+            return self.stop(a, {}, self.reason("unsupported_op", "an embedding needs a 2-D table and index tensor"))
+        if a.get("max_norm") is not None:
+            return self.stop(a, {}, self.reason("unsupported_op", "max_norm renormalises rows over the features"))
+        self.freeze_all([v for v in _walk(a) if isinstance(v, Scalar)], self.reason("size_used", "embedding size"))
+        if any(S.is_spaced(lay) for lay in idx.layouts):
+            self.freeze_all(idx, self.reason("index_on_space", "indices laid out along a space"))
+        shape = tuple(int(d) for d in meta.shape)
+        feature = _norm_dim(spec.options.get("feature_axis", -1), len(shape))
+        layouts = [S.fixed(d) for d in shape]
+        layouts[feature] = S.normalize(w.layouts[1])
+        self.role(w, 1, "out")  # a parameter table's features are copied (a producer); rows are only looked up
+        self.module_attr(spec, "out", w.layouts[1])
+        return Val(shape, tuple(layouts))
+
+    def rule_space_to_depth(self, spec: OpSpec, a: dict[str, Any]) -> Any:
+        x, meta = a.get("input"), self.out_meta()
+        if not isinstance(x, Val) or not isinstance(meta, TensorMetadata) or len(meta.shape) != x.ndim:
+            return self.stop(a, {}, self.reason("unsupported_op", "space_to_depth of a non-tensor"))
+        ch = _norm_dim(spec.channel_axis if spec.channel_axis is not None else 1, x.ndim)
+        shape = tuple(int(d) for d in meta.shape)
+        if shape[ch] % x.shape[ch]:
+            return self.stop(a, {}, self.reason("unsupported_op", "channels are not whole copies of the input's"))
+        layouts = []
+        for k in range(x.ndim):
+            if k == ch:  # each spatial offset of a patch contributes one copy of every channel
+                layouts.append(S.normalize(x.layouts[ch]) * (shape[ch] // x.shape[ch]))
+            else:
+                if S.is_spaced(x.layouts[k]):
+                    self.freeze_all(Val((1,), (x.layouts[k],)), self.reason("pooled_over", f"axis {k} is folded into channels"))
+                layouts.append(S.fixed(shape[k]))
+        return Val(shape, tuple(layouts))
 
     def rule_dense(self, spec: OpSpec, a: dict[str, Any]) -> Any:
         x, w, b = a.get("input"), a.get("weight"), a.get("bias")
@@ -777,6 +837,14 @@ class Inference:
         if name == "numel":
             return Scalar(frozenset().union(*taints))
         return Scalar()
+
+
+def _owner(node: torch.fx.Node, w: Val) -> str:
+    """A name for an attention's heads: its module, or the owner of its projection weight."""
+    if node.op == "call_module":
+        return str(node.target)
+    param = w.param_axes[0][0] if w.param_axes and w.param_axes[0] else node.name
+    return param.rsplit(".", 2)[0] if param.count(".") >= 2 else node.name
 
 
 def qkv_rows(heads: Atom, head_dim: int) -> Layout:

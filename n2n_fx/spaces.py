@@ -99,6 +99,7 @@ def union(a: Atom, b: Atom) -> None:
         rb.parent = ra
         ra.frozen.extend(r for r in rb.frozen if r not in ra.frozen)
         ra.free = ra.free and rb.free
+        ra.label = ra.label or rb.label
         return
     cuts = sorted(set(_cut_points(ra)) | set(_cut_points(rb)))
     for p in cuts:

@@ -23,7 +23,7 @@ from .errors import SpecError
 
 KINDS = (
     "elementwise", "channelwise", "dense", "conv", "concat", "stack", "split", "getitem",
-    "reshape", "permute", "reduce", "matmul", "shape_query", "normalize", "expand", "attention", "stop",
+    "reshape", "permute", "reduce", "matmul", "shape_query", "normalize", "expand", "attention", "embedding", "space_to_depth", "stop",
 )
 _NO_DEFAULT = object()
 
@@ -43,6 +43,8 @@ class OpSpec:
     params: dict[str, str] = field(default_factory=dict)
     config: dict[str, str] = field(default_factory=dict)
     attrs: dict[str, str] = field(default_factory=dict)
+    operands: dict[str, str] = field(default_factory=dict)  # the rule's operand name -> signature name
+    options: dict[str, Any] = field(default_factory=dict)  # rule options (documented per kind)
     channel_axis: int | None = None
     per_channel: tuple[str, ...] = ()
     activation: bool = False
@@ -149,6 +151,7 @@ def parse_table(raw: dict[str, Any]) -> RuleTable:
             modules=tuple(entry.get("modules", ())), functions=tuple(entry.get("functions", ())),
             methods=tuple(entry.get("methods", ())), params=dict(entry.get("params", {})),
             config=dict(entry.get("config", {})), attrs=dict(entry.get("attrs", {})),
+            operands=dict(entry.get("operands", {})), options=dict(entry.get("options", {})),
             channel_axis=entry.get("channel_axis"), per_channel=tuple(entry.get("per_channel", ())),
             activation=bool(entry.get("activation", False)),
             idempotent=bool(entry.get("idempotent", False)),

@@ -125,6 +125,9 @@ class Net2WiderNet(PassBase):
             new = remap_tensor(t, param, axes, plan, TORCH, grouped.get(param), noise=self._noise)
             if new is not t:
                 _set_tensor(graph_module, param, new.contiguous())
+                for alias in an.aliases.get(param, ()):  # tied weights stay one tensor
+                    module, attr = _owner(graph_module, alias)
+                    setattr(module, attr, _get_attr(graph_module, param))
                 modified = True
         for ma in an.module_attrs:
             module, width = graph_module.get_submodule(ma.module), plan.new_width(ma.layout)
@@ -174,6 +177,12 @@ class Net2WiderNet(PassBase):
                 changed = True
             elif rw.what == "normalized_shape":  # F.layer_norm(x, (C,), ...): the literal follows the width
                 node.args = (node.args[0], (*tuple(node.args[1])[:-1], widths[0]), *node.args[2:])
+                changed = True
+            elif rw.what == "arg":  # a width literal passed to a function (Swin's num_heads)
+                if len(node.args) > rw.dim:
+                    node.args = (*node.args[:rw.dim], widths[0], *node.args[rw.dim + 1:])
+                else:
+                    node.kwargs = {**node.kwargs, rw.arg: widths[0]}
                 changed = True
             elif rw.what == "groups":
                 if len(node.args) > 6:  # conv(input, weight, bias, stride, padding, dilation, groups)

@@ -24,6 +24,8 @@ RESERVED: dict[str, str] = {
     "permute_axes": "permute/transpose move layouts with their axes",
     "normalize": "LayerNorm / RMSNorm over the last axis: uniform k-fold replication keeps the statistics",
     "expand": "expand/broadcast_to: a broadcast parameter (class token) is copied through g",
+    "embedding": "embedding lookups: table features copied through g like a producer",
+    "space_to_depth": "patch merging: channels become copies of the input's layout",
     "attention_heads": "multi-head attention grows by whole heads; head_dim and its scale stay",
     "stop": "no identity: stop entries freeze what they touch",
 }

@@ -264,6 +264,30 @@ class TokenNet(nn.Module):
         return self.head(torch.tanh(tokens))
 
 
+class EmbedNet(nn.Module):
+    """Token embeddings (fixed ids) added to a projected input, as a transformer's first layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb, self.a, self.head = nn.Embedding(4, 2), nn.Linear(3, 2), nn.Linear(2, 2)
+        self.register_buffer("ids", torch.tensor([[2, 0, 2]]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.tanh(self.emb(self.ids) + self.a(x)))
+
+
+class PatchNet(nn.Module):
+    """Swin's patch merging: 2x2 channels-last patches concatenated into 4 copies of the channels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.head = nn.Linear(3, 2), nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from torchvision.models.swin_transformer import _patch_merging_pad
+        return self.head(_patch_merging_pad(torch.tanh(self.a(x))))
+
+
 # ------------------------------------------------------------------------------ proofs
 @proof("dense_matrix")
 def dense_matrix() -> list[Claim]:
@@ -483,6 +507,22 @@ def expand() -> list[Claim]:
     x = torch.randn(1, 2, 3)
     return [widen_claim(f"class token expanded and concatenated, position embedding added (2 -> {w})", TokenNet(), x,
                         plan_kw={"widths": {"a": w}, "seed": 3}) for w in (3, 5)]
+
+
+@proof("embedding")
+def embedding() -> list[Claim]:
+    """A looked-up table row is copied through g like a producer's output (no division)."""
+    x = torch.randn(1, 3, 3)
+    return [widen_claim(f"embedding rows added to a hidden space (2 -> {w})", EmbedNet(), x,
+                        plan_kw={"widths": {"emb": w}, "seed": 2}) for w in (3, 5)]
+
+
+@proof("space_to_depth")
+def space_to_depth() -> list[Claim]:
+    """Patch merging: the channel axis becomes 4 copies of the input layout, each widened by one g."""
+    x = torch.randn(1, 2, 2, 3)
+    return [widen_claim(f"Swin patch merging of a widened space (2 -> {w}, channels 8 -> {4 * w})", PatchNet(), x,
+                        plan_kw={"widths": {"a": w}, "seed": 4}) for w in (3, 4)]
 
 
 @proof("attention_heads")

@@ -231,6 +231,8 @@ class SymInterpreter(torch.fx.Interpreter):
             rms = isinstance(m, nn.RMSNorm)
             eps = m.eps if m.eps is not None else torch.finfo(torch.float64).eps
             return norm_last(x, self._p(target, "weight"), None if rms else self._p(target, "bias"), eps, rms)
+        if isinstance(m, nn.Embedding):
+            return self._p(target, "weight")[np.asarray(x)]
         if isinstance(m, nn.MultiheadAttention):
             q, k, v = args[:3]
             w = attention(q, k, v, m, self._p(target, "in_proj_weight"), self._p(target, "in_proj_bias"),
@@ -268,6 +270,10 @@ class SymInterpreter(torch.fx.Interpreter):
             return args[0][args[1]]
         if target is getattr:
             return getattr(args[0], args[1])
+        if getattr(target, "__name__", "") == "_patch_merging_pad":  # torchvision's Swin (even H, W)
+            x = args[0]
+            parts = [x[..., i::2, j::2, :] for i, j in ((0, 0), (1, 0), (0, 1), (1, 1))]
+            return np.concatenate(parts, axis=-1)
         if target is torch.stack:
             return np.stack(args[0], axis=kwargs.get("dim", args[1] if len(args) > 1 else 0))
         if target in (torch.cat, torch.concat):

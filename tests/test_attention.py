@@ -189,3 +189,54 @@ def test_unsupported_attention_forms_stop_with_a_reason() -> None:
     plan = n2n_fx.plan(KV().double().eval(), _x())
     inp = _space(plan, "inp")
     assert inp.reasons and inp.reasons[0].code == "unsupported_op" and "bias_k" in str(inp.reasons[0])
+
+
+@pytest.mark.parametrize("v2", [False, True])
+def test_swin_widens_heads_embed_and_mlp(v2: bool) -> None:
+    from torchvision.models.swin_transformer import PatchMergingV2, SwinTransformer, SwinTransformerBlockV2
+
+    torch.manual_seed(0)
+    kw = {"block": SwinTransformerBlockV2, "downsample_layer": PatchMergingV2} if v2 else {}
+    model = SwinTransformer(patch_size=[4, 4], embed_dim=8, depths=[2, 2], num_heads=[2, 4], window_size=[2, 2],
+                            num_classes=5, **kw).double().eval()
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    plan = n2n_fx.plan(model, x, factor=2.0)
+    assert [p.name for p in plan.spaces if p.new_width == p.width] == ["head"]  # only the logits stay
+    assert _space(plan, "features.3.1.attn.heads").new_width == 8
+    for factor in (1.5, 2.0):
+        assert_preserved(model, n2n_fx.widen(model, x, factor=factor), x)
+
+
+class Tokens(nn.Module):
+    def __init__(self, tied: bool = False, max_norm: float | None = None) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(7, E, max_norm=max_norm)
+        self.attn = nn.MultiheadAttention(E, H, batch_first=True)
+        self.lm = nn.Linear(E, 7, bias=False)
+        if tied:
+            self.lm.weight = self.emb.weight
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        h = self.emb(ids)
+        return self.lm(h + self.attn(h, h, h, need_weights=False)[0])
+
+
+def test_token_embedding_widens_and_tied_weights_freeze() -> None:
+    torch.manual_seed(0)
+    ids = torch.randint(0, 7, (2, 5))
+    model = Tokens().double().eval()
+    plan = n2n_fx.plan(model, ids, factor=2.0)
+    assert _space(plan, "emb").new_width == 2 * E and _space(plan, "attn.heads").new_width == 2 * H
+    student = n2n_fx.widen(model, ids, factor=2.0)
+    assert student.emb.embedding_dim == 2 * E and student.emb.weight.shape == (7, 2 * E)
+    assert_preserved(model, student, ids)
+    teacher = Tokens(tied=True).double().eval()
+    tied = n2n_fx.plan(teacher, ids, factor=2.0)
+    codes = {p.reasons[0].code for p in tied.spaces if p.reasons}
+    assert "param_role_conflict" in codes  # the table's features are copied (lookup) and contracted (head)
+    assert all(p.new_width == p.width for p in tied.spaces if p.space.attention)  # the residual holds
+    student = n2n_fx.widen(teacher, ids, factor=2.0)
+    assert student.lm.weight is student.emb.weight and student.emb.weight is not teacher.emb.weight
+    assert_preserved(teacher, student, ids)
+    capped = n2n_fx.plan(Tokens(max_norm=1.0).double().eval(), ids, factor=2.0)
+    assert _space(capped, "attn.heads").reasons  # the lookup stopped: its output is fixed, so are the heads
