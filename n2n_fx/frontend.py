@@ -17,6 +17,7 @@ import torch.fx
 from torch.fx.passes.shape_prop import ShapeProp
 
 from .errors import N2NError, TraceFailure
+from .spec import load_table
 
 _TORCH_DIR = os.path.dirname(torch.__file__)
 
@@ -25,9 +26,13 @@ class _Tracer(torch.fx.Tracer):
     def __init__(self, leaf_modules: Sequence[type] = ()) -> None:  # default: unpickling re-creates it
         super().__init__()
         self._leaves = tuple(leaf_modules)
+        # read before tracing: while it runs, fx swaps wrapped functions (Swin's attention) for
+        # patched stand-ins, and a table first loaded then would record the stand-ins
+        self._known = load_table().by_module
 
     def is_leaf_module(self, m: torch.nn.Module, qualname: str) -> bool:
-        return isinstance(m, self._leaves) or super().is_leaf_module(m, qualname)
+        # a module class the rule table covers is kept whole (torch.nn ones are leaves anyway)
+        return isinstance(m, self._leaves) or type(m) in self._known or super().is_leaf_module(m, qualname)
 
 
 def as_inputs(example_inputs: Any) -> tuple:

@@ -550,7 +550,7 @@ class Inference:
                 S.unify(w.layouts[0], b.layouts[0], why)
                 self.role(b, 0, "carry")
         per_head = self.reason("fixed_coupling", "a per-head tensor is not a parameter or a heads space")
-        for t, axis in ((op("head_bias"), -3), (op("head_scale"), 0)):  # Swin: one bias / scale per head
+        for t, axis in ((op("head_bias"), -3), (op("head_scale"), 0), (op("head_table"), -1)):  # one per head
             if isinstance(t, Val):
                 S.unify(t.layouts[axis], (Seg(heads),), per_head)
                 self.role(t, axis, "carry")
@@ -561,7 +561,8 @@ class Inference:
             S.freeze(heads, self.reason("constraint", "attention weights averaged over heads are used"))
         self.links.append(HeadLink(self.node.name, q.layouts[-1], heads, head_dim))
         for role_, layout in (("embed", q.layouts[-1]), ("kdim", k.layouts[-1]), ("vdim", v.layouts[-1]),
-                              ("heads", (Seg(heads),)), ("proj_in", head), ("proj_out", w_out.layouts[0])):
+                              ("heads", (Seg(heads),)), ("proj_in", head), ("proj_out", w_out.layouts[0]),
+                              ("qkv_in", q.layouts[-1]), ("qkv_out", qkv_rows(heads, head_dim))):
             self.module_attr(spec, role_, layout)
         if self.node.op == "call_function":  # num_heads is a literal of the call
             names = [n for n, _ in spec.signature]

@@ -240,3 +240,39 @@ def test_token_embedding_widens_and_tied_weights_freeze() -> None:
     assert_preserved(teacher, student, ids)
     capped = n2n_fx.plan(Tokens(max_norm=1.0).double().eval(), ids, factor=2.0)
     assert _space(capped, "attn.heads").reasons  # the lookup stopped: its output is fixed, so are the heads
+
+
+def test_maxvit_attention_module_widens_by_heads() -> None:
+    from torchvision.models.maxvit import MaxVit
+
+    torch.manual_seed(0)
+    model = MaxVit(input_size=(32, 32), stem_channels=8, partition_size=2, block_channels=[8, 16], block_layers=[1, 1],
+                   head_dim=4, stochastic_depth_prob=0.0, num_classes=5).double().eval()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    plan = n2n_fx.plan(model, x, factor=2.0)
+    assert [p.name for p in plan.spaces if p.new_width == p.width] == ["classifier.5"]
+    student = n2n_fx.widen(model, x, factor=2.0)
+    attn = student.get_submodule("blocks.1.layers.0.layers.window_attention.attn_layer.1")
+    assert attn.n_heads == 8 and attn.head_dim == 4 and attn.relative_position_bias_table.shape[1] == 8
+    assert sum(p.numel() for p in student.parameters()) > 3 * sum(p.numel() for p in model.parameters())
+    assert_preserved(model, student, x)
+    assert_preserved(model, student, x, mode="train")
+
+
+def test_wrapped_functions_match_when_the_first_trace_loads_the_table() -> None:
+    """fx swaps torch.fx.wrap'ed functions for stand-ins while tracing; the rule table must not be
+    first read then (a fresh process, Swin traced before anything else touched the table)."""
+    import subprocess
+    import sys
+
+    code = ("import torch, n2n_fx\n"
+            "from torchvision.models.swin_transformer import SwinTransformer\n"
+            "m = SwinTransformer([4, 4], 8, [2], [2], [2, 2], num_classes=3).eval()\n"
+            "a = n2n_fx.plan(m, torch.randn(1, 3, 16, 16)).analysis\n"
+            "print(sorted(set(v for v in a.ops.values() if v == 'unknown' or 'window' in v)))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "['shifted_window_attention']", out
