@@ -40,17 +40,20 @@ __version__ = "0.1.0"
 
 def plan(model: torch.nn.Module, example_inputs: Any, *, factor: float | None = None,
          widths: dict[str, int] | None = None, seed: int = 0, symmetry: str = "none",
-         noise_std: float = 0.01, leaf_modules: Sequence[type] = (), replication: str = "random") -> Plan:
+         noise_std: float = 0.01, leaf_modules: Sequence[type] = (), replication: str = "random",
+         frontend: str = "fx") -> Plan:
     """Trace `model`, infer its spaces and plan their widths (current widths unless asked).
 
     replication='uniform' copies every unit k times (integer factors): what an exact optimizer
-    hand-over needs (see widen_optimizer)."""
-    return _plan(model, example_inputs, factor, widths, seed, symmetry, noise_std, leaf_modules, False, replication)
+    hand-over needs (see widen_optimizer). frontend='export' traces with torch.export (models that
+    only export; the graph is ATen-level and specialised to the example shapes)."""
+    return _plan(model, example_inputs, factor, widths, seed, symmetry, noise_std, leaf_modules, False, replication,
+                 frontend)
 
 
 def _plan(model, example_inputs, factor, widths, seed, symmetry, noise_std, leaf_modules, share: bool,
-          replication: str = "random") -> Plan:
-    gm = trace(model, example_inputs, leaf_modules=leaf_modules, share_tensors=share)
+          replication: str = "random", frontend: str = "fx") -> Plan:
+    gm = trace(model, example_inputs, leaf_modules=leaf_modules, share_tensors=share, frontend=frontend)
     return Plan(infer(gm), factor=factor, widths=widths, seed=seed, symmetry=symmetry, noise_std=noise_std,
                 replication=replication)
 
@@ -58,7 +61,7 @@ def _plan(model, example_inputs, factor, widths, seed, symmetry, noise_std, leaf
 def widen(model: torch.nn.Module, example_inputs: Any, *, factor: float | None = None,
           widths: dict[str, int] | None = None, seed: int = 0, symmetry: str = "none",
           noise_std: float = 0.01, leaf_modules: Sequence[type] = (), replication: str = "random",
-          ) -> torch.fx.GraphModule:
+          frontend: str = "fx") -> torch.fx.GraphModule:
     """Net2WiderNet: a wider student computing the teacher's function (symmetry 'none'/'split').
 
     Give `factor` (a real >= 1, applied to every widenable space) or `widths` ({space: units});
@@ -68,7 +71,8 @@ def widen(model: torch.nn.Module, example_inputs: Any, *, factor: float | None =
         factor = 2.0
     # the traced graph shares the teacher's tensors (no deep copy); the pass replaces the ones it
     # widens, and own_tensors clones the rest, so the teacher is never touched
-    p = _plan(model, example_inputs, factor, widths, seed, symmetry, noise_std, leaf_modules, True, replication)
+    p = _plan(model, example_inputs, factor, widths, seed, symmetry, noise_std, leaf_modules, True, replication,
+              frontend)
     student = Net2WiderNet(p)(p.analysis.gm).graph_module
     own_tensors(student, model)
     return student
@@ -81,7 +85,7 @@ def apply_plan(p: Plan) -> torch.fx.GraphModule:
 
 def deepen(model: torch.nn.Module, example_inputs: Any, *, after: Sequence[str], seed: int = 0,
            activation: str | None = "auto", batch_norm: bool = False, bn_mode: str = "eval",
-           kernel_size: int = 3, leaf_modules: Sequence[type] = ()) -> torch.fx.GraphModule:
+           kernel_size: int = 3, leaf_modules: Sequence[type] = (), frontend: str = "fx") -> torch.fx.GraphModule:
     """Net2DeeperNet: insert an identity layer after each named node or module.
 
     `seed` is accepted for symmetry with widen (the identity construction draws nothing).
@@ -89,7 +93,7 @@ def deepen(model: torch.nn.Module, example_inputs: Any, *, after: Sequence[str],
     if isinstance(after, str):
         after = [after]
     inputs = as_inputs(example_inputs)
-    gm = trace(model, inputs, leaf_modules=leaf_modules)
+    gm = trace(model, inputs, leaf_modules=leaf_modules, frontend=frontend)
     deeper = Net2DeeperNet(after, inputs, activation=activation, batch_norm=batch_norm, bn_mode=bn_mode,
                            kernel_size=kernel_size)
     return deeper(gm).graph_module

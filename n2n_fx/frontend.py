@@ -6,7 +6,9 @@ teacher must never be mutated (not even its BatchNorm statistics during shape pr
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import os
 import traceback
 from collections.abc import Sequence
@@ -78,19 +80,32 @@ def own_tensors(student: torch.nn.Module, teacher: torch.nn.Module) -> None:
                 module._buffers[name] = clones.setdefault(id(b), b.clone())
 
 
+FRONTENDS = ("fx", "export")
+
+
 def trace(model: torch.nn.Module, example_inputs: Any, *, leaf_modules: Sequence[type] = (),
-          concrete_args: dict[str, Any] | None = None, share_tensors: bool = False) -> torch.fx.GraphModule:
+          concrete_args: dict[str, Any] | None = None, share_tensors: bool = False,
+          frontend: str = "fx") -> torch.fx.GraphModule:
     """Trace `model` and annotate every node with `meta['tensor_meta']` from the example inputs.
 
     The graph module owns copies of the model's tensors. With `share_tensors=True` it holds the
     model's own tensors (no copy: the cost of a deep copy is that of the whole widening); only a
     pass that replaces tensors rather than writing into them may run on it, followed by
     `own_tensors` (this is what `n2n_fx.widen` does).
+
+    frontend="export" runs torch.export instead of symbolic_trace, for models that only export:
+    the graph is ATen-level (the table spells those ops too) and specialised to the example
+    shapes and to the model's current mode (export a teacher in eval mode to widen it for eval).
     """
     if not isinstance(model, torch.nn.Module):
         raise N2NError(f"expected an nn.Module, got {type(model).__name__}", fix="pass the model object itself")
+    if frontend not in FRONTENDS:
+        raise N2NError(f"frontend must be one of {FRONTENDS}, got {frontend!r}", op="trace",
+                       fix="use frontend='fx' (symbolic_trace) or 'export' (torch.export)")
     inputs = as_inputs(example_inputs)
-    if isinstance(model, torch.fx.GraphModule) and not leaf_modules and concrete_args is None:
+    if frontend == "export" and not isinstance(model, torch.fx.GraphModule):
+        gm = _copy(_export(model, inputs), share_tensors)
+    elif isinstance(model, torch.fx.GraphModule) and not leaf_modules and concrete_args is None:
         gm = _copy(model, share_tensors)
     else:
         try:
@@ -111,6 +126,18 @@ def trace(model: torch.nn.Module, example_inputs: Any, *, leaf_modules: Sequence
     return gm
 
 
+def _export(model: torch.nn.Module, inputs: tuple) -> torch.fx.GraphModule:
+    """torch.export, unlifted: parameters and buffers are get_attr nodes again, as in an fx trace."""
+    try:
+        exported = torch.export.export(model, inputs)
+    except Exception as exc:  # export raises many types (UserError, GuardOnDataDependentSymNode, ...)
+        raise TraceFailure(f"torch.export failed on {type(model).__name__}: {str(exc).splitlines()[0]}",
+                           node=None, op="torch.export",
+                           fix="make the forward exportable (torch.export's error names the line), or use "
+                               "frontend='fx' with concrete_args") from exc
+    return exported.module()
+
+
 def propagate_shapes(gm: torch.fx.GraphModule, inputs: tuple) -> None:
     """Put meta['tensor_meta'] on every node, in eval mode, restoring training flags afterwards.
 
@@ -122,7 +149,8 @@ def propagate_shapes(gm: torch.fx.GraphModule, inputs: tuple) -> None:
         gm.eval()
         with torch.no_grad():
             try:
-                _meta_shape_prop(gm, inputs)
+                with contextlib.redirect_stderr(io.StringIO()):  # ShapeProp prints the traceback it raises
+                    _meta_shape_prop(gm, inputs)
             except Exception:  # no meta kernel, data-dependent shapes, plain tensor attributes...
                 ShapeProp(gm).propagate(*inputs)
     except Exception as exc:

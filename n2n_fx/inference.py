@@ -573,6 +573,30 @@ class Inference:
             return out
         return (out, self.from_meta(meta[1]) if len(meta) > 1 else Scalar())
 
+    def rule_sdpa(self, spec: OpSpec, a: dict[str, Any]) -> Any:
+        """F.scaled_dot_product_attention on (..., heads, L, head_dim): q, k and v of one head go
+        together (the heads axis is one space); head_dim and the positions stay fixed, so the
+        softmax and its 1/sqrt(head_dim) scale see the teacher's numbers."""
+        q, k, v, mask, meta = a.get("query"), a.get("key"), a.get("value"), a.get("attn_mask"), self.out_meta()
+        if not all(isinstance(t, Val) and t.ndim >= 3 for t in (q, k, v)) or not isinstance(meta, TensorMetadata):
+            return self.stop(a, {}, self.reason("unsupported_op", "sdpa needs (..., heads, L, head_dim) tensors"))
+        if a.get("enable_gqa") and q.shape[-3] != k.shape[-3]:
+            return self.stop(a, {}, self.reason("unsupported_op", "grouped-query attention (enable_gqa) has no rule yet"))
+        for t in (q, k, v):
+            for axis in (-2, -1):  # positions are mixed; head_dim sets the scale
+                if S.is_spaced(t.layouts[axis]):
+                    self.freeze_all(Val((1,), (t.layouts[axis],)),
+                                    self.reason("constraint", "sdpa: positions and head_dim must stay fixed"))
+        why = self.reason("fixed_coupling", "q, k and v of a head must share its map")
+        for axis in range(-q.ndim, -2):  # batch and heads axes: one layout for q, k, v
+            for t in (k, v):
+                if t.ndim == q.ndim and t.shape[axis] == q.shape[axis]:
+                    S.unify(q.layouts[axis], t.layouts[axis], why)
+        if isinstance(mask, Val) and mask.ndim >= 3 and mask.shape[-3] == q.shape[-3] and q.shape[-3] > 1:
+            S.unify(q.layouts[-3], mask.layouts[-3], self.reason("fixed_coupling", "a per-head attention mask"))
+        shape = tuple(int(d) for d in meta.shape)
+        return Val(shape, q.layouts[:-1] + (S.fixed(shape[-1]),))
+
     def rule_embedding(self, spec: OpSpec, a: dict[str, Any]) -> Any:
         w, idx = a.get(spec.operands.get("weight", "weight")), a.get(spec.operands.get("input", "input"))
         meta = self.out_meta()
@@ -635,6 +659,11 @@ class Inference:
         S.unify(x.layouts[-1], w.layouts[0], self.reason("fixed_coupling", "contracted axis meets a fixed axis"))
         self.role(w, 0, "contract")
         self.role(w, 1, "out")
+        b = a.get("bias")  # addmm: bias + x @ W
+        if isinstance(b, Val):
+            S.unify(w.layouts[1], b.layouts[-1], self.reason("fixed_coupling", "bias"))
+            if not self.role(b, b.ndim - 1, "carry"):
+                self.freeze_all(b, self.reason("fixed_coupling", "bias is computed, not a parameter"))
         return Val(tuple(int(d) for d in meta.shape), x.layouts[:-1] + (S.normalize(w.layouts[1]),))
 
     def rule_conv(self, spec: OpSpec, a: dict[str, Any]) -> Any:
@@ -733,6 +762,8 @@ class Inference:
         return tuple(Val(tuple(int(d) for d in m.shape), x.layouts[:dim] + (p,) + x.layouts[dim + 1:]) for m, p in zip(meta, parts))
 
     def rule_getitem(self, spec: OpSpec, a: dict[str, Any]) -> Any:
+        if "index" not in a:
+            return self._index_axis(a)
         x, index = a.get("input"), a.get("index")
         if isinstance(x, (list, tuple)):
             return x[index] if isinstance(index, (int, slice)) else self.stop(a, {}, self.reason("unsupported_op", "dynamic index"))
@@ -768,12 +799,31 @@ class Inference:
             k += 1
         return Val(shape, tuple(layouts))
 
+    def _index_axis(self, a: dict[str, Any]) -> Any:
+        """select / slice / narrow along one axis: a fixed axis may be indexed, a space may not
+        (unless the slice keeps all of it)."""
+        x, meta = a.get("input"), self.out_meta()
+        if not isinstance(x, Val) or not isinstance(meta, TensorMetadata) or not isinstance(a.get("dim"), int):
+            return self.stop(a, {}, self.reason("unsupported_op", "indexing with a computed axis"))
+        dim = _norm_dim(a["dim"], x.ndim)
+        shape = tuple(int(d) for d in meta.shape)
+        dropped = len(shape) == x.ndim - 1
+        whole = not dropped and shape[dim] == x.shape[dim]
+        if S.is_spaced(x.layouts[dim]) and not whole:
+            self.freeze_all(Val((1,), (x.layouts[dim],)), self.reason("index_on_space", f"indexing axis {dim}"))
+        layouts = list(x.layouts)
+        if dropped:
+            del layouts[dim]
+        elif not whole:
+            layouts[dim] = S.fixed(shape[dim])
+        return Val(shape, tuple(layouts))
+
     def rule_reshape(self, spec: OpSpec, a: dict[str, Any]) -> Any:
         x, meta = a.get("input"), self.out_meta()
         if not isinstance(x, Val) or not isinstance(meta, TensorMetadata):
             return self.stop(a, {}, self.reason("unsupported_op", "reshape of a non-tensor"))
         shape = tuple(int(d) for d in meta.shape)
-        layouts = reshape_layouts(x.shape, x.layouts, shape, self.reason)
+        layouts = reshape_layouts(x.shape, x.layouts, shape, self.reason, heads=_feeds_attention(self.node, self.table, self.gm))
         if "shape" in a:
             sizes = a["shape"]
             for k, (arg, lay) in enumerate(zip(sizes, layouts)):
@@ -811,11 +861,15 @@ class Inference:
         dim = a.get("dim")
         dims = set(range(x.ndim)) if dim is None else {_norm_dim(d, x.ndim) for d in (dim if isinstance(dim, (list, tuple)) else [dim])}
         keep = bool(a.get("keepdim", False))
+        over = spec.options.get("over_space", "freeze")  # mean: uniform; max/min: any g; sum: frozen
         layouts = []
         for k in range(x.ndim):
             if k in dims:
-                if S.is_spaced(x.layouts[k]):
-                    self.freeze_all(Val((1,), (x.layouts[k],)), self.reason("reduced_over", f"reduction over axis {k}"))
+                lay = x.layouts[k]
+                if S.is_spaced(lay) and over == "uniform" and not any(isinstance(g, Fixed) for g in S.normalize(lay)):
+                    self.uniform.append((self.node.name, lay))
+                elif S.is_spaced(lay) and over != "any":
+                    self.freeze_all(Val((1,), (lay,)), self.reason("reduced_over", f"reduction over axis {k}"))
                 if keep:
                     layouts.append(S.fixed(1))
             else:
@@ -832,7 +886,7 @@ class Inference:
             return tuple(Scalar(t) for t in taints) if a.get("name") == "shape" else Scalar()
         if name == "len":
             return Scalar(taints[0])
-        if name == "size":
+        if name in ("size", "sym_size"):
             d = a.get("name")
             return tuple(Scalar(t) for t in taints) if d is None else Scalar(taints[_norm_dim(d, x.ndim)])
         if name == "numel":
@@ -854,6 +908,28 @@ def qkv_rows(heads: Atom, head_dim: int) -> Layout:
     return (Seg(heads, head_dim),) * 3
 
 
+_PASS_THROUGH = ("permute", "reshape", "getitem", "elementwise", "split")
+
+
+def _feeds_attention(node: torch.fx.Node, table: RuleTable, gm: torch.nn.Module, depth: int = 6) -> bool:
+    """Does this node's value reach q, k or v of an sdpa call through layout-moving ops
+    (transpose, contiguous, rotary products, ...)? Then a C -> (G, C/G) view splits heads."""
+    frontier = [node]
+    for _ in range(depth):
+        nxt = []
+        for n in frontier:
+            for user in n.users:
+                spec = table.lookup(user, gm) if user.op.startswith("call") else None
+                if spec is None:
+                    continue
+                if spec.kind == "sdpa":
+                    return True
+                if spec.kind in _PASS_THROUGH and user.op != "call_module":
+                    nxt.append(user)
+        frontier = nxt
+    return False
+
+
 def _weights_used(node: torch.fx.Node) -> bool:
     """Does anything read element 1 (the attention weights) of this node's output tuple?"""
     for user in node.users:
@@ -865,8 +941,11 @@ def _weights_used(node: torch.fx.Node) -> bool:
 
 
 def reshape_layouts(in_shape: tuple[int, ...], in_layouts: tuple[Layout, ...], out_shape: tuple[int, ...],
-                    reason) -> tuple[Layout, ...]:
-    """Carry layouts through a reshape by grouping dims with equal products (the stride map)."""
+                    reason, heads: bool = False) -> tuple[Layout, ...]:
+    """Carry layouts through a reshape by grouping dims with equal products (the stride map).
+
+    C -> (G, C/G) makes the G blocks one space by default (a channel shuffle); with `heads` (the
+    view feeds attention) G is the space instead, each unit C/G wide: whole heads."""
     out: list[Layout | None] = [None] * len(out_shape)
     if 0 in in_shape or 0 in out_shape:
         for lay in in_layouts:
@@ -916,6 +995,13 @@ def reshape_layouts(in_shape: tuple[int, ...], in_layouts: tuple[Layout, ...], o
             rest = _prod(out_shape[k] for k in gj[1:])
             out[gj[0]] = tuple(Seg(s.atom, s.inner // rest) if isinstance(s, Seg) else Fixed(s.size // rest)
                                for s in S.normalize(lead))
+        elif len(real_in) == 1 and len(gj) == 2 and heads:  # C -> (heads, head_dim)
+            groups, size = out_shape[gj[0]], out_shape[gj[1]]
+            origin = next((S.find(g.atom).origin for g in S.normalize(lead) if isinstance(g, Seg)), "")
+            owner = origin.split(":")[0].rsplit(".", 2)[0] if origin.count(".") >= 2 else ""
+            unit = Atom(groups, "heads", label=f"{owner}.heads" if owner else "")
+            S.unify(lead, (Seg(unit, size),), reason("reshape_splits_space", "a projection split into heads"))
+            out[gj[0]], out[gj[1]] = (Seg(unit),), S.fixed(size)
         elif len(real_in) == 1 and len(gj) == 2:  # C -> (G, C/G), as in a channel shuffle
             groups, size = out_shape[gj[0]], out_shape[gj[1]]
             why = reason("reshape_splits_space", "group blocks of a space cannot share one map")

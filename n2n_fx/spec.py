@@ -23,7 +23,7 @@ from .errors import SpecError
 
 KINDS = (
     "elementwise", "channelwise", "dense", "conv", "concat", "stack", "split", "getitem",
-    "reshape", "permute", "reduce", "matmul", "shape_query", "normalize", "expand", "attention", "embedding", "space_to_depth", "stop",
+    "reshape", "permute", "reduce", "matmul", "shape_query", "normalize", "expand", "attention", "embedding", "space_to_depth", "sdpa", "stop",
 )
 _NO_DEFAULT = object()
 
@@ -92,11 +92,18 @@ def specs_dir() -> Path:
 
 
 def _resolve(dotted: str) -> Any:
-    module, _, attr = dotted.rpartition(".")
-    obj: Any = importlib.import_module(module)
-    for part in attr.split("."):
-        obj = getattr(obj, part)
-    return obj
+    """The object a dotted name spells: the longest importable module prefix, then attributes
+    (torch.ops.aten.linear.default is attributes of torch)."""
+    parts = dotted.split(".")
+    for cut in range(len(parts) - 1, 0, -1):
+        try:
+            obj: Any = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        for part in parts[cut:]:
+            obj = getattr(obj, part)
+        return obj
+    raise ImportError(f"cannot import any prefix of {dotted}")
 
 
 def _resolve_optional(dotted: str) -> Any:
