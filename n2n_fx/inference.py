@@ -998,7 +998,8 @@ def reshape_layouts(in_shape: tuple[int, ...], in_layouts: tuple[Layout, ...], o
         elif len(real_in) == 1 and len(gj) == 2 and heads:  # C -> (heads, head_dim)
             groups, size = out_shape[gj[0]], out_shape[gj[1]]
             origin = next((S.find(g.atom).origin for g in S.normalize(lead) if isinstance(g, Seg)), "")
-            owner = origin.split(":")[0].rsplit(".", 2)[0] if origin.count(".") >= 2 else ""
+            parts = origin.split(":")[0].split(".")  # the projection's parent module (or the projection)
+            owner = ".".join(parts[:-2]) or parts[0]
             unit = Atom(groups, "heads", label=f"{owner}.heads" if owner else "")
             S.unify(lead, (Seg(unit, size),), reason("reshape_splits_space", "a projection split into heads"))
             out[gj[0]], out[gj[1]] = (Seg(unit),), S.fixed(size)

@@ -288,6 +288,45 @@ class PatchNet(nn.Module):
         return self.head(_patch_merging_pad(torch.tanh(self.a(x))))
 
 
+class SdpaNet(nn.Module):
+    """Functional attention: q, k, v projections split into 2 heads of 2 by a view, causal sdpa."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.q, self.k, self.v = nn.Linear(3, 2), nn.Linear(2, 4), nn.Linear(2, 4), nn.Linear(2, 4)
+        self.proj, self.head = nn.Linear(4, 2), nn.Linear(2, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a(x)
+        q, k, v = (p(h).view(1, 2, 2, 2).transpose(1, 2) for p in (self.q, self.k, self.v))
+        o = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(1, 2, 4)
+        return self.head(h + self.proj(o))
+
+
+class MeanSquareNet(nn.Module):
+    """RMSNorm written out (mean of squares, rsqrt), as exported Llama models spell it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.head = nn.Linear(3, 2), nn.Linear(2, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a(x)
+        return self.head(h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6))
+
+
+class SelectNet(nn.Module):
+    """select / narrow on a fixed axis (a class token, a sequence slice) next to a space."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.head = nn.Linear(3, 2), nn.Linear(2, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(self.a(x))
+        return self.head(h.select(1, 0) + h.narrow(1, 1, 1).squeeze(1))
+
+
 # ------------------------------------------------------------------------------ proofs
 @proof("dense_matrix")
 def dense_matrix() -> list[Claim]:
@@ -461,7 +500,9 @@ def concat_offsets() -> list[Claim]:
 @proof("split_pieces")
 def split_pieces() -> list[Claim]:
     return [widen_claim("split [1, 3], chunk, getitem: pieces of a space widened on their own",
-                        Split(), torch.randn(1, 1, 1, 1), plan_kw={"factor": 1.7, "seed": 1})]
+                        Split(), torch.randn(1, 1, 1, 1), plan_kw={"factor": 1.7, "seed": 1}),
+            widen_claim("select and narrow index a fixed axis; the space beside them widens (2 -> 3)",
+                        SelectNet(), torch.randn(1, 3, 3), plan_kw={"widths": {"a": 3}, "seed": 2})]
 
 
 @proof("flatten_stride")
@@ -494,6 +535,8 @@ def normalize() -> list[Claim]:
     except n2n_fx.ConstraintError:
         refused = True
     claims.append(Claim("the planner refuses a non-multiple width for a normalised space", refused))
+    claims += [widen_claim(f"mean of squares over a space (RMSNorm written out), uniform x{k}", MeanSquareNet(),
+                           torch.randn(1, 3), plan_kw={"factor": float(k)}) for k in (2, 3)]
     at_15 = n2n_fx.plan(NormNet(), x, factor=1.5)
     kept = all(p.new_width == p.width for p in at_15.spaces if p.space.uniform)
     claims.append(Claim("factor 1.5 leaves normalised spaces at k = 1 (exact), others grow", kept and any(
@@ -533,6 +576,9 @@ def attention_heads() -> list[Claim]:
     claims = [widen_claim(f"self-attention, batch_first={bf}, embed 4 -> {2 * k}, heads 2 -> {k} (seed {seed})",
                           AttnNet(bf), x if bf else x.transpose(0, 1), plan_kw={"factor": k / 2, "seed": seed})
               for bf, k, seed in ((True, 4, 0), (True, 3, 1), (False, 4, 2))]
+    claims += [widen_claim(f"F.scaled_dot_product_attention, causal, heads 2 -> {k} split by a view (seed {seed})",
+                           SdpaNet(), torch.randn(1, 2, 3), plan_kw={"factor": k / 2, "seed": seed})
+               for k, seed in ((4, 0), (3, 5))]
     a, b, c, d = sympy.symbols("a b c d", real=True)
     teacher = (a * c + b * d) / sympy.sqrt(2)  # one head, head_dim 2: a score
     student = (a * c / 2 + a * c / 2 + b * d) / sympy.sqrt(3)  # q dim 0 copied, k halved: head_dim 3

@@ -185,6 +185,21 @@ def attention(q: Array, k: Array, v: Array, m: nn.MultiheadAttention, w_in: Arra
     return y if m.batch_first else np.swapaxes(y, 0, 1)
 
 
+def sdpa(q: Array, k: Array, v: Array, is_causal: bool = False, scale: Any = None) -> Array:
+    """softmax(q k^T * scale) v over (..., L, head_dim) object arrays; causal: key j <= query i."""
+    hd = q.shape[-1]
+    scale = exact(scale) if scale is not None else 1 / sympy.sqrt(hd)
+    out = np.empty(q.shape[:-1] + (v.shape[-1],), dtype=object)
+    for lead in np.ndindex(*q.shape[:-2]):
+        for i in range(q.shape[-2]):
+            keys = range(i + 1) if is_causal else range(k.shape[-2])
+            w = [sympy.exp(sum(q[lead][i, d] * k[lead][j, d] for d in range(hd)) * scale) for j in keys]
+            total = sum(w)
+            for d in range(v.shape[-1]):
+                out[lead][i, d] = sum(wj * v[lead][j, d] for wj, j in zip(w, keys)) / total
+    return out
+
+
 def _pool(x: Array, k: int, stride: int, reduce: Callable) -> Array:
     n, c, h, w = x.shape
     ho, wo = (h - k) // stride + 1, (w - k) // stride + 1
@@ -270,6 +285,10 @@ class SymInterpreter(torch.fx.Interpreter):
             return args[0][args[1]]
         if target is getattr:
             return getattr(args[0], args[1])
+        if getattr(target, "__name__", "") == "scaled_dot_product_attention":
+            return sdpa(*args[:3], is_causal=kwargs.get("is_causal", False), scale=kwargs.get("scale"))
+        if target is torch.rsqrt:
+            return np.vectorize(lambda v: 1 / sympy.sqrt(v), otypes=[object])(args[0])
         if getattr(target, "__name__", "") == "_patch_merging_pad":  # torchvision's Swin (even H, W)
             x = args[0]
             parts = [x[..., i::2, j::2, :] for i, j in ((0, 0), (1, 0), (0, 1), (1, 1))]
@@ -304,7 +323,14 @@ class SymInterpreter(torch.fx.Interpreter):
             return x.shape if len(args) == 1 else x.shape[args[1]]
         if target == "mean":
             dims = args[1] if len(args) > 1 else kwargs.get("dim")
-            return x.mean(axis=tuple(dims) if isinstance(dims, (list, tuple)) else dims)
+            return x.mean(axis=tuple(dims) if isinstance(dims, (list, tuple)) else dims,
+                          keepdims=kwargs.get("keepdim", False))
+        if target == "pow":
+            return x ** args[1]
+        if target == "select":
+            return np.take(x, args[2], axis=args[1])
+        if target == "narrow":
+            return np.take(x, range(args[2], args[2] + args[3]), axis=args[1])
         if target == "split":
             return self.call_function(torch.split, args, kwargs)
         if target == "chunk":

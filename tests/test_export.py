@@ -1,0 +1,149 @@
+"""The torch.export front end: ATen graphs widened and deepened by the same table, for models
+that do not symbolic_trace (nn.TransformerEncoder, Hugging Face transformers)."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import n2n_fx
+from tests.helpers import assert_preserved
+
+
+def _space(plan: n2n_fx.Plan, name: str):
+    return next(p for p in plan.spaces if p.name == name)
+
+
+class ShapeBranch(nn.Module):
+    """Python control flow on a shape: symbolic_trace fails, torch.export specialises it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn, self.fc = nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.Linear(6, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.bn(self.conv(x)))
+        if x.shape[-1] > 4:
+            h = F.max_pool2d(h, 2)
+        return self.fc(h.mean((2, 3)))
+
+
+def test_a_model_that_only_exports_widens_and_deepens() -> None:
+    torch.manual_seed(0)
+    model, x = ShapeBranch().double().eval(), torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    model.bn.running_mean.uniform_(-0.5, 0.5)
+    model.bn.running_var.uniform_(0.5, 2.0)
+    with pytest.raises(n2n_fx.TraceFailure):
+        n2n_fx.plan(model, x)
+    plan = n2n_fx.plan(model, x, factor=2.0, frontend="export")
+    assert [p.new_width for p in plan.spaces] == [12, 4]  # conv widened, logits fixed
+    assert_preserved(model, n2n_fx.widen(model, x, factor=1.5, frontend="export"), x)
+    conv = next(n.name for n in n2n_fx.trace(model, x, frontend="export").graph.nodes if "conv2d" in str(n.target))
+    assert_preserved(model, n2n_fx.deepen(model, x, after=[conv], frontend="export"), x)
+
+
+def test_transformer_encoder_through_export() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 16), nn.TransformerEncoder(
+        nn.TransformerEncoderLayer(16, 2, 24, dropout=0.0, batch_first=True), 2, enable_nested_tensor=False),
+        nn.Linear(16, 2)).double().eval()
+    x = torch.randn(3, 5, 3, dtype=torch.float64)
+    plan = n2n_fx.plan(model, x, factor=2.0, frontend="export")
+    widened = {p.name for p in plan.spaces if p.new_width > p.width}
+    assert {"0", "1.layers.0.linear1", "1.layers.1.linear1"} <= widened  # residual stream and MLPs
+    assert_preserved(model, n2n_fx.widen(model, x, factor=2.0, frontend="export"), x)
+
+
+class SdpaBlock(nn.Module):
+    """Attention written with F.scaled_dot_product_attention, heads split by a view (fx path)."""
+
+    def __init__(self, heads: int = 2, dim: int = 8) -> None:
+        super().__init__()
+        self.inp, self.q, self.k, self.v, self.proj, self.o = (
+            nn.Linear(3, dim), nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim),
+            nn.Linear(dim, 2))
+        self.heads, self.dim = heads, dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+        h = self.inp(x)
+        q, k, v = (p(h).view(b, n, self.heads, self.dim // self.heads).transpose(1, 2) for p in (self.q, self.k, self.v))
+        a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.o(h + self.proj(a.transpose(1, 2).reshape(b, n, self.dim)))
+
+
+@pytest.mark.parametrize("frontend", ["fx", "export"])
+def test_sdpa_heads_widen(frontend: str) -> None:
+    torch.manual_seed(0)
+    model, x = SdpaBlock().double().eval(), torch.randn(2, 5, 3, dtype=torch.float64)
+    plan = n2n_fx.plan(model, x, factor=2.0, frontend=frontend)
+    heads = [p for p in plan.spaces if p.name.endswith("heads")]
+    assert len(heads) == 1 and heads[0].width == 2 and heads[0].new_width == 4
+    for factor in (1.5, 2.0, 3.0):
+        assert_preserved(model, n2n_fx.widen(model, x, factor=factor, frontend=frontend), x)
+
+
+# ----------------------------------------------------------------------------- Hugging Face
+IDS = torch.randint(0, 50, (2, 6), generator=torch.Generator().manual_seed(0))
+
+
+def _hf(name: str, **kw):
+    transformers = pytest.importorskip("transformers")
+    warnings.filterwarnings("ignore")
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    torch.manual_seed(0)
+    if name == "bert":
+        cfg = transformers.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                      intermediate_size=24, max_position_embeddings=16, num_labels=3)
+        return transformers.BertForSequenceClassification(cfg).double().eval()
+    if name == "gpt2":
+        cfg = transformers.GPT2Config(vocab_size=50, n_embd=16, n_layer=2, n_head=2, n_positions=16,
+                                      use_cache=False, **kw)
+        return transformers.GPT2LMHeadModel(cfg).double().eval()
+    cfg = transformers.LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=24, num_hidden_layers=2,
+                                   num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=16,
+                                   use_cache=False, tie_word_embeddings=False)
+    return transformers.LlamaForCausalLM(cfg).double().eval()
+
+
+def _linears(model: nn.Module) -> list[str]:
+    gm = n2n_fx.trace(model, (IDS,), frontend="export")
+    return [n.name for n in gm.graph.nodes if n.op == "call_function" and str(n.target) in ("aten.linear.default",
+                                                                                            "aten.addmm.default")]
+
+
+@pytest.mark.parametrize("name", ["bert", "gpt2", "llama"])
+def test_hugging_face_models_widen_and_deepen_through_export(name: str) -> None:
+    model = _hf(name, tie_word_embeddings=False) if name == "gpt2" else _hf(name)
+    plan = n2n_fx.plan(model, (IDS,), factor=2.0, frontend="export")
+    hidden = [p for p in plan.spaces if not (p.reasons and p.reasons[0].code == "model_output")]
+    assert hidden and all(p.new_width == 2 * p.width for p in hidden), str(plan)
+    assert any(p.name.endswith(".heads") for p in hidden)
+    # Llama's RMSNorm computes in float32 whatever the model's dtype: that bounds its error
+    rtol = 1e-6 if name == "llama" else 1e-10
+    student = n2n_fx.widen(model, (IDS,), factor=2.0, frontend="export")
+    assert n2n_fx.verify(model, student, (IDS,), rtol=rtol).ok
+    after = _linears(model)[2::4][:2]  # projections inside two blocks (activations there are not idempotent)
+    deeper = n2n_fx.deepen(model, (IDS,), after=after, frontend="export")
+    assert n2n_fx.verify(model, deeper, (IDS,), rtol=rtol).ok
+    assert n2n_fx.verify(model, n2n_fx.widen(deeper, (IDS,), factor=2.0), (IDS,), rtol=rtol).ok
+
+
+def test_tied_gpt2_keeps_its_residual_and_its_tie() -> None:
+    model = _hf("gpt2", tie_word_embeddings=True)
+    plan = n2n_fx.plan(model, (IDS,), factor=2.0, frontend="export")
+    conflicts = [p for p in plan.spaces if p.reasons and p.reasons[0].code == "param_role_conflict"]
+    assert len(conflicts) == 1 and conflicts[0].new_width == conflicts[0].width
+    student = n2n_fx.widen(model, (IDS,), factor=2.0, frontend="export")
+    assert student.get_parameter("lm_head.weight") is student.get_parameter("transformer.wte.weight")
+    assert_preserved(model, student, (IDS,))
+
+
+def test_unknown_frontend_is_a_typed_error() -> None:
+    with pytest.raises(n2n_fx.N2NError, match="frontend"):
+        n2n_fx.plan(nn.Linear(2, 2), torch.randn(1, 2), frontend="jit")
