@@ -85,17 +85,20 @@ def apply_plan(p: Plan) -> torch.fx.GraphModule:
 
 def deepen(model: torch.nn.Module, example_inputs: Any, *, after: Sequence[str], seed: int = 0,
            activation: str | None = "auto", batch_norm: bool = False, bn_mode: str = "eval",
-           kernel_size: int = 3, leaf_modules: Sequence[type] = (), frontend: str = "fx") -> torch.fx.GraphModule:
+           kernel_size: int = 3, leaf_modules: Sequence[type] = (), frontend: str = "fx",
+           block: str = "identity", hidden: int | None = None) -> torch.fx.GraphModule:
     """Net2DeeperNet: insert an identity layer after each named node or module.
 
-    `seed` is accepted for symmetry with widen (the identity construction draws nothing).
+    block='identity' is the paper's identity layer (refused after a non-idempotent activation);
+    block='residual' inserts x + W2 phi(W1 x) with W2 = 0, exact after any activation (`seed`
+    draws W1; `hidden` is its width, default the feature width).
     """
     if isinstance(after, str):
         after = [after]
     inputs = as_inputs(example_inputs)
     gm = trace(model, inputs, leaf_modules=leaf_modules, frontend=frontend)
     deeper = Net2DeeperNet(after, inputs, activation=activation, batch_norm=batch_norm, bn_mode=bn_mode,
-                           kernel_size=kernel_size)
+                           kernel_size=kernel_size, block=block, hidden=hidden, seed=seed)
     return deeper(gm).graph_module
 
 

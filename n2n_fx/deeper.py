@@ -1,14 +1,19 @@
 """Net2DeeperNet as an FX pass: insert identity layers after named nodes.
 
-The inserted block is an identity Linear (features on the last axis) or ConvNd (channels on axis
-1; odd or even kernels with 'same' padding, the tap at (k-1)//2), optionally a BatchNorm set to
-undo its own normalisation, and a copy of the activation that produced the node when the table
-marks it idempotent on its range (phi(phi(v)) = phi(v)). A non-idempotent activation is refused.
+block="identity" (the paper's): an identity Linear (features on the last axis) or ConvNd (channels
+on axis 1; odd or even kernels with 'same' padding, the tap at (k-1)//2), optionally a BatchNorm
+set to undo its own normalisation, and a copy of the activation that produced the node when the
+table marks it idempotent on its range (phi(phi(v)) = phi(v)). A non-idempotent activation is
+refused.
+
+block="residual": x + W2 phi(W1 x + b1) + b2 with W2 = 0 and b2 = 0, the identity for every phi
+(GELU, SiLU, tanh, ...); W1 is drawn from the seed, so training moves W2 off zero at once.
 """
 
 from __future__ import annotations
 
 import copy
+import operator
 from collections.abc import Sequence
 from typing import Any
 
@@ -49,6 +54,22 @@ def identity_conv(channels: int, spatial: int, kernel_size: int, dtype: torch.dt
         conv.weight[(idx, idx) + (tap,) * spatial] = 1.0
         conv.bias.zero_()
     return conv
+
+
+def zero_residual(features: int, hidden: int, spatial: int, dtype: torch.dtype,
+                  generator: torch.Generator) -> tuple[nn.Module, nn.Module]:
+    """(W1, W2) of x + W2 phi(W1 x + b1) + b2: W1 drawn (fan-in uniform), W2 and b2 zero."""
+    if spatial:
+        first, last = (_CONVS[spatial](features, hidden, 1, dtype=dtype), _CONVS[spatial](hidden, features, 1, dtype=dtype))
+    else:
+        first, last = nn.Linear(features, hidden, dtype=dtype), nn.Linear(hidden, features, dtype=dtype)
+    bound = features ** -0.5
+    with torch.no_grad():
+        first.weight.copy_((torch.rand(first.weight.shape, generator=generator, dtype=torch.float64) * 2 - 1) * bound)
+        first.bias.copy_((torch.rand(first.bias.shape, generator=generator, dtype=torch.float64) * 2 - 1) * bound)
+        last.weight.zero_()
+        last.bias.zero_()
+    return first, last
 
 
 def undo_batch_norm(value: torch.Tensor, axis: int, spatial: int, mode: str, eps: float = 1e-5) -> nn.Module:
@@ -119,8 +140,19 @@ def _capture(gm: torch.fx.GraphModule, nodes: list[torch.fx.Node], inputs: tuple
 
 class Net2DeeperNet(PassBase):
     def __init__(self, after: Sequence[str], example_inputs: tuple, *, activation: str | None = "auto",
-                 batch_norm: bool = False, bn_mode: str = "eval", kernel_size: int = 3) -> None:
+                 batch_norm: bool = False, bn_mode: str = "eval", kernel_size: int = 3, block: str = "identity",
+                 hidden: int | None = None, seed: int = 0) -> None:
         super().__init__()
+        if block not in ("identity", "residual"):
+            raise DeepenError(f"block must be 'identity' or 'residual', got {block!r}", op="deepen",
+                              fix="'identity' (the paper's layer) or 'residual' (x + W2 phi(W1 x), W2 = 0)")
+        if block == "residual" and batch_norm:
+            raise DeepenError("a residual block is exact without a BatchNorm undo", op="deepen",
+                              fix="pass batch_norm=False with block='residual'")
+        if hidden is not None and (not isinstance(hidden, int) or hidden < 1):
+            raise DeepenError(f"hidden must be a positive int, got {hidden!r}", op="deepen",
+                              fix="hidden=None uses the block's feature width")
+        self.block, self.hidden, self.seed = block, hidden, seed
         if activation not in ("auto", None, "none"):
             raise DeepenError(f"activation must be 'auto' or None, got {activation!r}", op="deepen",
                               fix="'auto' repeats an idempotent activation; None inserts a linear identity layer")
@@ -142,7 +174,10 @@ class Net2DeeperNet(PassBase):
         analysis = infer(gm, table)
         captured = _capture(gm, nodes, self.inputs, self.bn_mode) if self.batch_norm else {}
         for node in nodes:
-            self._insert(gm, node, analysis.vals.get(node.name), captured.get(node.name), table)
+            if self.block == "residual":
+                self._insert_residual(gm, node, analysis.vals.get(node.name), table)
+            else:
+                self._insert(gm, node, analysis.vals.get(node.name), captured.get(node.name), table)
         gm.graph.lint()
         gm.recompile()
         return PassResult(gm, bool(nodes))
@@ -195,6 +230,34 @@ class Net2DeeperNet(PassBase):
             prev.meta["tensor_meta"] = meta
         last = prev
         node.replace_all_uses_with(last, delete_user_cb=lambda user: user is not first)
+
+    def _insert_residual(self, gm: torch.fx.GraphModule, node: torch.fx.Node, val: Any, table) -> None:
+        """x -> x + W2 phi(W1 x + b1) + b2, W2 = 0: one call node per layer (the table sees each)."""
+        meta = node.meta["tensor_meta"]
+        shape, dtype = tuple(meta.shape), meta.dtype
+        conv_like = len(shape) >= 4 or (len(shape) == 3 and val is not None
+                                         and S.is_spaced(val.layouts[1]) and not S.is_spaced(val.layouts[2]))
+        features = shape[1] if conv_like else shape[-1]
+        hidden = self.hidden or features
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + len(node.name))
+        first, last = zero_residual(features, hidden, len(shape) - 2 if conv_like else 0, dtype, gen)
+        spec = table.lookup(node, gm) if node.op in ("call_module", "call_function", "call_method") else None
+        if self.activation == "auto" and spec is not None and spec.activation and node.op == "call_module":
+            act: nn.Module = copy.deepcopy(gm.get_submodule(node.target))  # the model's own nonlinearity
+        else:
+            act = nn.GELU() if self.activation == "auto" else nn.Identity()
+        base = self._module_name(gm, node)
+        prev = node
+        for role, layer in (("residual_in", first), ("residual_act", act), ("residual_out", last)):
+            gm.add_submodule(f"{base}.{role}", layer)
+            with gm.graph.inserting_after(prev):
+                prev = gm.graph.call_module(f"{base}.{role}", (prev,))
+            if role == "residual_in":
+                first_node = prev
+        with gm.graph.inserting_after(prev):
+            out = gm.graph.call_function(operator.add, (node, prev))
+        out.meta["tensor_meta"] = meta
+        node.replace_all_uses_with(out, delete_user_cb=lambda user: user not in (first_node, out))
 
     @staticmethod
     def _module_name(gm: torch.fx.GraphModule, node: torch.fx.Node) -> str:

@@ -23,7 +23,7 @@ from torch import nn
 
 import n2n_fx
 from n2n_fx import indexmaps as im
-from n2n_fx.deeper import identity_conv, identity_linear, identity_tap, undo_batch_norm
+from n2n_fx.deeper import identity_conv, identity_linear, identity_tap, undo_batch_norm, zero_residual
 
 from . import symbolic as sym
 
@@ -469,6 +469,15 @@ def _deepen_identities() -> list[Claim]:
         out = sym.relu(sym.conv_nd(hs, cw, cb, 1, "same", 1, 1))
         claims.append(Claim(f"deepen: identity Conv2d k={k} ('same' padding, tap {identity_tap(k)}) then relu",
                             not sym.difference(hs, out)))
+    # the residual block: h + W2 f(W1 h + b1) + b2 with the engine's W2 = 0, b2 = 0, for an undefined f
+    first, last = zero_residual(3, 4, 0, torch.float64, torch.Generator().manual_seed(0))
+    w1, b1, w2, b2 = (np.vectorize(sym.exact, otypes=[object])(t.detach().numpy())
+                      for t in (first.weight, first.bias, last.weight, last.bias))
+    f = sym.undefined("residual")
+    claims.append(Claim("deepen residual: h + W2 f(W1 h + b1) + b2 = h for any f (the engine's W2 = 0, b2 = 0)",
+                        not sym.difference(xs, xs + f(xs @ w1.T + b1) @ w2.T + b2)))
+    claims.append(broken_claim("with W2 != 0 the residual block changes the function",
+                               sym.difference(xs, xs + f(xs @ w1.T + b1) @ (w2 + 1).T + b2)))
     return claims
 
 
