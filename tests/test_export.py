@@ -147,3 +147,27 @@ def test_tied_gpt2_keeps_its_residual_and_its_tie() -> None:
 def test_unknown_frontend_is_a_typed_error() -> None:
     with pytest.raises(n2n_fx.N2NError, match="frontend"):
         n2n_fx.plan(nn.Linear(2, 2), torch.randn(1, 2), frontend="jit")
+
+
+@pytest.mark.parametrize("name", ["bert", "gpt2", "llama"])
+def test_rebuilt_student_saves_and_reloads_as_its_family(name: str, tmp_path) -> None:
+    from n2n_fx.hf import rebuild
+
+    model = _hf(name, tie_word_embeddings=False) if name == "gpt2" else _hf(name)
+    student = n2n_fx.widen(model, (IDS,), factor=2.0, frontend="export")
+    rebuilt = rebuild(model, student, (IDS,))
+    assert type(rebuilt) is type(model)
+    assert rebuilt.config.num_attention_heads == 2 * model.config.num_attention_heads
+    assert rebuilt.config.hidden_size == 2 * model.config.hidden_size
+    rebuilt.save_pretrained(tmp_path)
+    back = type(model).from_pretrained(tmp_path, dtype=torch.float64).eval()
+    assert n2n_fx.verify(model, back, (IDS,), rtol=1e-6 if name == "llama" else 1e-10).ok
+
+
+def test_rebuild_refuses_sizes_no_config_describes() -> None:
+    from n2n_fx.hf import rebuild
+
+    model = _hf("bert")  # at 1.5x the MLP grows but heads x head_dim no longer equals hidden_size
+    student = n2n_fx.widen(model, (IDS,), factor=1.5, frontend="export")
+    with pytest.raises(n2n_fx.N2NError, match="BertConfig"):
+        rebuild(model, student, (IDS,))
