@@ -908,10 +908,10 @@ def qkv_rows(heads: Atom, head_dim: int) -> Layout:
     return (Seg(heads, head_dim),) * 3
 
 
-_PASS_THROUGH = ("permute", "reshape", "getitem", "elementwise", "split")
+_PASS_THROUGH = ("permute", "reshape", "getitem", "elementwise", "split", "expand", "concat")
 
 
-def _feeds_attention(node: torch.fx.Node, table: RuleTable, gm: torch.nn.Module, depth: int = 6) -> bool:
+def _feeds_attention(node: torch.fx.Node, table: RuleTable, gm: torch.nn.Module, depth: int = 12) -> bool:
     """Does this node's value reach q, k or v of an sdpa call through layout-moving ops
     (transpose, contiguous, rotary products, ...)? Then a C -> (G, C/G) view splits heads."""
     frontier = [node]
@@ -1000,7 +1000,7 @@ def reshape_layouts(in_shape: tuple[int, ...], in_layouts: tuple[Layout, ...], o
             origin = next((S.find(g.atom).origin for g in S.normalize(lead) if isinstance(g, Seg)), "")
             parts = origin.split(":")[0].split(".")  # the projection's parent module (or the projection)
             owner = ".".join(parts[:-2]) or parts[0]
-            unit = Atom(groups, "heads", label=f"{owner}.heads" if owner else "")
+            unit = Atom(groups, "heads", label=f"{owner}.heads" if owner else "", free=True)  # may join kv groups
             S.unify(lead, (Seg(unit, size),), reason("reshape_splits_space", "a projection split into heads"))
             out[gj[0]], out[gj[1]] = (Seg(unit),), S.fixed(size)
         elif len(real_in) == 1 and len(gj) == 2:  # C -> (G, C/G), as in a channel shuffle

@@ -303,6 +303,23 @@ class SdpaNet(nn.Module):
         return self.head(h + self.proj(o))
 
 
+class GqaNet(nn.Module):
+    """Grouped-query attention: 4 query heads share 2 key/value heads (repeat_kv: expand, reshape)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.q, self.k, self.v = nn.Linear(3, 2), nn.Linear(2, 4), nn.Linear(2, 2), nn.Linear(2, 2)
+        self.proj, self.head = nn.Linear(4, 2), nn.Linear(2, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a(x)
+        q = self.q(h).view(1, 2, 4, 1).transpose(1, 2)
+        k, v = (p(h).view(1, 2, 2, 1).transpose(1, 2)[:, :, None].expand(1, 2, 2, 2, 1).reshape(1, 4, 2, 1)
+                for p in (self.k, self.v))
+        o = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(1, 2, 4)
+        return self.head(h + self.proj(o))
+
+
 class MeanSquareNet(nn.Module):
     """RMSNorm written out (mean of squares, rsqrt), as exported Llama models spell it."""
 
@@ -588,6 +605,8 @@ def attention_heads() -> list[Claim]:
     claims += [widen_claim(f"F.scaled_dot_product_attention, causal, heads 2 -> {k} split by a view (seed {seed})",
                            SdpaNet(), torch.randn(1, 2, 3), plan_kw={"factor": k / 2, "seed": seed})
                for k, seed in ((4, 0), (3, 5))]
+    claims.append(widen_claim("grouped-query sdpa: 2 key/value heads -> 3, each with its 2 query heads",
+                              GqaNet(), torch.randn(1, 2, 3), plan_kw={"factor": 1.5, "seed": 2}))
     a, b, c, d = sympy.symbols("a b c d", real=True)
     teacher = (a * c + b * d) / sympy.sqrt(2)  # one head, head_dim 2: a score
     student = (a * c / 2 + a * c / 2 + b * d) / sympy.sqrt(3)  # q dim 0 copied, k halved: head_dim 3

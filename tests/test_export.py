@@ -106,8 +106,8 @@ def _hf(name: str, **kw):
                                       use_cache=False, **kw)
         return transformers.GPT2LMHeadModel(cfg).double().eval()
     cfg = transformers.LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=24, num_hidden_layers=2,
-                                   num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=16,
-                                   use_cache=False, tie_word_embeddings=False)
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=16,
+                                   use_cache=False, tie_word_embeddings=False)  # grouped-query: 2 q heads per kv
     return transformers.LlamaForCausalLM(cfg).double().eval()
 
 
@@ -159,6 +159,8 @@ def test_rebuilt_student_saves_and_reloads_as_its_family(name: str, tmp_path) ->
     assert type(rebuilt) is type(model)
     assert rebuilt.config.num_attention_heads == 2 * model.config.num_attention_heads
     assert rebuilt.config.hidden_size == 2 * model.config.hidden_size
+    if name == "llama":
+        assert rebuilt.config.num_key_value_heads == 2 * model.config.num_key_value_heads
     rebuilt.save_pretrained(tmp_path)
     back = type(model).from_pretrained(tmp_path, dtype=torch.float64).eval()
     assert n2n_fx.verify(model, back, (IDS,), rtol=1e-6 if name == "llama" else 1e-10).ok
