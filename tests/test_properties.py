@@ -27,6 +27,7 @@ BROADCAST1 = Arch(1, 2, (("add", 0, 0), ("conv", 0, 2, 1, 1), ("chunk", 2), ("ad
                   "flatten")  # a width-1 space added to a size-1 input axis
 WIDTH1_FLATTEN = Arch(1, 2, (("conv", 0, 2, 1, 1), ("chunk", 1)), "flatten")  # a width-1 space into flatten
 SHUFFLE2 = Arch(1, 2, (("conv", 0, 2, 1, 1), ("shuffle", 1)), "flatten")  # view(n, 2, c // 2, ...): size-1 dim
+NORM = Arch(2, 2, (("conv", 0, 4, 1, 1), ("norm", 1, "layer")), "mean")  # LayerNorm: uniform k only
 DW_CHUNKS = Arch(2, 2, (("conv", 0, 4, 1, 2), ("conv", 1, 4, 1, 2), ("chunk", 2), ("chunk", 3),
                         ("bn_act", 0, "relu"), ("conv", 2, 2, 1, 2)), "flatten")
 
@@ -49,6 +50,7 @@ def grow(arch: Arch, req: WidenRequest):
 @example(WIDTH1_FLATTEN, WidenRequest(2.0, None, "none", 0))
 @example(SHUFFLE2, WidenRequest(2.0, None, "none", 0))
 @example(DW_CHUNKS, WidenRequest(1.5, None, "none", 0))
+@example(NORM, WidenRequest(2.0, None, "none", 0))
 @example(DW_CHUNKS, WidenRequest(None, (1.0, 0.0), "split", 3))
 def test_widen_preserves_random_architectures(arch, req):
     model, x = arch.build()
