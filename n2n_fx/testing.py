@@ -90,6 +90,16 @@ class ArchNet(nn.Module):
                 _, src, heads = step
                 self.layers[str(i)] = nn.MultiheadAttention(chans[src], heads, batch_first=True)
                 chans.append(chans[src])
+            elif op == "sdpa":  # the same, written with projections, a heads view and F.sdpa
+                _, src, heads = step
+                c = chans[src]
+                self.layers[str(i)] = nn.ModuleList([nn.Linear(c, c) for _ in range(4)])
+                self.sizes[i] = [heads, c // heads]
+                chans.append(c)
+            elif op == "position":  # a position table looked up by fixed ids, broadcast over the batch
+                self.layers[str(i)] = nn.Embedding(arch.size * arch.size, chans[step[1]])
+                self.register_buffer(f"ids{i}", torch.arange(arch.size * arch.size))
+                chans.append(chans[step[1]])
         self.out_channels = chans[-1]
         feat = chans[-1] * (arch.size * arch.size if arch.head == "flatten" else 1)
         self.fc1 = nn.Linear(feat, 5)
@@ -122,7 +132,21 @@ class ArchNet(nn.Module):
                 n, c, h, w = y.shape
                 tokens = y.flatten(2).transpose(1, 2)
                 out = self.layers[str(i)](tokens, tokens, tokens, need_weights=False)[0]
-                maps.append(out.transpose(1, 2).reshape(n, c, h, w))
+                maps.append(out.transpose(1, 2).reshape(n, -1, h, w))  # -1: the output is its own space
+            elif op == "sdpa":
+                y = maps[step[1]]
+                n, c, h, w = y.shape
+                heads, head_dim = self.sizes[i]
+                q, k, v, proj = self.layers[str(i)]
+                t = y.flatten(2).transpose(1, 2)
+                split = [p(t).view(n, h * w, heads, head_dim).transpose(1, 2) for p in (q, k, v)]
+                a = F.scaled_dot_product_attention(*split).transpose(1, 2).reshape(n, h * w, -1)
+                maps.append(proj(a).transpose(1, 2).reshape(n, -1, h, w))
+            elif op == "position":
+                y = maps[step[1]]
+                n, c, h, w = y.shape
+                table = self.layers[str(i)](getattr(self, f"ids{i}")).t().reshape(1, -1, h, w)
+                maps.append(y + table.expand(n, -1, -1, -1))
             elif op == "shuffle":  # ShuffleNet's channel shuffle with 2 groups
                 y = maps[step[1]]
                 n, c, h, w = y.shape
@@ -136,7 +160,9 @@ class ArchNet(nn.Module):
 def architectures(draw, max_steps: int = 8, activations: tuple[str, ...] = tuple(ACTIVATIONS)) -> Arch:
     """Random DAGs: convs (grouped, depthwise), BN + activation, residual add, gating mul,
     squeeze-excitation, concat, channel split, channel shuffle, pooling, channels-last LayerNorm /
-    RMSNorm, multi-head self-attention over positions; a flatten or mean head."""
+    RMSNorm, multi-head self-attention over positions (nn.MultiheadAttention, or projections, a
+    heads view and F.scaled_dot_product_attention), a position-embedding table; a flatten or mean
+    head."""
     in_ch = draw(st.integers(1, 3))
     size = draw(st.sampled_from([2, 3, 4]))
     chans: list[int] = [in_ch]
@@ -145,7 +171,7 @@ def architectures(draw, max_steps: int = 8, activations: tuple[str, ...] = tuple
         n = len(chans)
         src = draw(st.integers(0, n - 1))
         op = draw(st.sampled_from(["conv", "conv", "bn_act", "add", "mul", "cat", "chunk", "pool", "gate", "shuffle",
-                                   "norm", "attention"]))
+                                   "norm", "attention", "sdpa", "position"]))
         if op == "conv":
             cin = chans[src]
             divisors = [g for g in range(1, cin + 1) if cin % g == 0]
@@ -174,9 +200,12 @@ def architectures(draw, max_steps: int = 8, activations: tuple[str, ...] = tuple
         elif op == "norm":
             steps.append(("norm", src, draw(st.sampled_from(["layer", "rms"]))))
             chans.append(chans[src])
-        elif op == "attention":
+        elif op in ("attention", "sdpa"):
             heads = draw(st.sampled_from([h for h in range(1, chans[src] + 1) if chans[src] % h == 0]))
-            steps.append(("attention", src, heads))
+            steps.append((op, src, heads))
+            chans.append(chans[src])
+        elif op == "position":
+            steps.append(("position", src))
             chans.append(chans[src])
         elif op == "shuffle" and chans[src] % 2 == 0:
             steps.append(("shuffle", src))
