@@ -92,7 +92,7 @@ def parse_widths(items: list[str] | None) -> dict[str, int] | None:
 def _plan(args: argparse.Namespace, model: torch.nn.Module, inputs: tuple, factor: float | None) -> Plan:
     widths = parse_widths(getattr(args, "width", None))
     return make_plan(model, inputs, factor=factor if not widths else None, widths=widths, seed=args.seed,
-                symmetry=getattr(args, "symmetry", "none"))
+                     symmetry=getattr(args, "symmetry", "none"), frontend=getattr(args, "frontend", "fx"))
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -131,7 +131,8 @@ def cmd_widen(args: argparse.Namespace) -> int:
 def cmd_deepen(args: argparse.Namespace) -> int:
     model, inputs = build(args)
     student = deepen(model, inputs, after=args.after, batch_norm=args.batch_norm, kernel_size=args.kernel_size,
-                     activation=None if args.no_activation else "auto")
+                     activation=None if args.no_activation else "auto", frontend=args.frontend, block=args.block,
+                     seed=args.seed)
     report = verify(model, student, inputs)
     print(report)
     _save(student, args.out)
@@ -144,7 +145,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     student = apply_plan(plan)
     report = verify(model, student, inputs, mode=args.mode)
     if args.after:
-        deeper = deepen(student, inputs, after=args.after)
+        deeper = deepen(student, inputs, after=args.after, frontend=args.frontend)
         r2 = verify(model, deeper, inputs, mode=args.mode)
         report = r2 if r2.max_rel_err > report.max_rel_err else report
     result = {
@@ -229,6 +230,8 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input-shape", action="append", help="shape of an example input, e.g. 2,3,32,32")
     p.add_argument("--float64", action="store_true", help="grow and verify the model in float64")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--frontend", choices=["fx", "export"], default="fx",
+                   help="fx: symbolic_trace (default); export: torch.export, for models that only export")
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -242,6 +245,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--factor", type=float, default=None)
     p.add_argument("--width", action="append", help="SPACE=UNITS")
     p.add_argument("--rules", action="store_true", help="print the rule table instead")
+    p.add_argument("--frontend", choices=["fx", "export"], default="fx")
     p.set_defaults(func=cmd_explain)
     p = sub.add_parser("widen", help="Net2WiderNet a model and verify it")
     _model_args(p)
@@ -256,6 +260,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-norm", action="store_true")
     p.add_argument("--no-activation", action="store_true")
     p.add_argument("--kernel-size", type=int, default=3)
+    p.add_argument("--block", choices=["identity", "residual"], default="identity",
+                   help="identity: the paper's layer; residual: x + W2 phi(W1 x), W2 = 0 (any activation)")
     p.add_argument("--out")
     p.set_defaults(func=cmd_deepen)
     p = sub.add_parser("check", help="gate: widen (and deepen) and exit 0 only if the function is preserved")

@@ -70,3 +70,23 @@ def test_pytest_plugin_fixture(n2n_check):
         student.head.bias.add_(1e-3)
     with pytest.raises(pytest.fail.Exception, match="does not preserve"):
         n2n_check(model, student, x)
+
+
+def test_export_frontend_and_residual_block(tmp_path, capsys):
+    spec = tmp_path / "enc.py"
+    spec.write_text(
+        "import torch\nfrom torch import nn\n"
+        "def build():\n"
+        "    torch.manual_seed(0)\n"
+        "    enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(8, 2, 12, dropout=0.0, batch_first=True), 1,\n"
+        "                                enable_nested_tensor=False)\n"
+        "    return nn.Sequential(nn.Linear(3, 8), enc, nn.Linear(8, 2)).eval(), (torch.randn(2, 4, 3),)\n")
+    assert main(["check", f"{spec}:build", "--frontend", "export", "--float64", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["preserved"] and result["widened"] >= 2  # residual stream and MLP through torch.export
+    assert main(["check", f"{spec}:build", "--float64", "--json"]) == 0  # fx keeps the encoder opaque
+    opaque = json.loads(capsys.readouterr().out)
+    assert opaque["widened"] < result["widened"] and "unknown_op" in json.dumps(opaque["frozen"])
+    assert main(["deepen", f"{spec}:build", "--frontend", "export", "--float64", "--after", "linear_2",
+                 "--block", "residual"]) == 0
+    assert "preserved" in capsys.readouterr().out
