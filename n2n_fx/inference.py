@@ -961,6 +961,11 @@ def reshape_layouts(in_shape: tuple[int, ...], in_layouts: tuple[Layout, ...], o
             i += 1  # a fixed size-1 dim: nothing to carry
             continue
         if j < len(out_shape) and out_shape[j] == 1 and not (i < len(in_shape) and in_shape[i] == 1):
+            if heads and i < len(in_shape) and spaced(i) and j + 1 < len(out_shape) \
+                    and out_shape[j + 1] == in_shape[i]:  # C -> (1, C): a single head (multi-query k/v)
+                out[j], out[j + 1] = _split_heads(in_layouts[i], 1, in_shape[i], reason)
+                i, j = i + 1, j + 2
+                continue
             out[j] = S.fixed(1)
             j += 1
             continue
@@ -996,13 +1001,7 @@ def reshape_layouts(in_shape: tuple[int, ...], in_layouts: tuple[Layout, ...], o
             out[gj[0]] = tuple(Seg(s.atom, s.inner // rest) if isinstance(s, Seg) else Fixed(s.size // rest)
                                for s in S.normalize(lead))
         elif len(real_in) == 1 and len(gj) == 2 and heads:  # C -> (heads, head_dim)
-            groups, size = out_shape[gj[0]], out_shape[gj[1]]
-            origin = next((S.find(g.atom).origin for g in S.normalize(lead) if isinstance(g, Seg)), "")
-            parts = origin.split(":")[0].split(".")  # the projection's parent module (or the projection)
-            owner = ".".join(parts[:-2]) or parts[0]
-            unit = Atom(groups, "heads", label=f"{owner}.heads" if owner else "", free=True)  # may join kv groups
-            S.unify(lead, (Seg(unit, size),), reason("reshape_splits_space", "a projection split into heads"))
-            out[gj[0]], out[gj[1]] = (Seg(unit),), S.fixed(size)
+            out[gj[0]], out[gj[1]] = _split_heads(lead, out_shape[gj[0]], out_shape[gj[1]], reason)
         elif len(real_in) == 1 and len(gj) == 2:  # C -> (G, C/G), as in a channel shuffle
             groups, size = out_shape[gj[0]], out_shape[gj[1]]
             why = reason("reshape_splits_space", "group blocks of a space cannot share one map")
@@ -1016,6 +1015,17 @@ def reshape_layouts(in_shape: tuple[int, ...], in_layouts: tuple[Layout, ...], o
                 for atom in S.atoms_of(in_layouts[k]):
                     S.freeze(atom, reason("reshape_splits_space", detail))
     return tuple(lay if lay is not None else S.fixed(d) for lay, d in zip(out, out_shape))
+
+
+def _split_heads(lead: Layout, groups: int, size: int, reason) -> tuple[Layout, Layout]:
+    """(heads, head_dim) layouts of a projection split for attention: a new heads space, each unit
+    `size` wide, named after the projection's parent module; free, so it may join a kv group."""
+    origin = next((S.find(g.atom).origin for g in S.normalize(lead) if isinstance(g, Seg)), "")
+    parts = origin.split(":")[0].split(".")
+    owner = ".".join(parts[:-2]) or parts[0]
+    unit = Atom(groups, "heads", label=f"{owner}.heads" if owner else "", free=True)
+    S.unify(lead, (Seg(unit, size),), reason("reshape_splits_space", "a projection split into heads"))
+    return (Seg(unit),), S.fixed(size)
 
 
 def _prod(values) -> int:

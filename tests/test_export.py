@@ -173,3 +173,18 @@ def test_rebuild_refuses_sizes_no_config_describes() -> None:
     student = n2n_fx.widen(model, (IDS,), factor=1.5, frontend="export")
     with pytest.raises(n2n_fx.N2NError, match="BertConfig"):
         rebuild(model, student, (IDS,))
+
+
+def test_multi_query_attention_grows_its_single_kv_head() -> None:
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=24, num_hidden_layers=1,
+                                   num_attention_heads=4, num_key_value_heads=1, max_position_embeddings=16,
+                                   use_cache=False, tie_word_embeddings=False)
+    model = transformers.LlamaForCausalLM(cfg).double().eval()
+    plan = n2n_fx.plan(model, (IDS,), factor=2.0, frontend="export")
+    heads = _space(plan, "model.layers.0.self_attn.heads")
+    assert (heads.width, heads.new_width) == (1, 2)  # one kv head (with its 4 query heads) -> 2
+    student = n2n_fx.widen(model, (IDS,), factor=2.0, frontend="export")
+    assert student.get_parameter("model.layers.0.self_attn.q_proj.weight").shape[0] == 2 * 16
+    assert n2n_fx.verify(model, student, (IDS,), rtol=1e-6).ok
