@@ -93,6 +93,13 @@ def undo_batch_norm(value: torch.Tensor, axis: int, spatial: int, mode: str, eps
     return bn
 
 
+def _channels_first(shape: tuple[int, ...], val: Any) -> bool:
+    """Features on axis 1 (N, C, ...) rather than on the last axis: 4-D and up, or a 3-D value
+    whose space sits on axis 1 (Conv1d maps)."""
+    return len(shape) >= 4 or (len(shape) == 3 and val is not None
+                               and S.is_spaced(val.layouts[1]) and not S.is_spaced(val.layouts[2]))
+
+
 def _find_node(gm: torch.fx.GraphModule, name: str) -> torch.fx.Node:
     exact = [n for n in gm.graph.nodes if n.name == name]
     if exact:
@@ -186,8 +193,7 @@ class Net2DeeperNet(PassBase):
                 table) -> None:
         meta = node.meta["tensor_meta"]
         shape, dtype = tuple(meta.shape), meta.dtype
-        conv_like = len(shape) >= 4 or (len(shape) == 3 and val is not None
-                                         and S.is_spaced(val.layouts[1]) and not S.is_spaced(val.layouts[2]))
+        conv_like = _channels_first(shape, val)
         axis = 1 if conv_like else len(shape) - 1
         layers: list[tuple[str, nn.Module]] = []
         if conv_like:
@@ -235,8 +241,7 @@ class Net2DeeperNet(PassBase):
         """x -> x + W2 phi(W1 x + b1) + b2, W2 = 0: one call node per layer (the table sees each)."""
         meta = node.meta["tensor_meta"]
         shape, dtype = tuple(meta.shape), meta.dtype
-        conv_like = len(shape) >= 4 or (len(shape) == 3 and val is not None
-                                         and S.is_spaced(val.layouts[1]) and not S.is_spaced(val.layouts[2]))
+        conv_like = _channels_first(shape, val)
         features = shape[1] if conv_like else shape[-1]
         hidden = self.hidden or features
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + len(node.name))
