@@ -587,15 +587,12 @@ class Inference:
                 if S.is_spaced(t.layouts[axis]):
                     self.freeze_all(Val((1,), (t.layouts[axis],)),
                                     self.reason("constraint", "sdpa: positions and head_dim must stay fixed"))
-        why = self.reason("fixed_coupling", "q, k and v of a head must share its map")
-        for axis in range(-q.ndim, -2):  # batch and heads axes: one layout for q, k, v
-            for t in (k, v):
-                if t.ndim == q.ndim and t.shape[axis] == q.shape[axis]:
-                    S.unify(q.layouts[axis], t.layouts[axis], why)
-        if isinstance(mask, Val) and mask.ndim >= 3 and mask.shape[-3] == q.shape[-3] and q.shape[-3] > 1:
-            S.unify(q.layouts[-3], mask.layouts[-3], self.reason("fixed_coupling", "a per-head attention mask"))
+        # batch and heads axes broadcast like an elementwise op: q, k, v (and a per-head mask) of
+        # one head share its map; a width-1 space broadcast over heads is frozen
         shape = tuple(int(d) for d in meta.shape)
-        return Val(shape, q.layouts[:-1] + (S.fixed(shape[-1]),))
+        lead = [Val(t.shape[:-2], t.layouts[:-2]) for t in (q, k, v, mask) if isinstance(t, Val) and t.ndim >= 2]
+        layouts = self.broadcast(lead, shape[:-2], self.reason("fixed_coupling", "q, k, v and mask of a head share its map"))
+        return Val(shape, layouts + (q.layouts[-2], S.fixed(shape[-1])))
 
     def rule_embedding(self, spec: OpSpec, a: dict[str, Any]) -> Any:
         w, idx = a.get(spec.operands.get("weight", "weight")), a.get(spec.operands.get("input", "input"))

@@ -188,3 +188,25 @@ def test_multi_query_attention_grows_its_single_kv_head() -> None:
     student = n2n_fx.widen(model, (IDS,), factor=2.0, frontend="export")
     assert student.get_parameter("model.layers.0.self_attn.q_proj.weight").shape[0] == 2 * 16
     assert n2n_fx.verify(model, student, (IDS,), rtol=1e-6).ok
+
+
+def test_sdpa_broadcasts_a_single_key_value_head() -> None:
+    class Broadcast(nn.Module):  # k, v with one head broadcast over 4 query heads (no repeat)
+        def __init__(self) -> None:
+            super().__init__()
+            self.inp, self.q, self.k, self.v = nn.Linear(3, 8), nn.Linear(8, 8), nn.Linear(8, 2), nn.Linear(8, 2)
+            self.proj, self.o = nn.Linear(8, 8), nn.Linear(8, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            b, n, _ = x.shape
+            h = self.inp(x)
+            q = self.q(h).view(b, n, 4, 2).transpose(1, 2)
+            k, v = (p(h).view(b, n, 1, 2).transpose(1, 2) for p in (self.k, self.v))
+            return self.o(h + self.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, 8)))
+
+    torch.manual_seed(0)
+    model, x = Broadcast().double().eval(), torch.randn(2, 5, 3, dtype=torch.float64)
+    plan = n2n_fx.plan(model, x, factor=2.0)
+    assert _space(plan, "q.heads").new_width == 8
+    assert _space(plan, "k.heads").reasons[0].code == "broadcast"  # widening it would break the broadcast
+    assert_preserved(model, n2n_fx.widen(model, x, factor=2.0), x)
