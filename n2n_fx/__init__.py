@@ -91,7 +91,8 @@ def deepen(model: torch.nn.Module, example_inputs: Any, *, after: Sequence[str],
 
     block='identity' is the paper's identity layer (refused after a non-idempotent activation);
     block='residual' inserts x + W2 phi(W1 x) with W2 = 0, exact after any activation (`seed`
-    draws W1; `hidden` is its width, default the feature width).
+    draws W1; `hidden` is its width, default the feature width); block='gated' inserts a post-LN
+    block x + alpha (LN(x + W2 phi(W1 x)) - x) behind a zero gate alpha.
     """
     if isinstance(after, str):
         after = [after]

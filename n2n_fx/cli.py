@@ -260,8 +260,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-norm", action="store_true")
     p.add_argument("--no-activation", action="store_true")
     p.add_argument("--kernel-size", type=int, default=3)
-    p.add_argument("--block", choices=["identity", "residual"], default="identity",
-                   help="identity: the paper's layer; residual: x + W2 phi(W1 x), W2 = 0 (any activation)")
+    p.add_argument("--block", choices=["identity", "residual", "gated"], default="identity",
+                   help="identity: the paper's layer; residual: x + W2 phi(W1 x), W2 = 0 (any activation); "
+                        "gated: a post-LN block behind a zero gate")
     p.add_argument("--out")
     p.set_defaults(func=cmd_deepen)
     p = sub.add_parser("check", help="gate: widen (and deepen) and exit 0 only if the function is preserved")

@@ -8,6 +8,8 @@ refused.
 
 block="residual": x + W2 phi(W1 x + b1) + b2 with W2 = 0 and b2 = 0, the identity for every phi
 (GELU, SiLU, tanh, ...); W1 is drawn from the seed, so training moves W2 off zero at once.
+block="gated": a post-LN block, x + alpha (LN(x + W2 phi(W1 x + b1) + b2) - x) with alpha = 0 (a
+LayerNorm after the sum is never the identity, so the gate closes the whole block).
 """
 
 from __future__ import annotations
@@ -150,10 +152,11 @@ class Net2DeeperNet(PassBase):
                  batch_norm: bool = False, bn_mode: str = "eval", kernel_size: int = 3, block: str = "identity",
                  hidden: int | None = None, seed: int = 0) -> None:
         super().__init__()
-        if block not in ("identity", "residual"):
-            raise DeepenError(f"block must be 'identity' or 'residual', got {block!r}", op="deepen",
-                              fix="'identity' (the paper's layer) or 'residual' (x + W2 phi(W1 x), W2 = 0)")
-        if block == "residual" and batch_norm:
+        if block not in ("identity", "residual", "gated"):
+            raise DeepenError(f"block must be 'identity', 'residual' or 'gated', got {block!r}", op="deepen",
+                              fix="'identity' (the paper's layer), 'residual' (x + W2 phi(W1 x), W2 = 0) or "
+                                  "'gated' (a post-LN block behind a zero gate)")
+        if block != "identity" and batch_norm:
             raise DeepenError("a residual block is exact without a BatchNorm undo", op="deepen",
                               fix="pass batch_norm=False with block='residual'")
         if hidden is not None and (not isinstance(hidden, int) or hidden < 1):
@@ -181,7 +184,7 @@ class Net2DeeperNet(PassBase):
         analysis = infer(gm, table)
         captured = _capture(gm, nodes, self.inputs, self.bn_mode) if self.batch_norm else {}
         for node in nodes:
-            if self.block == "residual":
+            if self.block in ("residual", "gated"):
                 self._insert_residual(gm, node, analysis.vals.get(node.name), table)
             else:
                 self._insert(gm, node, analysis.vals.get(node.name), captured.get(node.name), table)
@@ -238,31 +241,55 @@ class Net2DeeperNet(PassBase):
         node.replace_all_uses_with(last, delete_user_cb=lambda user: user is not first)
 
     def _insert_residual(self, gm: torch.fx.GraphModule, node: torch.fx.Node, val: Any, table) -> None:
-        """x -> x + W2 phi(W1 x + b1) + b2, W2 = 0: one call node per layer (the table sees each)."""
+        """residual: x -> x + W2 phi(W1 x + b1) + b2 with W2 = 0.
+        gated (post-LN): x -> x + alpha (LN(x + W2 phi(W1 x + b1) + b2) - x) with alpha = 0: a post-LN
+        block is not the identity at any W2 (LN(x) != x), so the gate closes the whole block.
+        One call node per layer, so the table sees each and the student widens afterwards."""
         meta = node.meta["tensor_meta"]
         shape, dtype = tuple(meta.shape), meta.dtype
         conv_like = _channels_first(shape, val)
+        gated = self.block == "gated"
+        if gated and conv_like:
+            raise DeepenError("a gated post-LN block normalises the last axis, but these features are channels-first",
+                              node=node.name, op="deepen", fix="use block='residual' on feature maps")
         features = shape[1] if conv_like else shape[-1]
         hidden = self.hidden or features
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + len(node.name))
         first, last = zero_residual(features, hidden, len(shape) - 2 if conv_like else 0, dtype, gen)
+        if gated:  # the gate, not W2, keeps the block closed: W2 starts as a real layer
+            with torch.no_grad():
+                last.weight.copy_((torch.rand(last.weight.shape, generator=gen, dtype=torch.float64) * 2 - 1) * hidden ** -0.5)
         spec = table.lookup(node, gm) if node.op in ("call_module", "call_function", "call_method") else None
         if self.activation == "auto" and spec is not None and spec.activation and node.op == "call_module":
             act: nn.Module = copy.deepcopy(gm.get_submodule(node.target))  # the model's own nonlinearity
         else:
             act = nn.GELU() if self.activation == "auto" else nn.Identity()
         base = self._module_name(gm, node)
+        internal: list[torch.fx.Node] = []
+
+        def after(prev: torch.fx.Node, op: str, target: Any, args: tuple) -> torch.fx.Node:
+            with gm.graph.inserting_after(prev):
+                new = gm.graph.create_node(op, target, args)
+            internal.append(new)
+            return new
+
         prev = node
         for role, layer in (("residual_in", first), ("residual_act", act), ("residual_out", last)):
             gm.add_submodule(f"{base}.{role}", layer)
-            with gm.graph.inserting_after(prev):
-                prev = gm.graph.call_module(f"{base}.{role}", (prev,))
-            if role == "residual_in":
-                first_node = prev
-        with gm.graph.inserting_after(prev):
-            out = gm.graph.call_function(operator.add, (node, prev))
+            prev = after(prev, "call_module", f"{base}.{role}", (prev,))
+        out = after(prev, "call_function", operator.add, (node, prev))
+        if gated:
+            gate = nn.Module()
+            gate.register_parameter("alpha", nn.Parameter(torch.zeros(1, dtype=dtype)))
+            gm.add_submodule(f"{base}.gate", gate)
+            gm.add_submodule(f"{base}.norm", nn.LayerNorm(features, dtype=dtype))
+            normed = after(out, "call_module", f"{base}.norm", (out,))
+            delta = after(normed, "call_function", operator.sub, (normed, node))
+            alpha = after(delta, "get_attr", f"{base}.gate.alpha", ())
+            scaled = after(alpha, "call_function", operator.mul, (delta, alpha))
+            out = after(scaled, "call_function", operator.add, (node, scaled))
         out.meta["tensor_meta"] = meta
-        node.replace_all_uses_with(out, delete_user_cb=lambda user: user not in (first_node, out))
+        node.replace_all_uses_with(out, delete_user_cb=lambda user: user not in internal)
 
     @staticmethod
     def _module_name(gm: torch.fx.GraphModule, node: torch.fx.Node) -> str:

@@ -495,6 +495,22 @@ def _deepen_identities() -> list[Claim]:
                         not sym.difference(xs, xs + f(xs @ w1.T + b1) @ w2.T + b2)))
     claims.append(broken_claim("with W2 != 0 the residual block changes the function",
                                sym.difference(xs, xs + f(xs @ w1.T + b1) @ (w2 + 1).T + b2)))
+    # the gated post-LN block as the engine builds it: x + alpha (LN(x + W2 f(W1 x + b1) + b2) - x)
+    gated = n2n_fx.deepen(nn.Sequential(nn.Linear(3, 3)).double(), torch.randn(2, 3, dtype=torch.float64),
+                          after=["0"], block="gated")
+    block = {name: np.vectorize(sym.exact, otypes=[object])(t.detach().numpy())
+             for name, t in gated.named_parameters() if name.startswith("n2n_deepen")}
+    base = next(n for n in block if n.endswith(".gate.alpha")).removesuffix(".gate.alpha")
+    p = {k.removeprefix(base + "."): v for k, v in block.items()}
+    inner = xs @ p["residual_in.weight"].T + p["residual_in.bias"]
+    post_ln = sym.norm_last(xs + f(inner) @ p["residual_out.weight"].T + p["residual_out.bias"],
+                            p["norm.weight"], p["norm.bias"], 1e-5, False)
+    alpha = p["gate.alpha"][0]
+    claims.append(Claim(f"deepen gated: x + alpha (LN(x + W2 f(W1 x + b1) + b2) - x) = x with the engine's alpha = "
+                        f"{alpha} and a drawn W2, for any f", not sym.difference(xs, xs + alpha * (post_ln - xs))))
+    claims.append(broken_claim("a post-LN block with zero W2 is not the identity (LN(x) != x): it needs the gate",
+                               sym.difference(xs, sym.norm_last(xs + f(xs @ w1.T + b1) @ w2.T + b2, None, None,
+                                                                1e-5, False))))
     return claims
 
 

@@ -53,3 +53,19 @@ def test_residual_options_are_checked() -> None:
         n2n_fx.deepen(model, x, after=["gelu"], block="zero")
     with pytest.raises(n2n_fx.DeepenError, match="BatchNorm"):
         n2n_fx.deepen(model, x, after=["gelu"], block="residual", batch_norm=True)
+
+
+def test_gated_post_ln_block() -> None:
+    torch.manual_seed(0)
+    model, x = Mixed().double().eval(), torch.randn(2, 3, 5, 5, dtype=torch.float64)
+    deeper = n2n_fx.deepen(model, x, after=["gelu"], block="gated", seed=2)
+    assert isinstance(deeper.get_submodule("n2n_deepen_gelu.norm"), nn.LayerNorm)
+    assert float(deeper.get_submodule("n2n_deepen_gelu.residual_out").weight.detach().abs().sum()) > 0  # W2 real
+    assert_preserved(model, deeper, x)
+    wider = n2n_fx.widen(deeper, x, factor=2.0)  # the block's LayerNorm widens its space uniformly
+    assert_preserved(model, wider, x)
+    deeper.train()
+    deeper(x).square().mean().backward()
+    assert float(deeper.get_submodule("n2n_deepen_gelu.gate").alpha.grad.abs().sum()) > 0  # the gate learns
+    with pytest.raises(n2n_fx.DeepenError, match="channels-first"):
+        n2n_fx.deepen(model, x, after=["act"], block="gated")
