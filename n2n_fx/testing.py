@@ -30,7 +30,7 @@ class Arch:
     in_channels: int
     size: int
     steps: tuple[tuple, ...]
-    head: str  # "flatten" (stride map into Linear) or "mean"
+    head: str  # "flatten" (stride map into Linear), "mean", or "merge" (Swin's patch merging, then mean)
     classes: int = 3
 
     def __repr__(self) -> str:
@@ -101,6 +101,8 @@ class ArchNet(nn.Module):
                 self.register_buffer(f"ids{i}", torch.arange(arch.size * arch.size))
                 chans.append(chans[step[1]])
         self.out_channels = chans[-1]
+        if arch.head == "merge":  # 2x2 patches into 4 copies of the channels, reduced back by a Linear
+            self.merge = nn.Linear(4 * chans[-1], chans[-1])
         feat = chans[-1] * (arch.size * arch.size if arch.head == "flatten" else 1)
         self.fc1 = nn.Linear(feat, 5)
         self.fc2 = nn.Linear(5, arch.classes)
@@ -152,7 +154,12 @@ class ArchNet(nn.Module):
                 n, c, h, w = y.shape
                 maps.append(y.view(n, 2, c // 2, h, w).transpose(1, 2).reshape(n, c, h, w))
         y = maps[-1]
-        y = torch.flatten(y, 1) if self.arch.head == "flatten" else y.mean((2, 3))
+        if self.arch.head == "merge":
+            from torchvision.models.swin_transformer import _patch_merging_pad
+
+            y = self.merge(_patch_merging_pad(y.permute(0, 2, 3, 1))).mean((1, 2))
+        else:
+            y = torch.flatten(y, 1) if self.arch.head == "flatten" else y.mean((2, 3))
         return self.fc2(F.relu(self.fc1(y)))
 
 
@@ -161,8 +168,8 @@ def architectures(draw, max_steps: int = 8, activations: tuple[str, ...] = tuple
     """Random DAGs: convs (grouped, depthwise), BN + activation, residual add, gating mul,
     squeeze-excitation, concat, channel split, channel shuffle, pooling, channels-last LayerNorm /
     RMSNorm, multi-head self-attention over positions (nn.MultiheadAttention, or projections, a
-    heads view and F.scaled_dot_product_attention), a position-embedding table; a flatten or mean
-    head."""
+    heads view and F.scaled_dot_product_attention), a position-embedding table; a flatten, mean or
+    patch-merging head."""
     in_ch = draw(st.integers(1, 3))
     size = draw(st.sampled_from([2, 3, 4]))
     chans: list[int] = [in_ch]
@@ -213,7 +220,16 @@ def architectures(draw, max_steps: int = 8, activations: tuple[str, ...] = tuple
         else:
             steps.append(("pool", src))
             chans.append(chans[src])
-    return Arch(in_ch, size, tuple(steps), draw(st.sampled_from(["flatten", "mean"])))
+    heads = ["flatten", "mean"] + (["merge"] if _has_torchvision() else [])
+    return Arch(in_ch, size, tuple(steps), draw(st.sampled_from(heads)))
+
+
+def _has_torchvision() -> bool:
+    try:
+        import torchvision  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
