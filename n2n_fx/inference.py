@@ -9,7 +9,7 @@ least one producer), what binds each parameter axis, and the literal rewrites th
 from __future__ import annotations
 
 import operator
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -517,7 +517,7 @@ class Inference:
         shifted_window_attention). Net2WiderNet grows it by whole heads: a copied head's q, k, v
         rows are its teacher's, so its softmax and output are the teacher head's; the output
         projection divides its columns by the copies."""
-        op = lambda name: a.get(spec.operands.get(name, name))  # noqa: E731
+        op = lambda name: _operand(spec, a, name)  # noqa: E731
         q, k, v = op("query"), op("key"), op("value")
         w_in, b_in, w_out, b_out = op("in_weight"), op("in_bias"), op("out_weight"), op("out_bias")
         meta = self.out_meta()
@@ -595,7 +595,7 @@ class Inference:
         return Val(shape, layouts + (q.layouts[-2], S.fixed(shape[-1])))
 
     def rule_embedding(self, spec: OpSpec, a: dict[str, Any]) -> Any:
-        w, idx = a.get(spec.operands.get("weight", "weight")), a.get(spec.operands.get("input", "input"))
+        w, idx = _operand(spec, a, "weight"), _operand(spec, a, "input")
         meta = self.out_meta()
         if not (isinstance(w, Val) and w.ndim == 2 and isinstance(idx, Val) and isinstance(meta, TensorMetadata)):
             return self.stop(a, {}, self.reason("unsupported_op", "an embedding needs a 2-D table and index tensor"))
@@ -820,7 +820,9 @@ class Inference:
         if not isinstance(x, Val) or not isinstance(meta, TensorMetadata):
             return self.stop(a, {}, self.reason("unsupported_op", "reshape of a non-tensor"))
         shape = tuple(int(d) for d in meta.shape)
-        layouts = reshape_layouts(x.shape, x.layouts, shape, self.reason, heads=_feeds_attention(self.node, self.table, self.gm))
+        node, table, gm = self.node, self.table, self.gm  # asked only by a split that could be heads
+        layouts = reshape_layouts(x.shape, x.layouts, shape, self.reason,
+                                  heads=lambda: _feeds_attention(node, table, gm))
         if "shape" in a:
             sizes = a["shape"]
             for k, (arg, lay) in enumerate(zip(sizes, layouts)):
@@ -891,12 +893,22 @@ class Inference:
         return Scalar()
 
 
+def _operand(spec: OpSpec, a: dict[str, Any], name: str) -> Any:
+    """The bound argument that plays the rule's operand `name` (the table's `operands` may rename it)."""
+    return a.get(spec.operands.get(name, name))
+
+
+def _parent_module(param: str) -> str:
+    """The module that holds a parameter's module ("enc.attn.q.weight" -> "enc.attn"), or ""."""
+    return ".".join(param.split(".")[:-2])
+
+
 def _owner(node: torch.fx.Node, w: Val) -> str:
     """A name for an attention's heads: its module, or the owner of its projection weight."""
     if node.op == "call_module":
         return str(node.target)
-    param = w.param_axes[0][0] if w.param_axes and w.param_axes[0] else node.name
-    return param.rsplit(".", 2)[0] if param.count(".") >= 2 else node.name
+    param = w.param_axes[0][0] if w.param_axes and w.param_axes[0] else ""
+    return _parent_module(param) or node.name
 
 
 def qkv_rows(heads: Atom, head_dim: int) -> Layout:
@@ -911,11 +923,14 @@ _PASS_THROUGH = ("permute", "reshape", "getitem", "elementwise", "split", "expan
 def _feeds_attention(node: torch.fx.Node, table: RuleTable, gm: torch.nn.Module, depth: int = 12) -> bool:
     """Does this node's value reach q, k or v of an sdpa call through layout-moving ops
     (transpose, contiguous, rotary products, ...)? Then a C -> (G, C/G) view splits heads."""
-    frontier = [node]
+    frontier, seen = [node], {node}
     for _ in range(depth):
         nxt = []
         for n in frontier:
             for user in n.users:
+                if user in seen:
+                    continue
+                seen.add(user)
                 spec = table.lookup(user, gm) if user.op.startswith("call") else None
                 if spec is None:
                     continue
@@ -938,11 +953,11 @@ def _weights_used(node: torch.fx.Node) -> bool:
 
 
 def reshape_layouts(in_shape: tuple[int, ...], in_layouts: tuple[Layout, ...], out_shape: tuple[int, ...],
-                    reason, heads: bool = False) -> tuple[Layout, ...]:
+                    reason, heads: Callable[[], bool] = lambda: False) -> tuple[Layout, ...]:
     """Carry layouts through a reshape by grouping dims with equal products (the stride map).
 
-    C -> (G, C/G) makes the G blocks one space by default (a channel shuffle); with `heads` (the
-    view feeds attention) G is the space instead, each unit C/G wide: whole heads."""
+    C -> (G, C/G) makes the G blocks one space by default (a channel shuffle); when `heads()` says
+    the view feeds attention, G is the space instead, each unit C/G wide: whole heads."""
     out: list[Layout | None] = [None] * len(out_shape)
     if 0 in in_shape or 0 in out_shape:
         for lay in in_layouts:
@@ -958,8 +973,8 @@ def reshape_layouts(in_shape: tuple[int, ...], in_layouts: tuple[Layout, ...], o
             i += 1  # a fixed size-1 dim: nothing to carry
             continue
         if j < len(out_shape) and out_shape[j] == 1 and not (i < len(in_shape) and in_shape[i] == 1):
-            if heads and i < len(in_shape) and spaced(i) and j + 1 < len(out_shape) \
-                    and out_shape[j + 1] == in_shape[i]:  # C -> (1, C): a single head (multi-query k/v)
+            if i < len(in_shape) and spaced(i) and j + 1 < len(out_shape) \
+                    and out_shape[j + 1] == in_shape[i] and heads():  # C -> (1, C): a single head (multi-query k/v)
                 out[j], out[j + 1] = _split_heads(in_layouts[i], 1, in_shape[i], reason)
                 i, j = i + 1, j + 2
                 continue
@@ -997,7 +1012,7 @@ def reshape_layouts(in_shape: tuple[int, ...], in_layouts: tuple[Layout, ...], o
             rest = _prod(out_shape[k] for k in gj[1:])
             out[gj[0]] = tuple(Seg(s.atom, s.inner // rest) if isinstance(s, Seg) else Fixed(s.size // rest)
                                for s in S.normalize(lead))
-        elif len(real_in) == 1 and len(gj) == 2 and heads:  # C -> (heads, head_dim)
+        elif len(real_in) == 1 and len(gj) == 2 and heads():  # C -> (heads, head_dim)
             out[gj[0]], out[gj[1]] = _split_heads(lead, out_shape[gj[0]], out_shape[gj[1]], reason)
         elif len(real_in) == 1 and len(gj) == 2:  # C -> (G, C/G), as in a channel shuffle
             groups, size = out_shape[gj[0]], out_shape[gj[1]]
@@ -1017,9 +1032,8 @@ def reshape_layouts(in_shape: tuple[int, ...], in_layouts: tuple[Layout, ...], o
 def _split_heads(lead: Layout, groups: int, size: int, reason) -> tuple[Layout, Layout]:
     """(heads, head_dim) layouts of a projection split for attention: a new heads space, each unit
     `size` wide, named after the projection's parent module; free, so it may join a kv group."""
-    origin = next((S.find(g.atom).origin for g in S.normalize(lead) if isinstance(g, Seg)), "")
-    parts = origin.split(":")[0].split(".")
-    owner = ".".join(parts[:-2]) or parts[0]
+    param = next((S.find(g.atom).origin for g in S.normalize(lead) if isinstance(g, Seg)), "").split(":")[0]
+    owner = _parent_module(param) or param.split(".")[0]
     unit = Atom(groups, "heads", label=f"{owner}.heads" if owner else "", free=True)
     S.unify(lead, (Seg(unit, size),), reason("reshape_splits_space", "a projection split into heads"))
     return (Seg(unit),), S.fixed(size)

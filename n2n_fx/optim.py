@@ -21,6 +21,8 @@ hyperparameters, each parameter in its own group:
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from .errors import ConstraintError, N2NError
@@ -43,11 +45,12 @@ class _GatherOnly(TorchArrays):
 GATHER = _GatherOnly()
 
 
-def factors(plan: Plan, param: str, axes: list[int], shape: torch.Size) -> tuple[torch.Tensor, torch.Tensor]:
+def factors(plan: Plan, param: str, axes: list[int], shape: torch.Size,
+            grouped: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(a, b) for one parameter, each broadcastable to the student's shape: a divides the gradient
-    (replicas along copied axes), b divides the parameter (replicas along contracted axes)."""
+    (replicas along copied axes), b divides the parameter (replicas along contracted axes).
+    `grouped`: the parameter's GroupedContract when it is a grouped conv weight."""
     an = plan.analysis
-    grouped = {g.param: g for g in an.grouped}.get(param)
     ones = torch.ones(shape, dtype=torch.float64)
     inv_b = remap_tensor(ones, param, axes, plan, grouped=grouped)  # the scales the pass applied
     new_shape = inv_b.shape
@@ -77,6 +80,7 @@ def widen_optimizer(plan: Plan, teacher: torch.nn.Module, optimizer: torch.optim
     names = {id(p): n for n, p in teacher.named_parameters()}
     student_params = dict(student.named_parameters())
     axes_of = plan.analysis.axes_by_param()
+    grouped_of = {g.param: g for g in plan.analysis.grouped}
     groups, state = [], {}
     for group in optimizer.param_groups:
         hyper = {k: v for k, v in group.items() if k != "params"}
@@ -88,9 +92,10 @@ def widen_optimizer(plan: Plan, teacher: torch.nn.Module, optimizer: torch.optim
                                op="widen_optimizer", fix="pass the teacher module the optimizer was built on")
             sp = student_params[name]
             axes = axes_of.get(name, [])
-            a, b = factors(plan, name, axes, p.shape) if axes else (torch.ones(()), torch.ones(()))
+            grouped = grouped_of.get(name)
+            a, b = factors(plan, name, axes, p.shape, grouped) if axes else (torch.ones(()), torch.ones(()))
             if p in optimizer.state:
-                state[sp] = _remap_state(optimizer.state[p], plan, name, axes, a)
+                state[sp] = _remap_state(optimizer.state[p], plan, name, axes, a, grouped)
             if exact:
                 groups.append({**_exact_hyper(type(optimizer), hyper, a, b, name), "params": [sp]})
             else:
@@ -104,8 +109,7 @@ def widen_optimizer(plan: Plan, teacher: torch.nn.Module, optimizer: torch.optim
     return new
 
 
-def _remap_state(st: dict, plan: Plan, name: str, axes: list[int], a: torch.Tensor) -> dict:
-    grouped = {g.param: g for g in plan.analysis.grouped}.get(name)
+def _remap_state(st: dict, plan: Plan, name: str, axes: list[int], a: torch.Tensor, grouped: Any) -> dict:
     out = {}
     for key, value in st.items():
         if not isinstance(value, torch.Tensor) or value.ndim == 0:
