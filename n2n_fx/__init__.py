@@ -19,6 +19,7 @@ from .errors import (
     ConstraintError,
     DeepenError,
     FrozenSpaceError,
+    HookError,
     N2NError,
     NotPreservedError,
     SpecError,
@@ -41,19 +42,20 @@ __version__ = "0.1.0"
 def plan(model: torch.nn.Module, example_inputs: Any, *, factor: float | None = None,
          widths: dict[str, int] | None = None, seed: int = 0, symmetry: str = "none",
          noise_std: float = 0.01, leaf_modules: Sequence[type] = (), replication: str = "random",
-         frontend: str = "fx") -> Plan:
+         frontend: str = "fx", mode: str = "eval") -> Plan:
     """Trace `model`, infer its spaces and plan their widths (current widths unless asked).
 
     replication='uniform' copies every unit k times (integer factors): what an exact optimizer
     hand-over needs (see widen_optimizer). frontend='export' traces with torch.export (models that
-    only export; the graph is ATen-level and specialised to the example shapes)."""
+    only export; the graph is ATen-level and specialised to the example shapes). The model is traced
+    in `mode` semantics ('eval' unless asked), whatever mode the teacher is in."""
     return _plan(model, example_inputs, factor, widths, seed, symmetry, noise_std, leaf_modules, False, replication,
-                 frontend)
+                 frontend, mode)
 
 
 def _plan(model, example_inputs, factor, widths, seed, symmetry, noise_std, leaf_modules, share: bool,
-          replication: str = "random", frontend: str = "fx") -> Plan:
-    gm = trace(model, example_inputs, leaf_modules=leaf_modules, share_tensors=share, frontend=frontend)
+          replication: str = "random", frontend: str = "fx", mode: str = "eval") -> Plan:
+    gm = trace(model, example_inputs, leaf_modules=leaf_modules, share_tensors=share, frontend=frontend, mode=mode)
     return Plan(infer(gm), factor=factor, widths=widths, seed=seed, symmetry=symmetry, noise_std=noise_std,
                 replication=replication)
 
@@ -61,7 +63,7 @@ def _plan(model, example_inputs, factor, widths, seed, symmetry, noise_std, leaf
 def widen(model: torch.nn.Module, example_inputs: Any, *, factor: float | None = None,
           widths: dict[str, int] | None = None, seed: int = 0, symmetry: str = "none",
           noise_std: float = 0.01, leaf_modules: Sequence[type] = (), replication: str = "random",
-          frontend: str = "fx") -> torch.fx.GraphModule:
+          frontend: str = "fx", mode: str = "eval") -> torch.fx.GraphModule:
     """Net2WiderNet: a wider student computing the teacher's function (symmetry 'none'/'split').
 
     Give `factor` (a real >= 1, applied to every widenable space) or `widths` ({space: units});
@@ -72,7 +74,7 @@ def widen(model: torch.nn.Module, example_inputs: Any, *, factor: float | None =
     # the traced graph shares the teacher's tensors (no deep copy); the pass replaces the ones it
     # widens, and own_tensors clones the rest, so the teacher is never touched
     p = _plan(model, example_inputs, factor, widths, seed, symmetry, noise_std, leaf_modules, True, replication,
-              frontend)
+              frontend, mode)
     student = Net2WiderNet(p)(p.analysis.gm).graph_module
     own_tensors(student, model)
     return student
@@ -86,7 +88,7 @@ def apply_plan(p: Plan) -> torch.fx.GraphModule:
 def deepen(model: torch.nn.Module, example_inputs: Any, *, after: Sequence[str], seed: int = 0,
            activation: str | None = "auto", batch_norm: bool = False, bn_mode: str = "eval",
            kernel_size: int = 3, leaf_modules: Sequence[type] = (), frontend: str = "fx",
-           block: str = "identity", hidden: int | None = None) -> torch.fx.GraphModule:
+           block: str = "identity", hidden: int | None = None, mode: str = "eval") -> torch.fx.GraphModule:
     """Net2DeeperNet: insert an identity layer after each named node or module.
 
     block='identity' is the paper's identity layer (refused after a non-idempotent activation);
@@ -97,14 +99,14 @@ def deepen(model: torch.nn.Module, example_inputs: Any, *, after: Sequence[str],
     if isinstance(after, str):
         after = [after]
     inputs = as_inputs(example_inputs)
-    gm = trace(model, inputs, leaf_modules=leaf_modules, frontend=frontend)
+    gm = trace(model, inputs, leaf_modules=leaf_modules, frontend=frontend, mode=mode)
     deeper = Net2DeeperNet(after, inputs, activation=activation, batch_norm=batch_norm, bn_mode=bn_mode,
                            kernel_size=kernel_size, block=block, hidden=hidden, seed=seed)
     return deeper(gm).graph_module
 
 
 __all__ = [
-    "Analysis", "ConstraintError", "DeepenError", "FrozenSpaceError", "N2NError", "Net2DeeperNet",
+    "Analysis", "ConstraintError", "DeepenError", "FrozenSpaceError", "HookError", "N2NError", "Net2DeeperNet",
     "Net2WiderNet", "NotPreservedError", "Plan", "Report", "Space", "SpecError", "TraceFailure",
     "UnknownNodeError", "UnknownSpaceError", "WidthError", "apply_plan", "deepen", "infer", "load_table",
     "widen_optimizer",

@@ -31,6 +31,13 @@ class TraceFailure(N2NError):
     code = "trace_failed"
 
 
+class HookError(N2NError):
+    """A hook would run in the student where the traced graph cannot see it (on the model itself,
+    a global module hook, or inside a module kept opaque)."""
+
+    code = "hook"
+
+
 class UnknownSpaceError(N2NError):
     """A widths= key names no space of the plan."""
 

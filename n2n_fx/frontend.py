@@ -18,13 +18,17 @@ import torch
 import torch.fx
 from torch.fx.passes.shape_prop import ShapeProp
 
-from .errors import N2NError, TraceFailure
+from .errors import HookError, N2NError, TraceFailure
 from .spec import load_table
 
 _TORCH_DIR = os.path.dirname(torch.__file__)
 
 
 class _Tracer(torch.fx.Tracer):
+    # buffers are graph values under their own names: fx's default folds `self.mean.view(...)` into
+    # a constant that aliases the buffer and is written onto the traced root
+    proxy_buffer_attributes = True
+
     def __init__(self, leaf_modules: Sequence[type] = ()) -> None:  # default: unpickling re-creates it
         super().__init__()
         self._leaves = tuple(leaf_modules)
@@ -33,8 +37,43 @@ class _Tracer(torch.fx.Tracer):
         self._known = load_table().by_module
 
     def is_leaf_module(self, m: torch.nn.Module, qualname: str) -> bool:
+        hooked = [(f"{qualname}.{name}".strip("."), h) for name, sub in m.named_modules() for h in _hooks(sub)]
+        if hooked:
+            if isinstance(m, self._leaves):
+                where, hook = hooked[0]
+                raise HookError(f"module {where!r} has a {hook} inside {qualname!r}, which leaf_modules keeps "
+                                "opaque: the hook would run in the student unseen", node=qualname, op=type(m).__name__,
+                                fix="remove the hook, or drop the class from leaf_modules so the hook is traced")
+            return False  # traced through: its hooks become graph ops, exactly as they run
         # a module class the rule table covers is kept whole (torch.nn ones are leaves anyway)
         return isinstance(m, self._leaves) or type(m) in self._known or super().is_leaf_module(m, qualname)
+
+
+def _hooks(m: torch.nn.Module) -> list[str]:
+    """The forward hooks and pre-hooks registered on `m` itself, described for an error. The ones
+    torch.export puts on its own modules (input checks, state bookkeeping) compute nothing."""
+    return [f"{kind} {getattr(h, '__qualname__', type(h).__name__)!r}"
+            for kind, hooks in (("forward pre-hook", m._forward_pre_hooks), ("forward hook", m._forward_hooks))
+            for h in hooks.values() if getattr(h, "__module__", "") != "torch.export._unlift"]
+
+
+def _check_hooks(model: torch.nn.Module) -> None:
+    """Hooks the graph cannot carry: on the model itself (fx traces forward, not __call__) and global
+    module hooks (they would run on the student's modules too)."""
+    from torch.nn.modules import module as nn_module
+
+    if nn_module._global_forward_hooks or nn_module._global_forward_pre_hooks:
+        raise HookError("a global module forward hook is registered (register_module_forward_hook): it runs on every "
+                        "module of the student too, where the graph cannot see it", op="trace",
+                        fix="remove the global hook while growing the model")
+    if _hooks(model):
+        raise HookError(f"the model itself has a {_hooks(model)[0]}: tracing reads forward(), not the hook",
+                        node="", op=type(model).__name__,
+                        fix="register the hook on a submodule (it is then traced), or remove it while growing")
+
+
+def _any_hooks(model: torch.nn.Module) -> bool:
+    return any(_hooks(m) for m in model.modules())
 
 
 def as_inputs(example_inputs: Any) -> tuple:
@@ -55,75 +94,140 @@ def _offending_line(exc: BaseException) -> str:
 
 
 def _tensors(m: torch.nn.Module) -> list[torch.Tensor]:
-    return [*m.parameters(), *m.buffers()]
+    """Every tensor a module tree holds: parameters, buffers and plain tensor attributes."""
+    out = [*m.parameters(), *m.buffers()]
+    for sub in m.modules():
+        out += [v for v in vars(sub).values() if isinstance(v, torch.Tensor)]
+    return out
 
 
-def _copy(gm: torch.fx.GraphModule, share_tensors: bool) -> torch.fx.GraphModule:
-    # a memo that maps each parameter and buffer to itself: the module tree is copied, the tensors not
-    memo = {id(t): t for t in _tensors(gm)} if share_tensors else {}
-    return copy.deepcopy(gm, memo)
+def _copy(model: torch.nn.Module, share_tensors: bool) -> torch.nn.Module:
+    """A private copy of the module tree (Python state, hooks, flags): tracing writes into the
+    module it traces. A memo that maps each tensor to itself copies the tree, not the tensors."""
+    # computed tensors held as attributes (prune's and weight_norm's `weight`) cannot be deep-copied;
+    # their pre-hooks recompute them on every call, so the copy may share them
+    memo = {id(t): t for t in _tensors(model) if share_tensors or t.grad_fn is not None}
+    try:
+        return copy.deepcopy(model, memo)
+    except Exception as exc:  # a lock, a file handle, a generator held by the model
+        raise TraceFailure(f"the model cannot be copied for tracing ({type(exc).__name__}: {exc}); n2n_fx traces a "
+                           "private copy so that the teacher is never written", op="copy.deepcopy",
+                           fix="move objects that cannot be deep-copied out of the model's attributes") from exc
+
+
+def _storage(t: torch.Tensor) -> int | None:
+    return None if t.device.type == "meta" else t.untyped_storage().data_ptr()
 
 
 def own_tensors(student: torch.nn.Module, teacher: torch.nn.Module) -> None:
-    """Clone every parameter and buffer `student` still shares with `teacher` (after a pass that
-    replaced the tensors it changed), so that training one never touches the other."""
-    shared = {id(t) for t in _tensors(teacher)}
+    """Clone every tensor of `student` that shares storage with one of `teacher` (after a pass that
+    replaced the tensors it changed), so that training or loading one never touches the other."""
+    shared = {_storage(t) for t in _tensors(teacher)} - {None, 0}
     clones: dict[int, torch.Tensor] = {}  # one clone per tensor: tied weights stay tied
     for module in student.modules():
         for name, p in list(module._parameters.items()):
-            if p is not None and id(p) in shared:
+            if p is not None and _storage(p) in shared:
                 if id(p) not in clones:
                     clones[id(p)] = torch.nn.Parameter(p.detach().clone(), requires_grad=p.requires_grad)
                 module._parameters[name] = clones[id(p)]
         for name, b in list(module._buffers.items()):
-            if b is not None and id(b) in shared:
+            if b is not None and _storage(b) in shared:
                 module._buffers[name] = clones.setdefault(id(b), b.clone())
+        for name, v in list(vars(module).items()):
+            if isinstance(v, torch.Tensor) and _storage(v) in shared:
+                setattr(module, name, clones.setdefault(id(v), v.clone()))
+
+
+def _set_training(model: torch.nn.Module, training: bool) -> None:
+    for m in model.modules():  # flags, not .train(): exported modules refuse train()/eval()
+        m.training = training
+
+
+def _restore_flags(gm: torch.nn.Module, model: torch.nn.Module) -> None:
+    """The student's modules get the teacher's training flags back (it was traced in `mode`)."""
+    flags = dict((name, m.training) for name, m in model.named_modules())
+    for name, m in gm.named_modules():
+        m.training = flags.get(name, model.training)
+
+
+def _nonpersistent_extras(gm: torch.nn.Module, model: torch.nn.Module) -> None:
+    """Tensors the graph needs that are not in the teacher's state_dict (constants written in
+    forward, plain tensor attributes, non-persistent buffers) stay out of the student's: its keys are
+    the teacher's."""
+    keys = set(model.state_dict(keep_vars=True))
+    for name, m in gm.named_modules():
+        for b in m._buffers:
+            if f"{name}.{b}".lstrip(".") not in keys:
+                m._non_persistent_buffers_set.add(b)
 
 
 FRONTENDS = ("fx", "export")
+MODES = ("eval", "train")
 
 
 def trace(model: torch.nn.Module, example_inputs: Any, *, leaf_modules: Sequence[type] = (),
           concrete_args: dict[str, Any] | None = None, share_tensors: bool = False,
-          frontend: str = "fx") -> torch.fx.GraphModule:
+          frontend: str = "fx", mode: str = "eval") -> torch.fx.GraphModule:
     """Trace `model` and annotate every node with `meta['tensor_meta']` from the example inputs.
 
-    The graph module owns copies of the model's tensors. With `share_tensors=True` it holds the
-    model's own tensors (no copy: the cost of a deep copy is that of the whole widening); only a
-    pass that replaces tensors rather than writing into them may run on it, followed by
-    `own_tensors` (this is what `n2n_fx.widen` does).
+    What is traced is a private copy of the module tree: tracing writes into the module it traces
+    (fx Proxies into Python caches, constants onto the root, torch.export's mode switches), and the
+    teacher must come out of every call as it went in. The graph module owns copies of the model's
+    tensors. With `share_tensors=True` it holds the model's own tensors (no copy: the cost of a deep
+    copy is that of the whole widening); only a pass that replaces tensors rather than writing into
+    them may run on it, followed by `own_tensors` (this is what `n2n_fx.widen` does).
+
+    The copy is traced in `mode` ('eval' by default, whatever the teacher's mode): Python that reads
+    `self.training` (F.dropout(x, training=self.training), torch.export's batch_norm) is fixed at
+    trace time. The student's modules get the teacher's training flags back.
+    Hooks: a module with forward hooks or pre-hooks is traced through, so its hooks are graph ops;
+    hooks the graph cannot carry (on the model itself, global ones) raise HookError.
 
     frontend="export" runs torch.export instead of symbolic_trace, for models that only export:
-    the graph is ATen-level (the table spells those ops too) and specialised to the example
-    shapes and to the model's current mode (export a teacher in eval mode to widen it for eval).
+    the graph is ATen-level (the table spells those ops too) and specialised to the example shapes.
     """
     if not isinstance(model, torch.nn.Module):
         raise N2NError(f"expected an nn.Module, got {type(model).__name__}", fix="pass the model object itself")
     if frontend not in FRONTENDS:
         raise N2NError(f"frontend must be one of {FRONTENDS}, got {frontend!r}", op="trace",
                        fix="use frontend='fx' (symbolic_trace) or 'export' (torch.export)")
+    if mode not in MODES:
+        raise N2NError(f"mode must be one of {MODES}, got {mode!r}", op="trace",
+                       fix="mode='eval' (the default) traces inference semantics, 'train' training semantics")
     inputs = as_inputs(example_inputs)
+    _check_hooks(model)
+    private = _copy(model, share_tensors)
+    _set_training(private, mode == "train")
     if frontend == "export" and not isinstance(model, torch.fx.GraphModule):
-        gm = _copy(_export(model, inputs), share_tensors)
-    elif isinstance(model, torch.fx.GraphModule) and not leaf_modules and concrete_args is None:
-        gm = _copy(model, share_tensors)
+        gm = _export(private, inputs)
+    elif isinstance(model, torch.fx.GraphModule) and not leaf_modules and concrete_args is None \
+            and not _any_hooks(model):
+        gm = private
     else:
-        try:
-            tracer = _Tracer(leaf_modules)
-            graph = tracer.trace(model, concrete_args=concrete_args)
-            gm = torch.fx.GraphModule(tracer.root, graph, type(model).__name__)
-        except Exception as exc:  # symbolic tracing raises many types (TraceError, TypeError, ...)
-            where = _offending_line(exc)
-            raise TraceFailure(
-                f"torch.fx.symbolic_trace failed on {type(model).__name__}: {exc}."
-                + (f" Offending line: {where}." if where else ""),
-                node=None, op="symbolic_trace",
-                fix="data-dependent Python control flow cannot be traced: pass concrete_args={...} to fix "
-                    "the branch, or leaf_modules=[TheModuleClass] to keep that module opaque (its spaces "
-                    "are then frozen)") from exc
-        gm = _copy(gm, share_tensors)
+        gm = _symbolic_trace(private, leaf_modules, concrete_args)
+    _restore_flags(gm, model)
+    _nonpersistent_extras(gm, model)
     propagate_shapes(gm, inputs)
     return gm
+
+
+def _symbolic_trace(model: torch.nn.Module, leaf_modules: Sequence[type],
+                    concrete_args: dict[str, Any] | None) -> torch.fx.GraphModule:
+    try:
+        tracer = _Tracer(leaf_modules)
+        graph = tracer.trace(model, concrete_args=concrete_args)
+        return torch.fx.GraphModule(tracer.root, graph, type(model).__name__)
+    except N2NError:
+        raise
+    except Exception as exc:  # symbolic tracing raises many types (TraceError, TypeError, ...)
+        where = _offending_line(exc)
+        raise TraceFailure(
+            f"torch.fx.symbolic_trace failed on {type(model).__name__}: {exc}."
+            + (f" Offending line: {where}." if where else ""),
+            node=None, op="symbolic_trace",
+            fix="data-dependent Python control flow cannot be traced: pass concrete_args={...} to fix "
+                "the branch, or leaf_modules=[TheModuleClass] to keep that module opaque (its spaces "
+                "are then frozen)") from exc
 
 
 def _export(model: torch.nn.Module, inputs: tuple) -> torch.fx.GraphModule:
@@ -146,19 +250,29 @@ def propagate_shapes(gm: torch.fx.GraphModule, inputs: tuple) -> None:
     """
     flags = {name: m.training for name, m in gm.named_modules()}
     try:
-        gm.eval()
+        _set_training(gm, False)
         with torch.no_grad():
             try:
                 with contextlib.redirect_stderr(io.StringIO()):  # ShapeProp prints the traceback it raises
                     _meta_shape_prop(gm, inputs)
             except Exception:  # no meta kernel, data-dependent shapes, plain tensor attributes...
-                ShapeProp(gm).propagate(*inputs)
+                _real_shape_prop(gm, inputs)
     except Exception as exc:
         raise N2NError(f"the model does not run on the example inputs: {exc}", op="forward",
                        fix="pass example_inputs with the shapes and dtypes the model expects") from exc
     finally:
         for name, m in gm.named_modules():
             m.training = flags[name]
+
+
+def _real_shape_prop(gm: torch.fx.GraphModule, inputs: tuple) -> None:
+    """A real run on clones of the tensors: a forward that writes into a buffer (a counter, a
+    cache) must not write into the teacher's, which the graph may share."""
+    from torch.nn.utils.stateless import _reparametrize_module
+
+    state = {k: v.clone() for k, v in (*gm.named_parameters(), *gm.named_buffers())}
+    with _reparametrize_module(gm, state):
+        ShapeProp(gm).propagate(*inputs)
 
 
 def _meta_shape_prop(gm: torch.fx.GraphModule, inputs: tuple) -> None:

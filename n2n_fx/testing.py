@@ -15,6 +15,7 @@ earlier maps and appends one or two. Shrunk failures print the program, one step
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -161,6 +162,73 @@ class ArchNet(nn.Module):
         else:
             y = torch.flatten(y, 1) if self.arch.head == "flatten" else y.mean((2, 3))
         return self.fc2(F.relu(self.fc1(y)))
+
+
+def _state(value: Any, depth: int = 0) -> Any:
+    """A comparable picture of a Python value: containers by content, tensors by identity, storage,
+    version counter and a copy of their values, anything else by type and identity."""
+    if isinstance(value, torch.Tensor):
+        data = None if value.device.type == "meta" else value.detach().clone()
+        ptr = None if value.device.type == "meta" else value.untyped_storage().data_ptr()
+        return ("tensor", id(value), ptr, value._version, value.dtype, tuple(value.shape), value.requires_grad,
+                id(value.grad) if value.grad is not None else None, _TensorValue(data))
+    if depth > 4:
+        return (type(value).__name__, id(value))
+    if isinstance(value, dict):
+        return ("dict", id(value), tuple((repr(k), _state(v, depth + 1)) for k, v in value.items()))
+    if isinstance(value, (list, tuple, set, frozenset)):
+        items = sorted(value, key=repr) if isinstance(value, (set, frozenset)) else value
+        return (type(value).__name__, id(value), tuple(_state(v, depth + 1) for v in items))
+    if isinstance(value, (int, float, str, bool, type(None), torch.dtype, torch.device)):
+        return value
+    return (type(value).__name__, id(value))
+
+
+class _TensorValue:
+    """Compares tensor contents exactly (NaNs equal to NaNs in the same places)."""
+
+    def __init__(self, data: torch.Tensor | None) -> None:
+        self.data = data
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, _TensorValue) or (self.data is None) != (other.data is None):
+            return False
+        return self.data is None or torch.equal(self.data.nan_to_num(0.0), other.data.nan_to_num(0.0)) \
+            and torch.equal(self.data.isnan(), other.data.isnan())
+
+    def __repr__(self) -> str:
+        return "<values>"
+
+
+def fingerprint(model: nn.Module) -> dict[str, Any]:
+    """Everything about a module tree that a call could change: every module's Python attributes
+    (caches, counters, hook dicts, training flags), and every parameter's and buffer's identity,
+    storage, version counter, dtype, shape and values. Compare two with `assert_untouched`."""
+    return {name or "<root>": {k: _state(v) for k, v in vars(m).items()}
+            for name, m in model.named_modules(remove_duplicate=False)}
+
+
+def assert_untouched(model: nn.Module, before: dict[str, Any]) -> None:
+    """AssertionError naming the first module attribute that differs from `before`."""
+    after = fingerprint(model)
+    assert set(after) == set(before), f"modules changed: {sorted(set(after) ^ set(before))}"
+    for name, attrs in before.items():
+        assert set(attrs) == set(after[name]), f"{name}: attributes changed: {sorted(set(attrs) ^ set(after[name]))}"
+        for key, value in attrs.items():
+            assert after[name][key] == value, f"{name}.{key} changed"
+
+
+def assert_independent(teacher: nn.Module, student: nn.Module) -> None:
+    """AssertionError if any tensor of `student` shares storage with one of `teacher`."""
+    def storages(m: nn.Module) -> dict[int, str]:
+        out = {}
+        for name, t in (*m.named_parameters(remove_duplicate=False), *m.named_buffers(remove_duplicate=False)):
+            if t.device.type != "meta" and t.numel():
+                out[t.untyped_storage().data_ptr()] = name
+        return out
+
+    shared = storages(teacher).keys() & storages(student).keys()
+    assert not shared, f"student tensors share storage with the teacher's: {[storages(student)[p] for p in shared]}"
 
 
 @st.composite

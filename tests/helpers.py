@@ -5,17 +5,17 @@ from __future__ import annotations
 import torch
 
 import n2n_fx
+from n2n_fx.testing import assert_untouched, fingerprint
 
 
-def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+def snapshot(model: torch.nn.Module) -> dict:
+    """The teacher's deep fingerprint: tensors (values, storage, version counters) and every
+    module's Python attributes (caches, hooks, flags)."""
+    return fingerprint(model)
 
 
-def assert_unchanged(model: torch.nn.Module, snap: dict[str, torch.Tensor]) -> None:
-    now = model.state_dict()
-    assert set(now) == set(snap)
-    for k, v in snap.items():
-        assert now[k].dtype == v.dtype and torch.equal(now[k], v), f"teacher tensor {k} changed"
+def assert_unchanged(model: torch.nn.Module, snap: dict) -> None:
+    assert_untouched(model, snap)
 
 
 def assert_preserved(teacher, student, x, *, mode: str = "eval", rtol: float | None = None) -> n2n_fx.Report:

@@ -32,8 +32,8 @@ DW_CHUNKS = Arch(2, 2, (("conv", 0, 4, 1, 2), ("conv", 1, 4, 1, 2), ("chunk", 2)
                         ("bn_act", 0, "relu"), ("conv", 2, 2, 1, 2)), "flatten")
 
 
-def grow(arch: Arch, req: WidenRequest):
-    model, x = arch.build()
+def grow(arch: Arch, req: WidenRequest, built=None):
+    model, x = built or arch.build()
     spaces = n2n_fx.plan(model, x).spaces
     try:
         plan = n2n_fx.plan(model, x, **req.kwargs(spaces))
@@ -55,7 +55,7 @@ def grow(arch: Arch, req: WidenRequest):
 def test_widen_preserves_random_architectures(arch, req):
     model, x = arch.build()
     snap = snapshot(model)
-    model, x, plan, student = grow(arch, req)
+    model, x, plan, student = grow(arch, req, (model, x))
     if plan is None:
         return
     report = n2n_fx.verify(model, student, x, n_random=1)
