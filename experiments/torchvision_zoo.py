@@ -26,6 +26,7 @@ import torch.fx
 from torch.fx.passes.shape_prop import TensorMetadata
 
 import n2n_fx
+from n2n_fx.testing import assert_untouched, fingerprint
 
 
 def classification_models() -> list[str]:
@@ -118,6 +119,7 @@ def run_one(name: str, max_params: float, float64_max: float, batch: int = 4, n_
     model = model.to(dtype)
     x = torch.randn(min(batch, 2) if giant else batch, 3, size, size, dtype=dtype)
     row: dict = {"model": name, "params": params, "input": size, "dtype": str(dtype).replace("torch.", ""), **row_factor}
+    before = fingerprint(model, values=not giant)  # every call below must leave the teacher as it is
     gm = _timed(row, "trace_s", n2n_fx.trace, model, x, share_tensors=True)  # only run, never written
     analysis = _timed(row, "infer_s", n2n_fx.infer, gm)
     row["nodes"] = len(gm.graph.nodes)
@@ -161,6 +163,7 @@ def run_one(name: str, max_params: float, float64_max: float, batch: int = 4, n_
     del deeper
     _check(row, "deepen_widen", _timed(row, "verify_deepen_widen_s", n2n_fx.verify, model, both, x, n_random=n_random,
                                        dtype=dtype))
+    assert_untouched(model, before)  # raises AssertionError naming the attribute: the row is an error
     return row
 
 

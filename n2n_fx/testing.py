@@ -33,9 +33,15 @@ class Arch:
     steps: tuple[tuple, ...]
     head: str  # "flatten" (stride map into Linear), "mean", or "merge" (Swin's patch merging, then mean)
     classes: int = 3
+    # fidelity: what runs besides the steps, which the traced graph must hold too
+    hooks: tuple[tuple[int, str], ...] = ()  # (step, kind): a hook from HOOKS on that step's module
+    normalize_input: bool = False  # (x - mean) / std with registered buffers, as input pipelines do
+    cache: bool = False  # forward writes its last map into a Python dict and counts its calls
+    train: bool = False  # the teacher is in train mode (growing mid-training)
 
     def __repr__(self) -> str:
-        lines = [f"Arch(in={self.in_channels}, size={self.size}, head={self.head}):"]
+        extras = [f"{k}={getattr(self, k)}" for k in ("hooks", "normalize_input", "cache", "train") if getattr(self, k)]
+        lines = [f"Arch(in={self.in_channels}, size={self.size}, head={self.head}{''.join(', ' + e for e in extras)}):"]
         lines += [f"  m{i + 1} = {step}" for i, step in enumerate(self.steps)]
         return "\n".join(lines)
 
@@ -46,7 +52,33 @@ class Arch:
             if isinstance(m, nn.BatchNorm2d):
                 m.running_mean.uniform_(-0.5, 0.5)
                 m.running_var.uniform_(0.5, 2.0)
+        for step, kind in self.hooks:
+            module = model.layers[str(step)]
+            if kind.startswith("pre_"):
+                module.register_forward_pre_hook(HOOKS[kind])
+            else:
+                module.register_forward_hook(HOOKS[kind])
+        model.train(self.train)
         return model, torch.randn(batch, self.in_channels, self.size, self.size, dtype=dtype)
+
+
+def _hook_scale(module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
+    return out * 1.5 + 0.25
+
+
+def _hook_centre(module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
+    return out - out.mean(1, keepdim=True)  # a mean over the channels: what the inference must see
+
+
+def _hook_flip(module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
+    return out.flip(1)  # reverses the channels: not elementwise
+
+
+def _pre_hook_scale(module: nn.Module, args: tuple) -> tuple:
+    return (args[0] * 0.5, *args[1:])
+
+
+HOOKS = {"scale": _hook_scale, "centre": _hook_centre, "flip": _hook_flip, "pre_scale": _pre_hook_scale}
 
 
 class ArchNet(nn.Module):
@@ -101,6 +133,11 @@ class ArchNet(nn.Module):
                 self.layers[str(i)] = nn.Embedding(arch.size * arch.size, chans[step[1]])
                 self.register_buffer(f"ids{i}", torch.arange(arch.size * arch.size))
                 chans.append(chans[step[1]])
+        if arch.normalize_input:
+            self.register_buffer("in_mean", torch.linspace(-0.5, 0.5, arch.in_channels))
+            self.register_buffer("in_std", torch.linspace(0.5, 2.0, arch.in_channels))
+        self.cache: dict[str, torch.Tensor] = {}
+        self.calls = 0
         self.out_channels = chans[-1]
         if arch.head == "merge":  # 2x2 patches into 4 copies of the channels, reduced back by a Linear
             self.merge = nn.Linear(4 * chans[-1], chans[-1])
@@ -109,6 +146,8 @@ class ArchNet(nn.Module):
         self.fc2 = nn.Linear(5, arch.classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.arch.normalize_input:
+            x = (x - self.in_mean.view(1, -1, 1, 1)) / self.in_std.view(1, -1, 1, 1)
         maps = [x]
         for i, step in enumerate(self.arch.steps):
             op = step[0]
@@ -155,6 +194,9 @@ class ArchNet(nn.Module):
                 n, c, h, w = y.shape
                 maps.append(y.view(n, 2, c // 2, h, w).transpose(1, 2).reshape(n, c, h, w))
         y = maps[-1]
+        if self.arch.cache:  # Python state written during forward (tracing must not reach the teacher's)
+            self.cache["last"] = y
+            self.calls += 1
         if self.arch.head == "merge":
             from torchvision.models.swin_transformer import _patch_merging_pad
 
@@ -164,21 +206,21 @@ class ArchNet(nn.Module):
         return self.fc2(F.relu(self.fc1(y)))
 
 
-def _state(value: Any, depth: int = 0) -> Any:
+def _state(value: Any, depth: int = 0, values: bool = True) -> Any:
     """A comparable picture of a Python value: containers by content, tensors by identity, storage,
     version counter and a copy of their values, anything else by type and identity."""
     if isinstance(value, torch.Tensor):
-        data = None if value.device.type == "meta" else value.detach().clone()
+        data = None if value.device.type == "meta" or not values else value.detach().clone()
         ptr = None if value.device.type == "meta" else value.untyped_storage().data_ptr()
         return ("tensor", id(value), ptr, value._version, value.dtype, tuple(value.shape), value.requires_grad,
                 id(value.grad) if value.grad is not None else None, _TensorValue(data))
     if depth > 4:
         return (type(value).__name__, id(value))
     if isinstance(value, dict):
-        return ("dict", id(value), tuple((repr(k), _state(v, depth + 1)) for k, v in value.items()))
+        return ("dict", id(value), tuple((repr(k), _state(v, depth + 1, values)) for k, v in value.items()))
     if isinstance(value, (list, tuple, set, frozenset)):
         items = sorted(value, key=repr) if isinstance(value, (set, frozenset)) else value
-        return (type(value).__name__, id(value), tuple(_state(v, depth + 1) for v in items))
+        return (type(value).__name__, id(value), tuple(_state(v, depth + 1, values) for v in items))
     if isinstance(value, (int, float, str, bool, type(None), torch.dtype, torch.device)):
         return value
     return (type(value).__name__, id(value))
@@ -200,11 +242,13 @@ class _TensorValue:
         return "<values>"
 
 
-def fingerprint(model: nn.Module) -> dict[str, Any]:
+def fingerprint(model: nn.Module, values: bool = True) -> dict[str, Any]:
     """Everything about a module tree that a call could change: every module's Python attributes
     (caches, counters, hook dicts, training flags), and every parameter's and buffer's identity,
-    storage, version counter, dtype, shape and values. Compare two with `assert_untouched`."""
-    return {name or "<root>": {k: _state(v) for k, v in vars(m).items()}
+    storage, version counter, dtype, shape and values (`values=False`: no copy of the values, for
+    models too big to copy; the version counters still see every in-place write). Compare two with
+    `assert_untouched`."""
+    return {name or "<root>": {k: _state(v, 0, values) for k, v in vars(m).items()}
             for name, m in model.named_modules(remove_duplicate=False)}
 
 
@@ -237,7 +281,9 @@ def architectures(draw, max_steps: int = 8, activations: tuple[str, ...] = tuple
     squeeze-excitation, concat, channel split, channel shuffle, pooling, channels-last LayerNorm /
     RMSNorm, multi-head self-attention over positions (nn.MultiheadAttention, or projections, a
     heads view and F.scaled_dot_product_attention), a position-embedding table; a flatten, mean or
-    patch-merging head."""
+    patch-merging head. Around them: forward hooks and pre-hooks on modules (elementwise, a mean
+    over channels, a channel flip), buffer normalisation of the input, a Python cache written in
+    forward, and teachers in train mode."""
     in_ch = draw(st.integers(1, 3))
     size = draw(st.sampled_from([2, 3, 4]))
     chans: list[int] = [in_ch]
@@ -289,7 +335,12 @@ def architectures(draw, max_steps: int = 8, activations: tuple[str, ...] = tuple
             steps.append(("pool", src))
             chans.append(chans[src])
     heads = ["flatten", "mean"] + (["merge"] if _has_torchvision() else [])
-    return Arch(in_ch, size, tuple(steps), draw(st.sampled_from(heads)))
+    modules = [i for i, step in enumerate(steps) if step[0] in ("conv", "bn_act", "gate", "norm")]
+    hooks = draw(st.lists(st.tuples(st.sampled_from(modules), st.sampled_from(sorted(HOOKS))), max_size=2,
+                          unique_by=lambda h: h[0])) if modules else []
+    hooks = [h for h in hooks if steps[h[0]][0] != "norm" or h[1] == "scale"]  # channels-last: axis 1 is not C
+    return Arch(in_ch, size, tuple(steps), draw(st.sampled_from(heads)), hooks=tuple(hooks),
+                normalize_input=draw(st.booleans()), cache=draw(st.booleans()), train=draw(st.booleans()))
 
 
 def _has_torchvision() -> bool:
@@ -359,5 +410,9 @@ def invalid_request(kind: str, spaces: list) -> dict:
 
 def deepen_points(model: nn.Module, max_points: int = 3) -> st.SearchStrategy[list[str]]:
     """Node names of `model` (its traced graph) to insert identity layers after."""
-    names = [n.name for n in torch.fx.symbolic_trace(model).graph.nodes if n.op.startswith("call")]
+    from .frontend import _copy, _symbolic_trace
+
+    # n2n_fx's own tracer on a private copy: hooked modules are traced through (their node names
+    # are what deepen sees), and tracing never writes into the model
+    names = [n.name for n in _symbolic_trace(_copy(model, True), (), None).graph.nodes if n.op.startswith("call")]
     return st.lists(st.sampled_from(names), min_size=1, max_size=max_points, unique=True)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from .frontend import as_inputs
+from .frontend import _copy, as_inputs
 
 
 @dataclass
@@ -74,8 +73,15 @@ def prepare(model: torch.nn.Module, mode: str, dtype: torch.dtype = torch.float6
     tensors = [*model.parameters(), *model.buffers()]
     if mode == "eval" and not any(m.training for m in model.modules()) and \
             all(t.dtype == dtype for t in tensors if t.is_floating_point()):
-        return model  # an eval forward under no_grad writes nothing: no copy (a 4x student is large)
-    m = copy.deepcopy(model).to(dtype)
+        # a copy of the module tree that shares the parameters (a 4x student is large): a forward
+        # may still write Python state and buffers (caches, counters), never the caller's
+        m = _copy(model, share_tensors=True)
+        for sub in m.modules():
+            for name, b in sub._buffers.items():
+                if b is not None:
+                    sub._buffers[name] = b.clone()
+        return m
+    m = _copy(model, share_tensors=False).to(dtype)
     m.train(mode == "train")
     if mode == "train":  # dropout masks are random and shaped by the width: compare without them
         for sub in m.modules():

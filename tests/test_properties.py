@@ -91,14 +91,17 @@ def test_widen_twice_composes(arch, first, second):
 @given(architectures(activations=("relu", "relu6")), st.data())
 def test_deepen_then_widen_random_architectures(arch, data):
     model, x = arch.build()
+    snap = snapshot(model)
     after = data.draw(deepen_points(model))
     try:
         deeper = n2n_fx.deepen(model, x, after=after, batch_norm=data.draw(st.booleans()))
     except n2n_fx.DeepenError:
+        assert_unchanged(model, snap)
         return  # refused with a typed error (e.g. after a size query): never a wrong student
     assert n2n_fx.verify(model, deeper, x, n_random=1).ok
     wider = n2n_fx.widen(deeper, x, factor=data.draw(st.floats(1.0, 2.5)))
     assert n2n_fx.verify(model, wider, x, n_random=1).ok
+    assert_unchanged(model, snap)
 
 
 @given(architectures(activations=("relu", "relu6", "tanh")), widen_requests(), st.data())
@@ -118,10 +121,12 @@ def test_widen_then_deepen_random_architectures(arch, req, data):
 @given(architectures(), st.sampled_from(INVALID_KINDS))
 def test_invalid_plans_raise_typed_errors(arch, kind):
     model, x = arch.build()
+    snap = snapshot(model)
     request = invalid_request(kind, n2n_fx.plan(model, x).spaces)
     try:
         student = n2n_fx.widen(model, x, **request)
     except n2n_fx.N2NError:
+        assert_unchanged(model, snap)
         return
     raise AssertionError(f"{kind} {request} returned a student: {student}")
 
