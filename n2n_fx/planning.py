@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import zlib
+from collections import Counter
 from dataclasses import dataclass
 
 import torch
@@ -331,4 +332,14 @@ def format_plan(plan: Plan) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return "\n".join([*lines, summary_line(plan)])
+
+
+def summary_line(plan: Plan) -> str:
+    """One line that makes lost coverage visible: spaces widened of total, frozen by reason code."""
+    widened = sum(p.new_width > p.width for p in plan.spaces)
+    codes = Counter(p.reasons[0].code for p in plan.spaces if p.reasons)
+    frozen = ", ".join(f"{code} {n}" for code, n in sorted(codes.items(), key=lambda kv: (-kv[1], kv[0])))
+    kept = len(plan.spaces) - widened - sum(codes.values())
+    return (f"{widened} of {len(plan.spaces)} spaces widened" + (f", {kept} open but kept" if kept else "")
+            + (f"; frozen: {frozen}" if frozen else "; none frozen"))
