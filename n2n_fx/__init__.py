@@ -20,6 +20,7 @@ from .errors import (
     DeepenError,
     FrozenSpaceError,
     HookError,
+    InternalError,
     N2NError,
     NotPreservedError,
     SpecError,
@@ -27,6 +28,7 @@ from .errors import (
     UnknownNodeError,
     UnknownSpaceError,
     WidthError,
+    typed,
 )
 from .frontend import as_inputs, own_tensors, trace
 from .inference import Analysis, Space, infer
@@ -39,6 +41,7 @@ from .wider import Net2WiderNet
 __version__ = "0.1.0"
 
 
+@typed("plan")
 def plan(model: torch.nn.Module, example_inputs: Any, *, factor: float | None = None,
          widths: dict[str, int] | None = None, seed: int = 0, symmetry: str = "none",
          noise_std: float = 0.01, leaf_modules: Sequence[type] = (), replication: str = "random",
@@ -60,6 +63,7 @@ def _plan(model, example_inputs, factor, widths, seed, symmetry, noise_std, leaf
                 replication=replication)
 
 
+@typed("widen")
 def widen(model: torch.nn.Module, example_inputs: Any, *, factor: float | None = None,
           widths: dict[str, int] | None = None, seed: int = 0, symmetry: str = "none",
           noise_std: float = 0.01, leaf_modules: Sequence[type] = (), replication: str = "random",
@@ -80,11 +84,13 @@ def widen(model: torch.nn.Module, example_inputs: Any, *, factor: float | None =
     return student
 
 
+@typed("apply_plan")
 def apply_plan(p: Plan) -> torch.fx.GraphModule:
     """Run the Net2WiderNet pass on a copy of the plan's graph (the plan stays reusable)."""
     return Net2WiderNet(p)(copy.deepcopy(p.analysis.gm)).graph_module
 
 
+@typed("deepen")
 def deepen(model: torch.nn.Module, example_inputs: Any, *, after: Sequence[str], seed: int = 0,
            activation: str | None = "auto", batch_norm: bool = False, bn_mode: str = "eval",
            kernel_size: int = 3, leaf_modules: Sequence[type] = (), frontend: str = "fx",
@@ -105,8 +111,14 @@ def deepen(model: torch.nn.Module, example_inputs: Any, *, after: Sequence[str],
     return deeper(gm).graph_module
 
 
+# the stage functions re-exported here raise only N2NErrors too
+trace = typed("trace")(trace)
+infer = typed("infer")(infer)
+verify = typed("verify")(verify)
+widen_optimizer = typed("widen_optimizer")(widen_optimizer)
+
 __all__ = [
-    "Analysis", "ConstraintError", "DeepenError", "FrozenSpaceError", "HookError", "N2NError", "Net2DeeperNet",
+    "Analysis", "ConstraintError", "DeepenError", "FrozenSpaceError", "HookError", "InternalError", "N2NError", "Net2DeeperNet",
     "Net2WiderNet", "NotPreservedError", "Plan", "Report", "Space", "SpecError", "TraceFailure",
     "UnknownNodeError", "UnknownSpaceError", "WidthError", "apply_plan", "deepen", "infer", "load_table",
     "widen_optimizer",

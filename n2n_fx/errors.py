@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+import os
+import traceback
+from collections.abc import Callable
+from typing import Any, TypeVar
+
 
 class N2NError(Exception):
     """Base class of every error n2n_fx raises on bad input or an unsupported request."""
@@ -78,3 +84,37 @@ class NotPreservedError(N2NError):
     """Verification found the student does not compute the teacher's function."""
 
     code = "not_preserved"
+
+
+class InternalError(N2NError):
+    """An unexpected exception inside n2n_fx (a bug, or an op it misreads): raised as an N2NError
+    naming the stage and line where it happened, with the original as its cause."""
+
+    code = "internal"
+
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__))
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def typed(api: str) -> Callable[[F], F]:
+    """Decorate a public entry point: every exception that is not an N2NError leaves it as an
+    InternalError naming the stage (module, function, line) where it was raised."""
+
+    def wrap(fn: F) -> F:
+        @functools.wraps(fn)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except N2NError:
+                raise
+            except Exception as exc:
+                frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename.startswith(_PACKAGE)]
+                where = f"{os.path.basename(frames[-1].filename)}:{frames[-1].lineno} in {frames[-1].name}" \
+                    if frames else "outside n2n_fx"
+                raise InternalError(f"{api} failed unexpectedly ({type(exc).__name__}: {exc}) at {where}",
+                                    op=api, fix="this is a bug in n2n_fx or an op it misreads: report it with the "
+                                    "model; meanwhile leaf_modules=[TheModuleClass] keeps that module opaque") from exc
+        return call  # type: ignore[return-value]
+
+    return wrap

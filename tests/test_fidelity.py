@@ -349,3 +349,31 @@ def test_student_keeps_the_teachers_training_flags():
     assert student.training and student.get_submodule("bn").training
     teacher.eval()
     assert not n2n_fx.widen(teacher, inputs(), factor=2).training
+
+
+# ----------------------------------------------------------------------------- every failure typed
+
+@pytest.mark.parametrize("target,call", [
+    ("n2n_fx.frontend.propagate_shapes", "widen"), ("n2n_fx.inference.Inference.run", "widen"),
+    ("n2n_fx.planning.Plan.__init__", "plan"), ("n2n_fx.wider.Net2WiderNet.call", "widen"),
+    ("n2n_fx.own_tensors", "widen"), ("n2n_fx.wider.Net2WiderNet.call", "apply_plan"),
+    ("n2n_fx.deeper.Net2DeeperNet.call", "deepen"), ("n2n_fx.inference.Inference.run", "infer"),
+    ("n2n_fx.frontend._symbolic_trace", "trace"), ("n2n_fx.verification.prepare", "verify"),
+])
+def test_a_failure_in_any_stage_is_an_n2n_error(monkeypatch, target, call):
+    teacher, x = Convs().double(), inputs()
+    plan = n2n_fx.plan(teacher, x)
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("injected")
+
+    monkeypatch.setattr(target, boom)
+    before = fingerprint(teacher)
+    calls = {"widen": lambda: n2n_fx.widen(teacher, x), "plan": lambda: n2n_fx.plan(teacher, x),
+             "apply_plan": lambda: n2n_fx.apply_plan(plan), "deepen": lambda: n2n_fx.deepen(teacher, x, after=["c1"]),
+             "infer": lambda: n2n_fx.infer(plan.analysis.gm), "trace": lambda: n2n_fx.trace(teacher, x),
+             "verify": lambda: n2n_fx.verify(teacher, teacher, x)}
+    with pytest.raises(n2n_fx.N2NError) as info:
+        calls[call]()
+    assert info.value.code == "internal" and "injected" in str(info.value) and "Fix:" in str(info.value)
+    assert_untouched(teacher, before)
