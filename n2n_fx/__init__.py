@@ -45,19 +45,20 @@ __version__ = "0.1.0"
 def plan(model: torch.nn.Module, example_inputs: Any, *, factor: float | None = None,
          widths: dict[str, int] | None = None, seed: int = 0, symmetry: str = "none",
          noise_std: float = 0.01, leaf_modules: Sequence[type] = (), replication: str = "random",
-         frontend: str = "fx", mode: str = "eval") -> Plan:
+         frontend: str = "auto", mode: str = "eval") -> Plan:
     """Trace `model`, infer its spaces and plan their widths (current widths unless asked).
 
     replication='uniform' copies every unit k times (integer factors): what an exact optimizer
     hand-over needs (see widen_optimizer). frontend='export' traces with torch.export (models that
-    only export; the graph is ATen-level and specialised to the example shapes). The model is traced
+    only export; the graph is ATen-level and specialised to the example shapes); 'auto' (the
+    default) uses symbolic_trace where it traces and torch.export where it does not. The model is traced
     in `mode` semantics ('eval' unless asked), whatever mode the teacher is in."""
     return _plan(model, example_inputs, factor, widths, seed, symmetry, noise_std, leaf_modules, False, replication,
                  frontend, mode)
 
 
 def _plan(model, example_inputs, factor, widths, seed, symmetry, noise_std, leaf_modules, share: bool,
-          replication: str = "random", frontend: str = "fx", mode: str = "eval") -> Plan:
+          replication: str = "random", frontend: str = "auto", mode: str = "eval") -> Plan:
     gm = trace(model, example_inputs, leaf_modules=leaf_modules, share_tensors=share, frontend=frontend, mode=mode)
     return Plan(infer(gm), factor=factor, widths=widths, seed=seed, symmetry=symmetry, noise_std=noise_std,
                 replication=replication)
@@ -67,7 +68,7 @@ def _plan(model, example_inputs, factor, widths, seed, symmetry, noise_std, leaf
 def widen(model: torch.nn.Module, example_inputs: Any, *, factor: float | None = None,
           widths: dict[str, int] | None = None, seed: int = 0, symmetry: str = "none",
           noise_std: float = 0.01, leaf_modules: Sequence[type] = (), replication: str = "random",
-          frontend: str = "fx", mode: str = "eval") -> torch.fx.GraphModule:
+          frontend: str = "auto", mode: str = "eval") -> torch.fx.GraphModule:
     """Net2WiderNet: a wider student computing the teacher's function (symmetry 'none'/'split').
 
     Give `factor` (a real >= 1, applied to every widenable space) or `widths` ({space: units});
@@ -93,7 +94,7 @@ def apply_plan(p: Plan) -> torch.fx.GraphModule:
 @typed("deepen")
 def deepen(model: torch.nn.Module, example_inputs: Any, *, after: Sequence[str], seed: int = 0,
            activation: str | None = "auto", batch_norm: bool = False, bn_mode: str = "eval",
-           kernel_size: int = 3, leaf_modules: Sequence[type] = (), frontend: str = "fx",
+           kernel_size: int = 3, leaf_modules: Sequence[type] = (), frontend: str = "auto",
            block: str = "identity", hidden: int | None = None, mode: str = "eval") -> torch.fx.GraphModule:
     """Net2DeeperNet: insert an identity layer after each named node or module.
 

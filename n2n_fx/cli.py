@@ -92,7 +92,7 @@ def parse_widths(items: list[str] | None) -> dict[str, int] | None:
 def _plan(args: argparse.Namespace, model: torch.nn.Module, inputs: tuple, factor: float | None) -> Plan:
     widths = parse_widths(getattr(args, "width", None))
     return make_plan(model, inputs, factor=factor if not widths else None, widths=widths, seed=args.seed,
-                     symmetry=getattr(args, "symmetry", "none"), frontend=getattr(args, "frontend", "fx"))
+                     symmetry=getattr(args, "symmetry", "none"), frontend=getattr(args, "frontend", "auto"))
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -230,7 +230,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input-shape", action="append", help="shape of an example input, e.g. 2,3,32,32")
     p.add_argument("--float64", action="store_true", help="grow and verify the model in float64")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--frontend", choices=["fx", "export"], default="fx",
+    p.add_argument("--frontend", choices=["auto", "fx", "export"], default="auto",
                    help="fx: symbolic_trace (default); export: torch.export, for models that only export")
 
 
@@ -245,7 +245,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--factor", type=float, default=None)
     p.add_argument("--width", action="append", help="SPACE=UNITS")
     p.add_argument("--rules", action="store_true", help="print the rule table instead")
-    p.add_argument("--frontend", choices=["fx", "export"], default="fx")
+    p.add_argument("--frontend", choices=["auto", "fx", "export"], default="auto")
     p.set_defaults(func=cmd_explain)
     p = sub.add_parser("widen", help="Net2WiderNet a model and verify it")
     _model_args(p)

@@ -16,7 +16,7 @@ class N2NError(Exception):
 
     def __init__(self, message: str, *, node: str | None = None, op: str | None = None,
                  fix: str | None = None) -> None:
-        self.node, self.op, self.fix = node, op, fix
+        self.message, self.node, self.op, self.fix = message, node, op, fix
         parts = [message]
         if node is not None or op is not None:
             parts.append(f"(node {node!r}, op {op!r})")

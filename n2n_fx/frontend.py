@@ -161,13 +161,13 @@ def _nonpersistent_extras(gm: torch.nn.Module, model: torch.nn.Module) -> None:
                 m._non_persistent_buffers_set.add(b)
 
 
-FRONTENDS = ("fx", "export")
+FRONTENDS = ("auto", "fx", "export")
 MODES = ("eval", "train")
 
 
 def trace(model: torch.nn.Module, example_inputs: Any, *, leaf_modules: Sequence[type] = (),
           concrete_args: dict[str, Any] | None = None, share_tensors: bool = False,
-          frontend: str = "fx", mode: str = "eval") -> torch.fx.GraphModule:
+          frontend: str = "auto", mode: str = "eval") -> torch.fx.GraphModule:
     """Trace `model` and annotate every node with `meta['tensor_meta']` from the example inputs.
 
     What is traced is a private copy of the module tree: tracing writes into the module it traces
@@ -185,12 +185,14 @@ def trace(model: torch.nn.Module, example_inputs: Any, *, leaf_modules: Sequence
 
     frontend="export" runs torch.export instead of symbolic_trace, for models that only export:
     the graph is ATen-level (the table spells those ops too) and specialised to the example shapes.
+    frontend="auto" (the default) uses symbolic_trace where it traces and torch.export where it
+    does not (Hugging Face models); `gm.meta["n2n_frontend"]` says which, and so does the plan.
     """
     if not isinstance(model, torch.nn.Module):
         raise N2NError(f"expected an nn.Module, got {type(model).__name__}", fix="pass the model object itself")
     if frontend not in FRONTENDS:
         raise N2NError(f"frontend must be one of {FRONTENDS}, got {frontend!r}", op="trace",
-                       fix="use frontend='fx' (symbolic_trace) or 'export' (torch.export)")
+                       fix="use frontend='auto' (the default), 'fx' (symbolic_trace) or 'export' (torch.export)")
     if mode not in MODES:
         raise N2NError(f"mode must be one of {MODES}, got {mode!r}", op="trace",
                        fix="mode='eval' (the default) traces inference semantics, 'train' training semantics")
@@ -198,13 +200,26 @@ def trace(model: torch.nn.Module, example_inputs: Any, *, leaf_modules: Sequence
     _check_hooks(model)
     private = _copy(model, share_tensors)
     _set_training(private, mode == "train")
-    if frontend == "export" and not isinstance(model, torch.fx.GraphModule):
-        gm = _export(private, inputs)
-    elif isinstance(model, torch.fx.GraphModule) and not leaf_modules and concrete_args is None \
+    if isinstance(model, torch.fx.GraphModule) and not leaf_modules and concrete_args is None \
             and not _any_hooks(model):
-        gm = private
+        gm, used = private, model.meta.get("n2n_frontend", "fx")  # a student: its graph is already the model
+    elif frontend == "export" and not isinstance(model, torch.fx.GraphModule):
+        gm, used = _export(private, inputs), "export"
+    elif frontend == "auto" and not isinstance(model, torch.fx.GraphModule) and not leaf_modules \
+            and concrete_args is None:
+        try:
+            gm, used = _symbolic_trace(private, leaf_modules, concrete_args), "fx"
+        except TraceFailure as fx_failure:
+            private = _copy(model, share_tensors)  # the failed trace may have written into the copy
+            _set_training(private, mode == "train")
+            try:
+                gm, used = _export(private, inputs), "export"
+            except TraceFailure as export_failure:
+                raise TraceFailure(f"{fx_failure.message} torch.export failed too: {export_failure.message}",
+                                   op="symbolic_trace, torch.export", fix=fx_failure.fix) from fx_failure
     else:
-        gm = _symbolic_trace(private, leaf_modules, concrete_args)
+        gm, used = _symbolic_trace(private, leaf_modules, concrete_args), "fx"
+    gm.meta["n2n_frontend"] = used
     _restore_flags(gm, model)
     _nonpersistent_extras(gm, model)
     propagate_shapes(gm, inputs)
@@ -231,7 +246,13 @@ def _symbolic_trace(model: torch.nn.Module, leaf_modules: Sequence[type],
 
 
 def _export(model: torch.nn.Module, inputs: tuple) -> torch.fx.GraphModule:
-    """torch.export, unlifted: parameters and buffers are get_attr nodes again, as in an fx trace."""
+    """torch.export, unlifted: parameters and buffers are get_attr nodes again, as in an fx trace.
+
+    `model` is the private copy: a Hugging Face model's KV cache (an object torch.export cannot
+    return) is switched off on it, so the graph computes the outputs proper (logits, hidden states)."""
+    config = getattr(model, "config", None)
+    if getattr(config, "use_cache", False):
+        config.use_cache = False
     try:
         exported = torch.export.export(model, inputs)
     except Exception as exc:  # export raises many types (UserError, GuardOnDataDependentSymNode, ...)

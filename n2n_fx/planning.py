@@ -336,10 +336,12 @@ def format_plan(plan: Plan) -> str:
 
 
 def summary_line(plan: Plan) -> str:
-    """One line that makes lost coverage visible: spaces widened of total, frozen by reason code."""
+    """One line that makes lost coverage visible: spaces widened of total, frozen by reason code,
+    and the front end that traced the model."""
     widened = sum(p.new_width > p.width for p in plan.spaces)
     codes = Counter(p.reasons[0].code for p in plan.spaces if p.reasons)
     frozen = ", ".join(f"{code} {n}" for code, n in sorted(codes.items(), key=lambda kv: (-kv[1], kv[0])))
     kept = len(plan.spaces) - widened - sum(codes.values())
+    used = plan.analysis.gm.meta.get("n2n_frontend", "fx")
     return (f"{widened} of {len(plan.spaces)} spaces widened" + (f", {kept} open but kept" if kept else "")
-            + (f"; frozen: {frozen}" if frozen else "; none frozen"))
+            + (f"; frozen: {frozen}" if frozen else "; none frozen") + f" (traced with {used})")

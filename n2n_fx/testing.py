@@ -223,6 +223,9 @@ def _state(value: Any, depth: int = 0, values: bool = True) -> Any:
         return (type(value).__name__, id(value), tuple(_state(v, depth + 1, values) for v in items))
     if isinstance(value, (int, float, str, bool, type(None), torch.dtype, torch.device)):
         return value
+    if not isinstance(value, (nn.Module, type)) and not callable(value) and hasattr(value, "__dict__"):
+        # plain objects (a Hugging Face config, a settings holder): by their attributes too
+        return (type(value).__name__, id(value), _state(vars(value), depth + 1, values))
     return (type(value).__name__, id(value))
 
 

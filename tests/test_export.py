@@ -39,7 +39,8 @@ def test_a_model_that_only_exports_widens_and_deepens() -> None:
     model.bn.running_mean.uniform_(-0.5, 0.5)
     model.bn.running_var.uniform_(0.5, 2.0)
     with pytest.raises(n2n_fx.TraceFailure):
-        n2n_fx.plan(model, x)
+        n2n_fx.plan(model, x, frontend="fx")
+    assert n2n_fx.plan(model, x).analysis.gm.meta["n2n_frontend"] == "export"  # auto: fx fails, export traces
     plan = n2n_fx.plan(model, x, factor=2.0, frontend="export")
     assert [p.new_width for p in plan.spaces] == [12, 4]  # conv widened, logits fixed
     assert_preserved(model, n2n_fx.widen(model, x, factor=1.5, frontend="export"), x)
