@@ -49,10 +49,10 @@ class Rewrite:
     """A literal in the student's graph that depends on widths (view sizes, split sizes, groups)."""
 
     node: str
-    what: str  # "view_shape" | "split_sizes" | "groups" | "normalized_shape" | "arg"
+    what: str  # "view_shape" | "split_sizes" | "groups" | "normalized_shape" | "arg" | "whole_slice" | "whole_axis"
     layouts: tuple[Layout, ...]
     dim: int = 0  # split: the axis; arg: the argument's position
-    arg: str = ""  # arg: the argument's name (when passed by keyword)
+    arg: str = ""  # arg: the argument's name (when passed by keyword); whole_slice: index positions
 
 
 @dataclass
@@ -171,6 +171,8 @@ class Inference:
         self._tensor_names: dict[int, str] = {}
         self.ops: dict[str, str] = {}
         self.node: torch.fx.Node | None = None
+        self._roled: set[ParamAxis] = set()  # parameter axes the current call gave a role
+        self.reads: dict[ParamAxis, str] = {}  # parameter axis -> first node that read it without a role
 
     # ------------------------------------------------------------------ helpers
     def reason(self, code: str, detail: str = "") -> Reason:
@@ -221,6 +223,7 @@ class Inference:
         if not isinstance(val, Val) or val.param_axes is None or val.param_axes[axis] is None:
             return False
         self.roles.setdefault(val.param_axes[axis], set()).add(role)
+        self._roled.add(val.param_axes[axis])
         return True
 
     def value(self, arg: Any) -> Any:
@@ -294,7 +297,15 @@ class Inference:
                 self.freeze_all(tainted, self.reason("size_used", "a width-dependent size feeds a computation"))
         if spec.kind == "stop":
             return self.stop(args, kwargs, self.reason("unsupported_op", spec.reason))
-        return getattr(self, f"rule_{spec.kind}")(spec, bound)
+        self._roled = set()
+        out = getattr(self, f"rule_{spec.kind}")(spec, bound)
+        if spec.kind not in ("permute", "shape_query"):  # these move axes or read sizes, not values
+            for v in _walk(bound):
+                if isinstance(v, Val) and v.param_axes:
+                    for key in v.param_axes:
+                        if key is not None and key not in self._roled:
+                            self.reads.setdefault(key, node.name)
+        return out
 
     def bind_module(self, node: torch.fx.Node, spec: OpSpec, args: tuple, kwargs: dict) -> dict[str, Any]:
         mod = self.gm.get_submodule(node.target)
@@ -319,6 +330,13 @@ class Inference:
                 for atom in S.atoms_of(self.param_layouts[key]):
                     S.freeze(atom, Reason("param_role_conflict", key[0], "parameter",
                                           f"axis {key[1]} is both copied and contracted (tied weights)"))
+        for key, reader in self.reads.items():
+            # a contracted axis holds divided (or split) columns on the student: any other read of
+            # its values (a reduction, a norm, an indexing, a view) sees numbers the teacher never had
+            if self.roles.get(key, set()) & {"contract", "grouped"}:
+                for atom in S.atoms_of(self.param_layouts[key]):
+                    S.freeze(atom, Reason("param_read", reader, "parameter",
+                                          f"{key[0]} axis {key[1]} is contracted and also read by {reader}"))
 
     def _check_ties(self) -> None:
         for group in self.ties:
@@ -774,18 +792,28 @@ class Inference:
                 not isinstance(i, (int, slice, type(None), type(Ellipsis))) for i in idx):
             return self.stop(a, {}, self.reason("unsupported_op", "advanced or dynamic indexing"))
         n_real = sum(1 for i in idx if isinstance(i, (int, slice)))
+        pos = list(range(len(idx)))  # each item's position in the index as written (None: filled in)
         if Ellipsis in idx:
             e = idx.index(Ellipsis)
-            idx = idx[:e] + (slice(None),) * (x.ndim - n_real) + idx[e + 1:]
-        idx = idx + (slice(None),) * (x.ndim - sum(1 for i in idx if isinstance(i, (int, slice))))
+            fill = x.ndim - n_real
+            idx = idx[:e] + (slice(None),) * fill + idx[e + 1:]
+            pos = pos[:e] + [None] * fill + pos[e + 1:]
+        pad = x.ndim - sum(1 for i in idx if isinstance(i, (int, slice)))
+        idx, pos = idx + (slice(None),) * pad, pos + [None] * pad
         shape = tuple(int(d) for d in meta.shape)
-        layouts, k = [], 0
-        for i in idx:
+        layouts, k, whole = [], 0, []
+        for i, p in zip(idx, pos):
             if i is None:
                 layouts.append(S.fixed(1))
                 continue
             lay = x.layouts[k]
             full = isinstance(i, slice) and i == slice(None)
+            if not full and isinstance(i, slice) and S.is_spaced(lay) and p is not None \
+                    and shape[len(layouts)] == x.shape[k] and i.step in (None, 1):
+                # a literal slice that keeps the whole axis (h[:, :C]) is the identity on the space;
+                # the student writes it as `:` so the bound follows the new width
+                whole.append(p)
+                full = True
             if full:
                 layouts.append(lay)
             else:
@@ -794,6 +822,8 @@ class Inference:
                 if isinstance(i, slice):
                     layouts.append(S.fixed(shape[len(layouts)]))
             k += 1
+        if whole:
+            self.rewrites.append(Rewrite(self.node.name, "whole_slice", (), 0, ",".join(map(str, whole))))
         return Val(shape, tuple(layouts))
 
     def _index_axis(self, a: dict[str, Any]) -> Any:
@@ -808,6 +838,11 @@ class Inference:
         whole = not dropped and shape[dim] == x.shape[dim]
         if S.is_spaced(x.layouts[dim]) and not whole:
             self.freeze_all(Val((1,), (x.layouts[dim],)), self.reason("index_on_space", f"indexing axis {dim}"))
+        elif S.is_spaced(x.layouts[dim]) and a.get("step", 1) in (None, 1):
+            # narrow(h, d, 0, C) / slice(h, d, 0, C) over the whole axis: start and end follow the width
+            self.rewrites.append(Rewrite(self.node.name, "whole_axis", (x.layouts[dim],), a["dim"]))
+        elif S.is_spaced(x.layouts[dim]):
+            self.freeze_all(Val((1,), (x.layouts[dim],)), self.reason("index_on_space", f"strided slice of axis {dim}"))
         layouts = list(x.layouts)
         if dropped:
             del layouts[dim]
