@@ -173,6 +173,7 @@ class Inference:
         self.node: torch.fx.Node | None = None
         self._roled: set[ParamAxis] = set()  # parameter axes the current call gave a role
         self.reads: dict[ParamAxis, str] = {}  # parameter axis -> first node that read it without a role
+        self.sizes: list[tuple[Layout, Scalar, Reason]] = []  # computed view sizes of spaced axes
 
     # ------------------------------------------------------------------ helpers
     def reason(self, code: str, detail: str = "") -> Reason:
@@ -251,6 +252,7 @@ class Inference:
             else:
                 self.vals[node.name] = self.call(node)
         self.node = None
+        self._check_sizes()
         self._check_roles()
         self._check_ties()
         while self._check_uniform() | self._check_links():
@@ -323,6 +325,15 @@ class Inference:
     def stop(self, args: Any, kwargs: Any, reason: Reason) -> Any:
         self.freeze_all((args, kwargs), reason)
         return self.from_meta(self.out_meta())
+
+    def _check_sizes(self) -> None:
+        """A size read at run time may size a view's spaced axis only if it tracks that very space."""
+        for lay, arg, why in self.sizes:
+            need = {S.find(t) for t in S.atoms_of(lay)}
+            have = {S.find(leaf) for t in arg.taint for leaf in S.leaves(t)}
+            if not need <= have:  # the computed size follows other spaces: hold both
+                self.freeze_all(Val((1,), (lay,)), why)
+                self.freeze_all(arg, why)
 
     def _check_roles(self) -> None:
         for key, roles in self.roles.items():
@@ -464,6 +475,13 @@ class Inference:
             return self.stop(a, {}, self.reason("unsupported_op", "unexpected operands for a channelwise op"))
         ch = _norm_dim(spec.channel_axis or 1, x.ndim)
         shape = tuple(int(d) for d in meta.shape)
+        if "pad" in spec.options:  # F.pad: (left, right) per trailing dim, last dim first
+            pad = a.get(spec.options["pad"])
+            if not isinstance(pad, (list, tuple)) or not all(isinstance(p, int) for p in pad):
+                return self.stop(a, {}, self.reason("unsupported_op", "pad sizes are computed"))
+            if ch >= x.ndim - len(pad) // 2:  # the pad reaches the channel axis: its units are not one space
+                self.freeze_all(x, self.reason("padded", "the pad reaches the channel axis"))
+                return Val(shape, tuple(S.fixed(d) for d in shape))
         layouts = []
         for k in range(x.ndim):
             if k == ch:
@@ -525,7 +543,9 @@ class Inference:
         if not isinstance(x, Val) or not isinstance(meta, TensorMetadata):
             return self.stop(a, {}, self.reason("unsupported_op", "expand of a non-tensor"))
         shape = tuple(int(d) for d in meta.shape)
-        layouts = self.broadcast([x], shape, self.reason("fixed_coupling", "expand"))
+        other = a.get("other")  # expand_as: the student expands to `other`'s new shape, so axes align
+        tensors = [x, other] if isinstance(other, Val) else [x]
+        layouts = self.broadcast(tensors, shape, self.reason("fixed_coupling", "expand"))
         if any(isinstance(d, int) and d != -1 for d in a.get("size", ())):
             self.rewrites.append(Rewrite(self.node.name, "view_shape", layouts))  # literal sizes follow
         return Val(shape, layouts)
@@ -862,12 +882,9 @@ class Inference:
             sizes = a["shape"]
             for k, (arg, lay) in enumerate(zip(sizes, layouts)):
                 if isinstance(arg, Scalar) and S.is_spaced(lay):
-                    need = {S.find(t) for t in S.atoms_of(lay)}
-                    have = {S.find(leaf) for t in arg.taint for leaf in S.leaves(t)}
-                    if not need <= have:  # the computed size follows other spaces: hold both
-                        why = self.reason("untracked_size", f"size argument {k} is computed from another space")
-                        self.freeze_all(Val((1,), (lay,)), why)
-                        self.freeze_all(arg, why)
+                    # checked once the graph is read: SENet's y.view(b, c, 1, 1) sizes a space that a
+                    # later `x * y` makes the very space `c` was read from
+                    self.sizes.append((lay, arg, self.reason("untracked_size", f"size argument {k} is computed from another space")))
                 elif isinstance(arg, Scalar) and arg.taint:
                     # a fixed dim whose size is computed from a width: it would change on the student
                     self.freeze_all(arg, self.reason("size_used", f"size argument {k} depends on a width"))
@@ -904,7 +921,9 @@ class Inference:
                     self.uniform.append((self.node.name, lay))
                 elif S.is_spaced(lay) and over != "any":
                     self.freeze_all(Val((1,), (lay,)), self.reason("reduced_over", f"reduction over axis {k}"))
-                if keep:
+                if spec.options.get("shape") == "kept":  # softmax: normalised over dim, not reduced
+                    layouts.append(S.fixed(x.shape[k]))
+                elif keep:
                     layouts.append(S.fixed(1))
             else:
                 layouts.append(x.layouts[k])

@@ -225,3 +225,111 @@ def test_deepen_after_a_7d_value_with_last_axis_features_is_exact(block):
 def test_deepen_after_a_6d_channels_first_value_is_a_typed_error(block):
     with pytest.raises(n2n_fx.DeepenError, match="6-D"):
         n2n_fx.deepen(SixDChannels().double(), _x(), after=["add"], block=block)
+
+
+class PerChannel(nn.Module):
+    """Ops over the spatial dims only (or casts): the channel space c1 must widen through them."""
+
+    def __init__(self, op: str) -> None:
+        super().__init__()
+        self.c1, self.c2, self.op = nn.Conv2d(3, 4, 3), nn.Conv2d(4, 5, 3), op
+        self.up, self.zero_pad, self.softmax = nn.Upsample(scale_factor=2), nn.ZeroPad2d(1), nn.Softmax(dim=2)
+        self.refl = nn.ReflectionPad2d((1, 0, 2, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, op = torch.relu(self.c1(x)), self.op
+        if op == "interpolate_bilinear":
+            h = F.interpolate(h, scale_factor=2, mode="bilinear", align_corners=False)
+        elif op == "interpolate_nearest_size":
+            h = F.interpolate(h, size=(5, 7))
+        elif op == "upsample":
+            h = self.up(h)
+        elif op == "pad":
+            h = F.pad(h, (1, 1, 2, 0))
+        elif op == "pad_reflect":
+            h = F.pad(h, (1, 1, 1, 1), mode="reflect")
+        elif op == "zero_pad_module":
+            h = self.zero_pad(h)
+        elif op == "reflection_pad_module":
+            h = self.refl(h)
+        elif op == "to_dtype":
+            h = h.to(torch.float32).to(torch.float64)
+        elif op == "type_as":
+            h = h.float().type_as(x)
+        elif op == "log_softmax_positions":
+            h = F.log_softmax(h.flatten(2), -1).view(h.shape)
+        elif op == "softmax_module":
+            h = self.softmax(h)
+        return self.c2(h)
+
+
+PER_CHANNEL = ["interpolate_bilinear", "interpolate_nearest_size", "upsample", "pad", "pad_reflect",
+               "zero_pad_module", "reflection_pad_module", "to_dtype", "type_as", "log_softmax_positions",
+               "softmax_module"]
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("frontend", ["fx", "export"])
+@pytest.mark.parametrize("op", PER_CHANNEL)
+def test_per_channel_ops_widen_the_channel_space(op, frontend, batch):
+    plan, student = widen_exact(PerChannel(op), _x(batch), frontend)
+    assert by_name(plan)["c1"].frozen is None, by_name(plan)["c1"].reasons
+    assert student.c2.weight.shape[1] == 8
+
+
+class OverChannels(nn.Module):
+    def __init__(self, op: str) -> None:
+        super().__init__()
+        self.c1, self.c2, self.op = nn.Conv2d(3, 4, 3), nn.Conv2d(5, 5, 3), op
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.c1(x))
+        if self.op == "pad_channels":
+            return self.c2(F.pad(h, (0, 0, 0, 0, 0, 1)))  # one zero channel appended: touches the space
+        return self.c2(torch.cat([h.softmax(1), h[:, :1]], 1))  # softmax over the space
+
+
+@pytest.mark.parametrize("frontend", ["fx", "export"])
+@pytest.mark.parametrize("op, code", [("pad_channels", "padded"), ("softmax_channels", "reduced_over")])
+def test_pad_or_softmax_over_the_channel_space_freezes_it(op, code, frontend):
+    plan, _ = widen_exact(OverChannels(op), _x(), frontend)
+    assert code in [r.code for r in by_name(plan)["c1"].reasons]
+
+
+class SqueezeExcite(nn.Module):
+    def __init__(self, expand_as: bool) -> None:
+        super().__init__()
+        self.c0, self.pool, self.head = nn.Conv2d(3, 8, 1), nn.AdaptiveAvgPool2d(1), nn.Conv2d(8, 5, 1)
+        self.fc = nn.Sequential(nn.Linear(8, 4), nn.ReLU(), nn.Linear(4, 8), nn.Sigmoid())
+        self.expand_as = expand_as
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.c0(x)
+        b, c, _, _ = x.size()
+        y = self.fc(self.pool(x).view(b, c)).view(b, c, 1, 1)
+        return self.head(x * (y.expand_as(x) if self.expand_as else y))
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("frontend", ["fx", "export"])
+@pytest.mark.parametrize("expand_as", [False, True])
+def test_senet_view_with_sizes_read_at_run_time_widens(expand_as, frontend, batch):
+    plan, student = widen_exact(SqueezeExcite(expand_as), _x(batch), frontend)
+    spaces = by_name(plan)
+    assert spaces["c0"].frozen is None and spaces["fc.0"].frozen is None
+    assert student.c0.weight.shape[0] == 16 and student.get_submodule("fc.0").weight.shape == (8, 16)
+
+
+class SizeOfAnotherSpace(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.head = nn.Conv2d(3, 4, 1), nn.Conv2d(3, 4, 1), nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.a(x).size(1)
+        return self.head(self.b(x).mean((2, 3)).view(-1, c))  # b's width sized by a's: held
+
+
+def test_a_size_read_from_another_space_still_freezes_both():
+    plan, _ = widen_exact(SizeOfAnotherSpace(), _x())
+    assert by_name(plan)["b"].reasons[0].code == "untracked_size"
