@@ -9,6 +9,8 @@
 from __future__ import annotations
 
 import copy
+import functools
+import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -36,6 +38,42 @@ from .verification import Report, verify
 from .wider import Net2WiderNet
 
 __version__ = "0.1.0"
+
+
+def _none_defaults(model: torch.nn.Module, inputs: tuple) -> list[str]:
+    """forward arguments past the example inputs that default to None (an optional mask)."""
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):
+        return []
+    return [p.name for p in params[len(inputs):]
+            if p.default is None and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+
+
+def _explain_optional_args(fn: Any) -> Any:
+    """symbolic_trace makes every forward argument a placeholder, so `if mask is not None:` is traced
+    as taken and the graph then fails on the default None: say so, with a fix widen accepts."""
+    @functools.wraps(fn)
+    def traced(model: torch.nn.Module, example_inputs: Any, **kw: Any) -> torch.fx.GraphModule:
+        try:
+            return fn(model, example_inputs, **kw)
+        except TraceFailure:
+            raise
+        except N2NError as exc:
+            missing = _none_defaults(model, as_inputs(example_inputs)) \
+                if kw.get("frontend", "fx") == "fx" and exc.op == "forward" else []
+            if not missing:
+                raise
+            raise TraceFailure(
+                f"forward argument(s) {missing} default to None, but symbolic_trace traces every argument as a "
+                f"tensor, so branches such as `if {missing[0]} is not None:` are traced as taken and the graph "
+                f"fails on the default", op="symbolic_trace",
+                fix="use frontend='export' (it specialises the default None), or pass the argument in "
+                    "example_inputs") from exc
+    return traced
+
+
+trace = _explain_optional_args(trace)
 
 
 def plan(model: torch.nn.Module, example_inputs: Any, *, factor: float | None = None,

@@ -118,9 +118,12 @@ def trace(model: torch.nn.Module, example_inputs: Any, *, leaf_modules: Sequence
                 f"torch.fx.symbolic_trace failed on {type(model).__name__}: {exc}."
                 + (f" Offending line: {where}." if where else ""),
                 node=None, op="symbolic_trace",
-                fix="data-dependent Python control flow cannot be traced: pass concrete_args={...} to fix "
-                    "the branch, or leaf_modules=[TheModuleClass] to keep that module opaque (its spaces "
-                    "are then frozen)") from exc
+                fix=("in-place item assignment (h[:, 0] = 0) is not traceable by symbolic_trace: use "
+                     "frontend='export', or write it out of place (torch.where, masked_fill)"
+                     if "item assignment" in str(exc) else
+                     "data-dependent Python control flow cannot be traced: use frontend='export', or "
+                     "leaf_modules=[TheModuleClass] to keep that module opaque (its spaces are then frozen); "
+                     "n2n_fx.trace(..., concrete_args={...}) can also fix a branch")) from exc
         gm = _copy(gm, share_tensors)
     propagate_shapes(gm, inputs)
     return gm
@@ -134,7 +137,7 @@ def _export(model: torch.nn.Module, inputs: tuple) -> torch.fx.GraphModule:
         raise TraceFailure(f"torch.export failed on {type(model).__name__}: {str(exc).splitlines()[0]}",
                            node=None, op="torch.export",
                            fix="make the forward exportable (torch.export's error names the line), or use "
-                               "frontend='fx' with concrete_args") from exc
+                               "frontend='fx' (leaf_modules=[...] keeps an untraceable module opaque)") from exc
     return exported.module()
 
 

@@ -333,3 +333,48 @@ class SizeOfAnotherSpace(nn.Module):
 def test_a_size_read_from_another_space_still_freezes_both():
     plan, _ = widen_exact(SizeOfAnotherSpace(), _x())
     assert by_name(plan)["b"].reasons[0].code == "untracked_size"
+
+
+class OptionalMask(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.c, self.d = nn.Conv2d(3, 4, 1), nn.Conv2d(4, 4, 1)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.c(x)
+        if mask is not None:
+            h = h * mask
+        return self.d(h)
+
+
+class ItemAssignment(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.c, self.d = nn.Conv2d(3, 4, 1), nn.Conv2d(4, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.c(x)
+        h[:, 0] = 0
+        return self.d(h)
+
+
+def test_optional_none_argument_is_named_with_a_fix_that_works():
+    with pytest.raises(n2n_fx.TraceFailure) as info:
+        n2n_fx.widen(OptionalMask().double(), _x(), factor=2)
+    text = str(info.value)
+    assert "'mask'" in text and "default to None" in text and "frontend='export'" in text
+    assert "does not run on the example inputs" not in text
+    model = OptionalMask().double().eval()  # the fix the message gives works
+    assert n2n_fx.verify(model, n2n_fx.widen(model, _x(), factor=2, frontend="export"), _x()).ok
+
+
+def test_item_assignment_is_not_called_control_flow():
+    with pytest.raises(n2n_fx.TraceFailure) as info:
+        n2n_fx.plan(ItemAssignment().double(), _x())
+    text = str(info.value)
+    assert "item assignment" in text and "frontend='export'" in text
+    assert "control flow" not in text and "concrete_args" not in text
+    model = ItemAssignment().double().eval()
+    plan = n2n_fx.plan(model, _x(), frontend="export")
+    assert by_name(plan)["c"].reasons[0].code == "index_on_space"  # h[:, 0] = 0 writes one channel
+    assert n2n_fx.verify(model, n2n_fx.widen(model, _x(), factor=2, frontend="export"), _x()).ok
