@@ -98,8 +98,10 @@ def undo_batch_norm(value: torch.Tensor, axis: int, spatial: int, mode: str, eps
 def _channels_first(shape: tuple[int, ...], val: Any) -> bool:
     """Features on axis 1 (N, C, ...) rather than on the last axis: 4-D and up, or a 3-D value
     whose space sits on axis 1 (Conv1d maps)."""
-    return len(shape) >= 4 or (len(shape) == 3 and val is not None
-                               and S.is_spaced(val.layouts[1]) and not S.is_spaced(val.layouts[2]))
+    axis1 = val is not None and S.is_spaced(val.layouts[1]) and not S.is_spaced(val.layouts[-1])
+    if len(shape) > 5:  # no ConvNd for 4+ spatial dims: channels-first only where the space says so
+        return axis1
+    return len(shape) >= 4 or (len(shape) == 3 and axis1)
 
 
 def _find_node(gm: torch.fx.GraphModule, name: str) -> torch.fx.Node:
@@ -199,12 +201,15 @@ class Net2DeeperNet(PassBase):
         conv_like = _channels_first(shape, val)
         axis = 1 if conv_like else len(shape) - 1
         layers: list[tuple[str, nn.Module]] = []
+        if conv_like and len(shape) - 2 not in _CONVS:
+            raise DeepenError(f"a {len(shape)}-D value with features on axis 1 has no identity conv (Conv1d-3d only)",
+                              node=node.name, op="deepen", fix="deepen after a layer whose output has at most 3 spatial dims")
         if conv_like:
             layers.append(("layer", identity_conv(shape[1], len(shape) - 2, self.kernel_size, dtype)))
         else:
             layers.append(("layer", identity_linear(shape[-1], dtype)))
         if self.batch_norm:
-            if not conv_like and len(shape) == 3:
+            if not conv_like and len(shape) >= 3:
                 raise DeepenError("BatchNorm1d normalises axis 1, but these features are on the last axis",
                                   node=node.name, op="deepen", fix="pass batch_norm=False here")
             assert value is not None
@@ -252,6 +257,9 @@ class Net2DeeperNet(PassBase):
         if gated and conv_like:
             raise DeepenError("a gated post-LN block normalises the last axis, but these features are channels-first",
                               node=node.name, op="deepen", fix="use block='residual' on feature maps")
+        if conv_like and len(shape) - 2 not in _CONVS:
+            raise DeepenError(f"a {len(shape)}-D value with features on axis 1 has no 1x1 conv (Conv1d-3d only)",
+                              node=node.name, op="deepen", fix="deepen after a layer whose output has at most 3 spatial dims")
         features = shape[1] if conv_like else shape[-1]
         hidden = self.hidden or features
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + len(node.name))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 import io
 import os
 import traceback
@@ -208,8 +209,8 @@ def trace(model: torch.nn.Module, example_inputs: Any, *, leaf_modules: Sequence
     elif frontend == "auto" and not isinstance(model, torch.fx.GraphModule) and not leaf_modules \
             and concrete_args is None:
         try:
-            gm, used = _symbolic_trace(private, leaf_modules, concrete_args), "fx"
-        except TraceFailure as fx_failure:
+            return _fx(private, model, inputs, leaf_modules, concrete_args)
+        except (TraceFailure, _OptionalArgs) as fx_failure:  # e.g. Hugging Face models: export traces them
             private = _copy(model, share_tensors)  # the failed trace may have written into the copy
             _set_training(private, mode == "train")
             try:
@@ -218,7 +219,47 @@ def trace(model: torch.nn.Module, example_inputs: Any, *, leaf_modules: Sequence
                 raise TraceFailure(f"{fx_failure.message} torch.export failed too: {export_failure.message}",
                                    op="symbolic_trace, torch.export", fix=fx_failure.fix) from fx_failure
     else:
-        gm, used = _symbolic_trace(private, leaf_modules, concrete_args), "fx"
+        try:
+            return _fx(private, model, inputs, leaf_modules, concrete_args)
+        except _OptionalArgs as exc:
+            raise TraceFailure(exc.message, op=exc.op, fix=exc.fix) from exc.__cause__
+    return _finish(gm, model, inputs, used)
+
+
+class _OptionalArgs(TraceFailure):
+    """fx traced a graph that cannot run: forward arguments defaulting to None were traced as tensors."""
+
+
+def _fx(private: torch.nn.Module, model: torch.nn.Module, inputs: tuple, leaf_modules: Sequence[type],
+        concrete_args: dict[str, Any] | None) -> torch.fx.GraphModule:
+    gm = _symbolic_trace(private, leaf_modules, concrete_args)
+    try:
+        return _finish(gm, model, inputs, "fx")
+    except N2NError as exc:
+        missing = _none_defaults(model, inputs)
+        if exc.op != "forward" or not missing:
+            raise
+        raise _OptionalArgs(
+            f"forward argument(s) {missing} default to None, but symbolic_trace traces every argument as a "
+            f"tensor, so branches such as `if {missing[0]} is not None:` are traced as taken and the graph "
+            f"fails on the default", op="symbolic_trace",
+            fix="use frontend='export' (it specialises the default None), or pass the argument in "
+                "example_inputs") from exc
+
+
+def _none_defaults(model: torch.nn.Module, inputs: tuple) -> list[str]:
+    """forward arguments past the example inputs that default to None (an optional mask)."""
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):
+        return []
+    return [p.name for p in params[len(inputs):]
+            if p.default is None and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+
+
+def _finish(gm: torch.fx.GraphModule, model: torch.nn.Module, inputs: tuple, used: str) -> torch.fx.GraphModule:
+    """The traced graph as the student's starting point: front end recorded, the teacher's
+    training flags, state_dict keys as the teacher's, shapes on every node."""
     gm.meta["n2n_frontend"] = used
     _restore_flags(gm, model)
     _nonpersistent_extras(gm, model)
@@ -240,9 +281,12 @@ def _symbolic_trace(model: torch.nn.Module, leaf_modules: Sequence[type],
             f"torch.fx.symbolic_trace failed on {type(model).__name__}: {exc}."
             + (f" Offending line: {where}." if where else ""),
             node=None, op="symbolic_trace",
-            fix="data-dependent Python control flow cannot be traced: pass concrete_args={...} to fix "
-                "the branch, or leaf_modules=[TheModuleClass] to keep that module opaque (its spaces "
-                "are then frozen)") from exc
+            fix=("in-place item assignment (h[:, 0] = 0) is not traceable by symbolic_trace: use "
+                 "frontend='export', or write it out of place (torch.where, masked_fill)"
+                 if "item assignment" in str(exc) else
+                 "data-dependent Python control flow cannot be traced: use frontend='export', or "
+                 "leaf_modules=[TheModuleClass] to keep that module opaque (its spaces are then frozen); "
+                 "n2n_fx.trace(..., concrete_args={...}) can also fix a branch")) from exc
 
 
 def _export(model: torch.nn.Module, inputs: tuple) -> torch.fx.GraphModule:

@@ -49,10 +49,10 @@ class Rewrite:
     """A literal in the student's graph that depends on widths (view sizes, split sizes, groups)."""
 
     node: str
-    what: str  # "view_shape" | "split_sizes" | "groups" | "normalized_shape" | "arg"
+    what: str  # "view_shape" | "split_sizes" | "groups" | "normalized_shape" | "arg" | "whole_slice" | "whole_axis"
     layouts: tuple[Layout, ...]
     dim: int = 0  # split: the axis; arg: the argument's position
-    arg: str = ""  # arg: the argument's name (when passed by keyword)
+    arg: str = ""  # arg: the argument's name (when passed by keyword); whole_slice: index positions
 
 
 @dataclass
@@ -171,6 +171,9 @@ class Inference:
         self._tensor_names: dict[int, str] = {}
         self.ops: dict[str, str] = {}
         self.node: torch.fx.Node | None = None
+        self._roled: set[ParamAxis] = set()  # parameter axes the current call gave a role
+        self.reads: dict[ParamAxis, str] = {}  # parameter axis -> first node that read it without a role
+        self.sizes: list[tuple[Layout, Scalar, Reason]] = []  # computed view sizes of spaced axes
 
     # ------------------------------------------------------------------ helpers
     def reason(self, code: str, detail: str = "") -> Reason:
@@ -221,6 +224,7 @@ class Inference:
         if not isinstance(val, Val) or val.param_axes is None or val.param_axes[axis] is None:
             return False
         self.roles.setdefault(val.param_axes[axis], set()).add(role)
+        self._roled.add(val.param_axes[axis])
         return True
 
     def value(self, arg: Any) -> Any:
@@ -248,6 +252,7 @@ class Inference:
             else:
                 self.vals[node.name] = self.call(node)
         self.node = None
+        self._check_sizes()
         self._check_roles()
         self._check_ties()
         while self._check_uniform() | self._check_links():
@@ -294,7 +299,15 @@ class Inference:
                 self.freeze_all(tainted, self.reason("size_used", "a width-dependent size feeds a computation"))
         if spec.kind == "stop":
             return self.stop(args, kwargs, self.reason("unsupported_op", spec.reason))
-        return getattr(self, f"rule_{spec.kind}")(spec, bound)
+        self._roled = set()
+        out = getattr(self, f"rule_{spec.kind}")(spec, bound)
+        if spec.kind not in ("permute", "shape_query"):  # these move axes or read sizes, not values
+            for v in _walk(bound):
+                if isinstance(v, Val) and v.param_axes:
+                    for key in v.param_axes:
+                        if key is not None and key not in self._roled:
+                            self.reads.setdefault(key, node.name)
+        return out
 
     def bind_module(self, node: torch.fx.Node, spec: OpSpec, args: tuple, kwargs: dict) -> dict[str, Any]:
         mod = self.gm.get_submodule(node.target)
@@ -313,12 +326,28 @@ class Inference:
         self.freeze_all((args, kwargs), reason)
         return self.from_meta(self.out_meta())
 
+    def _check_sizes(self) -> None:
+        """A size read at run time may size a view's spaced axis only if it tracks that very space."""
+        for lay, arg, why in self.sizes:
+            need = {S.find(t) for t in S.atoms_of(lay)}
+            have = {S.find(leaf) for t in arg.taint for leaf in S.leaves(t)}
+            if not need <= have:  # the computed size follows other spaces: hold both
+                self.freeze_all(Val((1,), (lay,)), why)
+                self.freeze_all(arg, why)
+
     def _check_roles(self) -> None:
         for key, roles in self.roles.items():
             if "contract" in roles and roles & {"out", "carry"}:
                 for atom in S.atoms_of(self.param_layouts[key]):
                     S.freeze(atom, Reason("param_role_conflict", key[0], "parameter",
                                           f"axis {key[1]} is both copied and contracted (tied weights)"))
+        for key, reader in self.reads.items():
+            # a contracted axis holds divided (or split) columns on the student: any other read of
+            # its values (a reduction, a norm, an indexing, a view) sees numbers the teacher never had
+            if self.roles.get(key, set()) & {"contract", "grouped"}:
+                for atom in S.atoms_of(self.param_layouts[key]):
+                    S.freeze(atom, Reason("param_read", reader, "parameter",
+                                          f"{key[0]} axis {key[1]} is contracted and also read by {reader}"))
 
     def _check_ties(self) -> None:
         for group in self.ties:
@@ -446,6 +475,13 @@ class Inference:
             return self.stop(a, {}, self.reason("unsupported_op", "unexpected operands for a channelwise op"))
         ch = _norm_dim(spec.channel_axis or 1, x.ndim)
         shape = tuple(int(d) for d in meta.shape)
+        if "pad" in spec.options:  # F.pad: (left, right) per trailing dim, last dim first
+            pad = a.get(spec.options["pad"])
+            if not isinstance(pad, (list, tuple)) or not all(isinstance(p, int) for p in pad):
+                return self.stop(a, {}, self.reason("unsupported_op", "pad sizes are computed"))
+            if ch >= x.ndim - len(pad) // 2:  # the pad reaches the channel axis: its units are not one space
+                self.freeze_all(x, self.reason("padded", "the pad reaches the channel axis"))
+                return Val(shape, tuple(S.fixed(d) for d in shape))
         layouts = []
         for k in range(x.ndim):
             if k == ch:
@@ -507,7 +543,9 @@ class Inference:
         if not isinstance(x, Val) or not isinstance(meta, TensorMetadata):
             return self.stop(a, {}, self.reason("unsupported_op", "expand of a non-tensor"))
         shape = tuple(int(d) for d in meta.shape)
-        layouts = self.broadcast([x], shape, self.reason("fixed_coupling", "expand"))
+        other = a.get("other")  # expand_as: the student expands to `other`'s new shape, so axes align
+        tensors = [x, other] if isinstance(other, Val) else [x]
+        layouts = self.broadcast(tensors, shape, self.reason("fixed_coupling", "expand"))
         if any(isinstance(d, int) and d != -1 for d in a.get("size", ())):
             self.rewrites.append(Rewrite(self.node.name, "view_shape", layouts))  # literal sizes follow
         return Val(shape, layouts)
@@ -774,18 +812,28 @@ class Inference:
                 not isinstance(i, (int, slice, type(None), type(Ellipsis))) for i in idx):
             return self.stop(a, {}, self.reason("unsupported_op", "advanced or dynamic indexing"))
         n_real = sum(1 for i in idx if isinstance(i, (int, slice)))
+        pos = list(range(len(idx)))  # each item's position in the index as written (None: filled in)
         if Ellipsis in idx:
             e = idx.index(Ellipsis)
-            idx = idx[:e] + (slice(None),) * (x.ndim - n_real) + idx[e + 1:]
-        idx = idx + (slice(None),) * (x.ndim - sum(1 for i in idx if isinstance(i, (int, slice))))
+            fill = x.ndim - n_real
+            idx = idx[:e] + (slice(None),) * fill + idx[e + 1:]
+            pos = pos[:e] + [None] * fill + pos[e + 1:]
+        pad = x.ndim - sum(1 for i in idx if isinstance(i, (int, slice)))
+        idx, pos = idx + (slice(None),) * pad, pos + [None] * pad
         shape = tuple(int(d) for d in meta.shape)
-        layouts, k = [], 0
-        for i in idx:
+        layouts, k, whole = [], 0, []
+        for i, p in zip(idx, pos):
             if i is None:
                 layouts.append(S.fixed(1))
                 continue
             lay = x.layouts[k]
             full = isinstance(i, slice) and i == slice(None)
+            if not full and isinstance(i, slice) and S.is_spaced(lay) and p is not None \
+                    and shape[len(layouts)] == x.shape[k] and i.step in (None, 1):
+                # a literal slice that keeps the whole axis (h[:, :C]) is the identity on the space;
+                # the student writes it as `:` so the bound follows the new width
+                whole.append(p)
+                full = True
             if full:
                 layouts.append(lay)
             else:
@@ -794,6 +842,8 @@ class Inference:
                 if isinstance(i, slice):
                     layouts.append(S.fixed(shape[len(layouts)]))
             k += 1
+        if whole:
+            self.rewrites.append(Rewrite(self.node.name, "whole_slice", (), 0, ",".join(map(str, whole))))
         return Val(shape, tuple(layouts))
 
     def _index_axis(self, a: dict[str, Any]) -> Any:
@@ -808,6 +858,11 @@ class Inference:
         whole = not dropped and shape[dim] == x.shape[dim]
         if S.is_spaced(x.layouts[dim]) and not whole:
             self.freeze_all(Val((1,), (x.layouts[dim],)), self.reason("index_on_space", f"indexing axis {dim}"))
+        elif S.is_spaced(x.layouts[dim]) and a.get("step", 1) in (None, 1):
+            # narrow(h, d, 0, C) / slice(h, d, 0, C) over the whole axis: start and end follow the width
+            self.rewrites.append(Rewrite(self.node.name, "whole_axis", (x.layouts[dim],), a["dim"]))
+        elif S.is_spaced(x.layouts[dim]):
+            self.freeze_all(Val((1,), (x.layouts[dim],)), self.reason("index_on_space", f"strided slice of axis {dim}"))
         layouts = list(x.layouts)
         if dropped:
             del layouts[dim]
@@ -827,12 +882,9 @@ class Inference:
             sizes = a["shape"]
             for k, (arg, lay) in enumerate(zip(sizes, layouts)):
                 if isinstance(arg, Scalar) and S.is_spaced(lay):
-                    need = {S.find(t) for t in S.atoms_of(lay)}
-                    have = {S.find(leaf) for t in arg.taint for leaf in S.leaves(t)}
-                    if not need <= have:  # the computed size follows other spaces: hold both
-                        why = self.reason("untracked_size", f"size argument {k} is computed from another space")
-                        self.freeze_all(Val((1,), (lay,)), why)
-                        self.freeze_all(arg, why)
+                    # checked once the graph is read: SENet's y.view(b, c, 1, 1) sizes a space that a
+                    # later `x * y` makes the very space `c` was read from
+                    self.sizes.append((lay, arg, self.reason("untracked_size", f"size argument {k} is computed from another space")))
                 elif isinstance(arg, Scalar) and arg.taint:
                     # a fixed dim whose size is computed from a width: it would change on the student
                     self.freeze_all(arg, self.reason("size_used", f"size argument {k} depends on a width"))
@@ -869,7 +921,9 @@ class Inference:
                     self.uniform.append((self.node.name, lay))
                 elif S.is_spaced(lay) and over != "any":
                     self.freeze_all(Val((1,), (lay,)), self.reason("reduced_over", f"reduction over axis {k}"))
-                if keep:
+                if spec.options.get("shape") == "kept":  # softmax: normalised over dim, not reduced
+                    layouts.append(S.fixed(x.shape[k]))
+                elif keep:
                     layouts.append(S.fixed(1))
             else:
                 layouts.append(x.layouts[k])

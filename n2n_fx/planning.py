@@ -109,10 +109,40 @@ class Plan:
                 raise FrozenSpaceError(f"space {name!r} cannot be widened: {r}", node=r.node, op=r.op,
                                        fix="widen another space; `n2n-fx explain` lists the widenable ones")
             targets[name] = q
-        self._apply_ties(targets, set(widths))
-        self._apply_uniform(targets, set(widths), factor)
+        tied = self._apply_ties(targets, set(widths))
+        self._apply_uniform(targets, set(widths) | tied, factor)  # a tie-mate of a request is asked too
         self._apply_links(targets, set(widths))
+        self._settle_ties(targets, set(widths))
         return targets
+
+    def _settle_ties(self, targets: dict[str, int], requested: set[str]) -> None:
+        """A norm on one piece of a grouped conv (k = floor(factor)) can pull that piece off the
+        width its tie group got: then the group and what is tied to it keep their widths (a
+        requested width that cannot hold is an error)."""
+        an = self.analysis
+        by_name = {sp.name: sp for sp in an.spaces}
+        for _ in range(len(an.ties) + 1):
+            reset: set[str] = set()
+            for group in an.ties:
+                names = {sp.name for lay in group for a in S.atoms_of(lay)
+                         if (sp := an.space_of(a)) is not None and not sp.frozen}
+                if len({targets[n] for n in names}) <= 1:
+                    continue
+                if names & requested:
+                    first = sorted(names)[0]
+                    raise ConstraintError(
+                        f"spaces {sorted(names)} are the groups of one grouped conv and need one width, but a "
+                        f"norm or mean on one of them allows only multiples of its width; got "
+                        f"{sorted({targets[n] for n in names})}", node=first, op="conv",
+                        fix="request one integer multiple of the current width for all of them")
+                reset |= names
+            if not reset:
+                return
+            for name in self._closure(reset):
+                targets[name] = by_name[name].width
+            self._apply_links(targets, requested)
+        raise ConstraintError("grouped conv widths did not settle", op="conv",  # pragma: no cover
+                              fix="request widths for the grouped conv's spaces explicitly")
 
     def uniform_groups(self) -> list[tuple[str, list[Space]]]:
         """(norm node, spaces) for every set of spaces that must replicate by one k (joined when
@@ -206,8 +236,10 @@ class Plan:
                     changed = True
         return out
 
-    def _apply_ties(self, targets: dict[str, int], requested: set[str]) -> None:
-        """Grouped-conv pieces must all get one width: a request for one applies to its group."""
+    def _apply_ties(self, targets: dict[str, int], requested: set[str]) -> set[str]:
+        """Grouped-conv pieces must all get one width: a request for one applies to its group
+        (returns the spaces that got a requested width that way)."""
+        tied: set[str] = set()
         for group in self.analysis.ties:
             layouts = [S.normalize(layout) for layout in group]
             if any(len(lay) != 1 or not isinstance(lay[0], Seg) or lay[0].inner != layouts[0][0].inner
@@ -225,6 +257,9 @@ class Plan:
             q = asked.pop() if asked else max(targets[n] for n in names)
             for n in names:
                 targets[n] = q
+            if set(names) & requested:
+                tied |= set(names)
+        return tied
 
     # ------------------------------------------------------------------ maps
     def leaf_map(self, leaf: S.Atom) -> tuple[torch.Tensor, int]:

@@ -129,6 +129,12 @@ class ArchNet(nn.Module):
                 self.layers[str(i)] = nn.ModuleList([nn.Linear(c, c) for _ in range(4)])
                 self.sizes[i] = [heads, c // heads]
                 chans.append(c)
+            elif op == "narrow":  # a literal slice over the whole channel axis: the student rewrites it
+                chans.append(chans[step[1]])
+            elif op == "wread":  # a 1x1 conv whose output is scaled by a reduction of its own weight
+                _, src, cout, _ = step
+                self.layers[str(i)] = nn.Conv2d(chans[src], cout, 1)
+                chans.append(cout)
             elif op == "position":  # a position table looked up by fixed ids, broadcast over the batch
                 self.layers[str(i)] = nn.Embedding(arch.size * arch.size, chans[step[1]])
                 self.register_buffer(f"ids{i}", torch.arange(arch.size * arch.size))
@@ -139,11 +145,16 @@ class ArchNet(nn.Module):
         self.cache: dict[str, torch.Tensor] = {}
         self.calls = 0
         self.out_channels = chans[-1]
+        self.chans = chans
         if arch.head == "merge":  # 2x2 patches into 4 copies of the channels, reduced back by a Linear
             self.merge = nn.Linear(4 * chans[-1], chans[-1])
         feat = chans[-1] * (arch.size * arch.size if arch.head == "flatten" else 1)
         self.fc1 = nn.Linear(feat, 5)
         self.fc2 = nn.Linear(5, arch.classes)
+
+    def sizes_of(self, k: int) -> int:
+        """The teacher's channel count of map k: a literal in the traced graph."""
+        return self.chans[k]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.arch.normalize_input:
@@ -189,6 +200,18 @@ class ArchNet(nn.Module):
                 n, c, h, w = y.shape
                 table = self.layers[str(i)](getattr(self, f"ids{i}")).t().reshape(1, -1, h, w)
                 maps.append(y + table.expand(n, -1, -1, -1))
+            elif op == "narrow":
+                y, c, how = maps[step[1]], self.sizes_of(step[1]), step[2]
+                if how == "narrow":
+                    maps.append(torch.narrow(y, 1, 0, c))
+                elif how == "slice":
+                    maps.append(y[:, :c])
+                else:
+                    maps.append(y[:, -c:])
+            elif op == "wread":  # reads the contracted (input-channel) axis: that space must freeze
+                conv = self.layers[str(i)]
+                w = conv.weight
+                maps.append(conv(maps[step[1]]) * (w.amax() if step[3] == "amax" else w.mean()))
             elif op == "shuffle":  # ShuffleNet's channel shuffle with 2 groups
                 y = maps[step[1]]
                 n, c, h, w = y.shape
@@ -283,9 +306,10 @@ def architectures(draw, max_steps: int = 8, activations: tuple[str, ...] = tuple
     """Random DAGs: convs (grouped, depthwise), BN + activation, residual add, gating mul,
     squeeze-excitation, concat, channel split, channel shuffle, pooling, channels-last LayerNorm /
     RMSNorm, multi-head self-attention over positions (nn.MultiheadAttention, or projections, a
-    heads view and F.scaled_dot_product_attention), a position-embedding table; a flatten, mean or
-    patch-merging head. Around them: forward hooks and pre-hooks on modules (elementwise, a mean
-    over channels, a channel flip), buffer normalisation of the input, a Python cache written in
+    heads view and F.scaled_dot_product_attention), a position-embedding table, literal narrows and
+    slices over the whole channel axis, a conv scaled by a reduction of its own weight; a flatten,
+    mean or patch-merging head. Around them: forward hooks and pre-hooks on modules (elementwise, a
+    mean over channels, a channel flip), buffer normalisation of the input, a Python cache written in
     forward, and teachers in train mode."""
     in_ch = draw(st.integers(1, 3))
     size = draw(st.sampled_from([2, 3, 4]))
@@ -295,7 +319,7 @@ def architectures(draw, max_steps: int = 8, activations: tuple[str, ...] = tuple
         n = len(chans)
         src = draw(st.integers(0, n - 1))
         op = draw(st.sampled_from(["conv", "conv", "bn_act", "add", "mul", "cat", "chunk", "pool", "gate", "shuffle",
-                                   "norm", "attention", "sdpa", "position"]))
+                                   "norm", "attention", "sdpa", "position", "narrow", "wread"]))
         if op == "conv":
             cin = chans[src]
             divisors = [g for g in range(1, cin + 1) if cin % g == 0]
@@ -331,6 +355,13 @@ def architectures(draw, max_steps: int = 8, activations: tuple[str, ...] = tuple
         elif op == "position":
             steps.append(("position", src))
             chans.append(chans[src])
+        elif op == "narrow":
+            steps.append(("narrow", src, draw(st.sampled_from(["narrow", "slice", "negative"]))))
+            chans.append(chans[src])
+        elif op == "wread":
+            cout = draw(st.integers(1, 4))
+            steps.append(("wread", src, cout, draw(st.sampled_from(["amax", "mean"]))))
+            chans.append(cout)
         elif op == "shuffle" and chans[src] % 2 == 0:
             steps.append(("shuffle", src))
             chans.append(chans[src])
@@ -344,6 +375,25 @@ def architectures(draw, max_steps: int = 8, activations: tuple[str, ...] = tuple
     hooks = [h for h in hooks if steps[h[0]][0] != "norm" or h[1] == "scale"]  # channels-last: axis 1 is not C
     return Arch(in_ch, size, tuple(steps), draw(st.sampled_from(heads)), hooks=tuple(hooks),
                 normalize_input=draw(st.booleans()), cache=draw(st.booleans()), train=draw(st.booleans()))
+
+
+def stale_literals(plan, student: torch.fx.GraphModule) -> list[str]:
+    """Nodes of the student whose whole-axis slice (a Rewrite of the plan) still holds a bound
+    other than the new width: the student would cut its widened tensor back."""
+    nodes = {n.name: n for n in student.graph.nodes}
+    stale = []
+    for rw in plan.analysis.rewrites:
+        node = nodes.get(rw.node)
+        if node is None or rw.what not in ("whole_axis", "whole_slice"):
+            continue
+        if rw.what == "whole_axis":
+            ok = node.args[2] == 0 and node.args[3] == plan.new_width(rw.layouts[0])
+        else:
+            index = node.args[1] if isinstance(node.args[1], tuple) else (node.args[1],)
+            ok = all(index[int(p)] == slice(None) for p in rw.arg.split(","))
+        if not ok:
+            stale.append(node.name)
+    return stale
 
 
 def _has_torchvision() -> bool:

@@ -184,6 +184,20 @@ class Net2WiderNet(PassBase):
                 else:
                     node.kwargs = {**node.kwargs, rw.arg: widths[0]}
                 changed = True
+            elif rw.what == "whole_slice":  # h[:, :C] keeping the whole axis: written as h[:, :]
+                positions = {int(p) for p in rw.arg.split(",")}
+                index = node.args[1]
+                items = list(index) if isinstance(index, tuple) else [index]
+                items = [slice(None) if k in positions else i for k, i in enumerate(items)]
+                node.args = (node.args[0], tuple(items) if isinstance(index, tuple) else items[0], *node.args[2:])
+                changed = True
+            elif rw.what == "whole_axis":  # narrow / slice over the whole axis: 0 .. the new width
+                x = node.args[0] if node.args else node.kwargs["input"]
+                if "slice" in str(node.target):
+                    node.args, node.kwargs = (x, rw.dim, 0, widths[0], 1), {}
+                else:  # narrow(input, dim, start, length)
+                    node.args, node.kwargs = (x, rw.dim, 0, widths[0]), {}
+                changed = True
             elif rw.what == "groups":
                 if len(node.args) > 6:  # conv(input, weight, bias, stride, padding, dilation, groups)
                     node.args = (*node.args[:6], widths[0], *node.args[7:])

@@ -169,6 +169,35 @@ class PoolNet(nn.Module):
         return self.b(torch.flatten(pooled, 1) + y.mean((2, 3)))  # mean over spatial dims: reduce
 
 
+class ResampleNet(nn.Module):
+    """Per-channel ops over the spatial dims: nearest upsampling, a spatial pad, a softmax over
+    positions, and dtype casts; each must carry the channel space through unchanged."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(1, 3, 1), nn.Linear(3, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.a(x)).to(torch.float64).type_as(x)
+        y = F.pad(F.interpolate(y, scale_factor=2), (1, 0, 0, 1))
+        y = F.softmax(y.flatten(2), dim=-1)
+        return self.b(y.mean(2))
+
+
+class GateNet(nn.Module):
+    """SENet's gate: sizes read at run time (b, c = x.size()) size views of the gated space."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.fc, self.b = nn.Conv2d(1, 3, 1), nn.Linear(3, 3), nn.Linear(3, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.a(x))
+        b, c, _, _ = h.size()
+        g = self.fc(h.mean((2, 3)).view(b, c)).view(b, c, 1, 1)
+        return self.b((h * g.expand_as(h)).mean((2, 3)))
+
+
 class Residual(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -417,7 +446,9 @@ def batch_norm() -> list[Claim]:
 @proof("channelwise")
 def channelwise() -> list[Claim]:
     return [widen_claim("max / average / adaptive pools and a spatial mean act per channel (3 -> 5)", PoolNet(),
-                        torch.randn(1, 1, 2, 2), plan_kw={"factor": 1.7, "seed": 1})]
+                        torch.randn(1, 1, 2, 2), plan_kw={"factor": 1.7, "seed": 1}),
+            widen_claim("interpolate, a spatial pad, a softmax over positions and casts act per channel (3 -> 5)",
+                        ResampleNet(), torch.randn(1, 1, 1, 2), plan_kw={"factor": 1.7, "seed": 1})]
 
 
 ACTIVATIONS: dict[str, Callable[[Any], Any]] = {
@@ -591,7 +622,9 @@ def expand() -> list[Claim]:
     """A broadcast parameter (class token) is copied through g like a bias; position embeddings add."""
     x = torch.randn(1, 2, 3)
     return [widen_claim(f"class token expanded and concatenated, position embedding added (2 -> {w})", TokenNet(), x,
-                        plan_kw={"widths": {"a": w}, "seed": 3}) for w in (3, 5)]
+                        plan_kw={"widths": {"a": w}, "seed": 3}) for w in (3, 5)] + [
+        widen_claim("a gate viewed with sizes read at run time and expand_as'ed onto its space (3 -> 5)", GateNet(),
+                    torch.randn(1, 1, 1, 1), plan_kw={"factor": 1.7, "seed": 2})]
 
 
 @proof("embedding")

@@ -310,6 +310,19 @@ class SymInterpreter(torch.fx.Interpreter):
             return norm_last(full[0], full[2], full[3], kwargs.get("eps", full[4] or 1e-5), rms=False)
         if target is F.adaptive_avg_pool2d:
             return args[0].mean(axis=(2, 3), keepdims=True)
+        if target is F.interpolate and kwargs.get("mode", "nearest") == "nearest":  # integer scale_factor
+            out, k = args[0], int(kwargs["scale_factor"])
+            for axis in range(2, out.ndim):
+                out = np.repeat(out, k, axis=axis)
+            return out
+        if target is F.pad and len(args) == 2:  # constant 0, (left, right) per trailing dim, last first
+            pads = [(0, 0)] * args[0].ndim
+            for k in range(len(args[1]) // 2):
+                pads[-1 - k] = (args[1][2 * k], args[1][2 * k + 1])
+            return np.pad(args[0], pads, constant_values=sympy.Integer(0))
+        if target is F.softmax:
+            e = np.vectorize(sympy.exp, otypes=[object])(args[0])
+            return e / e.sum(axis=kwargs.get("dim", args[1] if len(args) > 1 else None), keepdims=True)
         raise NotImplementedError(f"symbolic {target}")
 
     def call_method(self, target: str, args: tuple, kwargs: dict) -> Any:
@@ -351,6 +364,12 @@ class SymInterpreter(torch.fx.Interpreter):
             return np.squeeze(x, args[1])
         if target == "sub":
             return x - args[1]
+        if target in ("to", "type_as", "float", "double"):  # casts: symbols stay exact
+            return x
+        if target == "flatten":
+            return self.call_function(torch.flatten, args, kwargs)
+        if target == "expand_as":
+            return np.broadcast_to(x, args[1].shape)
         raise NotImplementedError(f"symbolic method {target}")
 
 

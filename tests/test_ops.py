@@ -139,7 +139,7 @@ class Stops(nn.Module):
         b = self.b(x).sum(1, keepdim=True)  # reduction over the space
         c = self.c(x) * self.c(x).size(1)  # a width-dependent size used as a number
         d = self.d(x) + x.repeat(1, 2)[:, :6]  # aligned with a fixed tensor (model input)
-        e = F.softmax(self.e(x), dim=1)  # softmax over the space: known, not supported yet
+        e = F.softmax(self.e(x), dim=1)  # softmax over the space: it sums over replicas
         return self.head(a + b + c + d + e)
 
 
@@ -150,7 +150,7 @@ def test_unknown_and_unsupported_ops_freeze_with_reasons():
     assert codes["b"] == "reduced_over"
     assert codes["c"] == "size_used"
     assert codes["d"] == "fixed_coupling"  # x.repeat is unknown, so its output is fixed
-    assert codes["e"] == "unsupported_op"
+    assert codes["e"] == "reduced_over"  # softmax has a rule (over positions it widens); over a space it freezes
     # the sum feeding head meets fixed tensors (unknown ops' outputs): head's input is untouched
     assert plan.analysis.gm.head.in_features == 6
 

@@ -15,6 +15,7 @@ from n2n_fx.testing import (
     architectures,
     deepen_points,
     invalid_request,
+    stale_literals,
     widen_requests,
 )
 
@@ -28,6 +29,8 @@ BROADCAST1 = Arch(1, 2, (("add", 0, 0), ("conv", 0, 2, 1, 1), ("chunk", 2), ("ad
 WIDTH1_FLATTEN = Arch(1, 2, (("conv", 0, 2, 1, 1), ("chunk", 1)), "flatten")  # a width-1 space into flatten
 SHUFFLE2 = Arch(1, 2, (("conv", 0, 2, 1, 1), ("shuffle", 1)), "flatten")  # view(n, 2, c // 2, ...): size-1 dim
 NORM = Arch(2, 2, (("conv", 0, 4, 1, 1), ("norm", 1, "layer")), "mean")  # LayerNorm: uniform k only
+NARROW_WREAD = Arch(2, 2, (("conv", 0, 3, 1, 1), ("narrow", 1, "negative"), ("wread", 2, 2, "amax"),
+                           ("narrow", 3, "slice")), "flatten")  # issue 11: literal narrows, a weight read
 DW_CHUNKS = Arch(2, 2, (("conv", 0, 4, 1, 2), ("conv", 1, 4, 1, 2), ("chunk", 2), ("chunk", 3),
                         ("bn_act", 0, "relu"), ("conv", 2, 2, 1, 2)), "flatten")
 
@@ -51,6 +54,7 @@ def grow(arch: Arch, req: WidenRequest, built=None):
 @example(SHUFFLE2, WidenRequest(2.0, None, "none", 0))
 @example(DW_CHUNKS, WidenRequest(1.5, None, "none", 0))
 @example(NORM, WidenRequest(2.0, None, "none", 0))
+@example(NARROW_WREAD, WidenRequest(2.0, None, "none", 0))
 @example(DW_CHUNKS, WidenRequest(None, (1.0, 0.0), "split", 3))
 def test_widen_preserves_random_architectures(arch, req):
     model, x = arch.build()
@@ -61,6 +65,7 @@ def test_widen_preserves_random_architectures(arch, req):
     report = n2n_fx.verify(model, student, x, n_random=1)
     assert report.ok, f"{report}\n{arch}"
     assert_unchanged(model, snap)
+    assert stale_literals(plan, student) == [], arch  # whole-axis slices follow the new widths
     asked = req.kwargs(plan.spaces)
     for p in plan.spaces:
         if p.reasons:
