@@ -293,3 +293,9 @@ def deepen_points(model: nn.Module, max_points: int = 3) -> st.SearchStrategy[li
     """Node names of `model` (its traced graph) to insert identity layers after."""
     names = [n.name for n in torch.fx.symbolic_trace(model).graph.nodes if n.op.startswith("call")]
     return st.lists(st.sampled_from(names), min_size=1, max_size=max_points, unique=True)
+
+
+def plan_signature(plan) -> list[tuple[str, int, int, tuple[str, ...]]]:
+    """What a plan decides, without node names: each space's name, width, planned width and frozen
+    reason codes. Two plans of one model at different batch sizes or sequence lengths must agree."""
+    return sorted((p.name, p.width, p.new_width, tuple(r.code for r in p.reasons)) for p in plan.spaces)
