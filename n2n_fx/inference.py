@@ -1023,6 +1023,12 @@ def reshape_layouts(in_shape: tuple[int, ...], in_layouts: tuple[Layout, ...], o
 
     i = j = 0
     while i < len(in_shape) or j < len(out_shape):
+        if i < len(in_shape) and j < len(out_shape) and in_shape[i] == 1 == out_shape[j] and not spaced(i):
+            # a size-1 dim kept in place (a batch of one): pair it, so that the output's 1 is not
+            # mistaken below for the 1 of a (1, C) head split of the next input dim
+            out[j] = S.fixed(1)
+            i, j = i + 1, j + 1
+            continue
         if i < len(in_shape) and in_shape[i] == 1 and not spaced(i):
             i += 1  # a fixed size-1 dim: nothing to carry
             continue

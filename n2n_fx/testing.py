@@ -469,3 +469,9 @@ def deepen_points(model: nn.Module, max_points: int = 3) -> st.SearchStrategy[li
     # are what deepen sees), and tracing never writes into the model
     names = [n.name for n in _symbolic_trace(_copy(model, True), (), None).graph.nodes if n.op.startswith("call")]
     return st.lists(st.sampled_from(names), min_size=1, max_size=max_points, unique=True)
+
+
+def plan_signature(plan) -> list[tuple[str, int, int, tuple[str, ...]]]:
+    """What a plan decides, without node names: each space's name, width, planned width and frozen
+    reason codes. Two plans of one model at different batch sizes or sequence lengths must agree."""
+    return sorted((p.name, p.width, p.new_width, tuple(r.code for r in p.reasons)) for p in plan.spaces)

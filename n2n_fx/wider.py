@@ -104,6 +104,10 @@ def _set_tensor(gm: torch.nn.Module, qualname: str, value: torch.Tensor) -> None
 def _scale_along(t: torch.Tensor, axis: int, scale: torch.Tensor, inplace: bool = False) -> torch.Tensor:
     shape = [1] * t.ndim
     shape[axis] = -1
+    if t.is_floating_point() and t.dtype != torch.float64:
+        # w / 3 with 1/3 itself rounded to bfloat16 (or float32) is rounded twice: compute the product
+        # in float64 and round once to the stored dtype, so each weight is the nearest one it can be
+        return (t.double() * scale.double().reshape(shape)).to(t.dtype)
     factor = scale.to(t.dtype).reshape(shape)
     return t.mul_(factor) if inplace else t * factor
 

@@ -4,7 +4,7 @@ invalid plans, and students that re-trace and train."""
 from __future__ import annotations
 
 import torch
-from hypothesis import example, given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import n2n_fx
@@ -15,6 +15,7 @@ from n2n_fx.testing import (
     architectures,
     deepen_points,
     invalid_request,
+    plan_signature,
     stale_literals,
     widen_requests,
 )
@@ -78,6 +79,17 @@ def test_widen_preserves_random_architectures(arch, req):
             assert p.new_width == max(p.width, int(p.width * asked["factor"] + 0.5))
         elif p.name in asked["widths"]:
             assert p.new_width >= asked["widths"][p.name]  # ties may raise a group to its widest
+
+
+@settings(max_examples=25)  # three plans per example
+@given(architectures(), st.sampled_from([1.5, 2.0]))
+@example(SHUFFLE2, 2.0)
+@example(BROADCAST1, 2.0)
+def test_plan_does_not_depend_on_the_batch_size(arch, factor):
+    """Size-1 axes never change a plan: a batch of one plans like a batch of two or three."""
+    model, _ = arch.build()
+    plans = [plan_signature(n2n_fx.plan(model, arch.build(batch=b)[1], factor=factor)) for b in (1, 2, 3)]
+    assert plans[0] == plans[1] == plans[2], arch
 
 
 @given(architectures(), widen_requests(), widen_requests())
