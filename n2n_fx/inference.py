@@ -671,7 +671,7 @@ class Inference:
     def rule_dense(self, spec: OpSpec, a: dict[str, Any]) -> Any:
         x, w, b = a.get("input"), a.get("weight"), a.get("bias")
         if not (isinstance(x, Val) and isinstance(w, Val) and w.param_axes and w.ndim == 2):
-            return self.stop(a, {}, self.reason("unsupported_op", "linear whose weight is not a parameter"))
+            return self.stop(a, {}, self.reason("unsupported_op", "linear whose weight is not a parameter (computed in forward: a reparametrisation, a product)"))
         S.unify(x.layouts[-1], w.layouts[1], self.reason("fixed_coupling", "in-features meet a fixed axis"))
         self.role(w, 1, "contract")
         self.role(w, 0, "out")
@@ -707,7 +707,7 @@ class Inference:
         meta = self.out_meta()
         if not (isinstance(x, Val) and isinstance(w, Val) and w.param_axes and isinstance(groups, int)
                 and isinstance(meta, TensorMetadata)):
-            return self.stop(a, {}, self.reason("unsupported_op", "conv whose weight is not a parameter"))
+            return self.stop(a, {}, self.reason("unsupported_op", "conv whose weight is not a parameter (computed in forward: a reparametrisation, a product)"))
         shape = tuple(int(d) for d in meta.shape)
         ch = x.ndim - (w.ndim - 2) - 1
         c_in, c_out = x.shape[ch], w.shape[0]
