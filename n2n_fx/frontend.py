@@ -67,8 +67,9 @@ def _check_hooks(model: torch.nn.Module) -> None:
         raise HookError("a global module forward hook is registered (register_module_forward_hook): it runs on every "
                         "module of the student too, where the graph cannot see it", op="trace",
                         fix="remove the global hook while growing the model")
-    if _hooks(model):
-        raise HookError(f"the model itself has a {_hooks(model)[0]}: tracing reads forward(), not the hook",
+    own = _hooks(model)
+    if own:
+        raise HookError(f"the model itself has a {own[0]}: tracing reads forward(), not the hook",
                         node="", op=type(model).__name__,
                         fix="register the hook on a submodule (it is then traced), or remove it while growing")
 
@@ -199,8 +200,7 @@ def trace(model: torch.nn.Module, example_inputs: Any, *, leaf_modules: Sequence
                        fix="mode='eval' (the default) traces inference semantics, 'train' training semantics")
     inputs = as_inputs(example_inputs)
     _check_hooks(model)
-    private = _copy(model, share_tensors)
-    _set_training(private, mode == "train")
+    private = _private(model, share_tensors, mode)
     if isinstance(model, torch.fx.GraphModule) and not leaf_modules and concrete_args is None \
             and not _any_hooks(model):
         gm, used = private, model.meta.get("n2n_frontend", "fx")  # a student: its graph is already the model
@@ -210,24 +210,23 @@ def trace(model: torch.nn.Module, example_inputs: Any, *, leaf_modules: Sequence
             and concrete_args is None:
         try:
             return _fx(private, model, inputs, leaf_modules, concrete_args)
-        except (TraceFailure, _OptionalArgs) as fx_failure:  # e.g. Hugging Face models: export traces them
-            private = _copy(model, share_tensors)  # the failed trace may have written into the copy
-            _set_training(private, mode == "train")
+        except TraceFailure as fx_failure:  # e.g. Hugging Face models: export traces them
+            private = _private(model, share_tensors, mode)  # the failed trace may have written into the copy
             try:
                 gm, used = _export(private, inputs), "export"
             except TraceFailure as export_failure:
                 raise TraceFailure(f"{fx_failure.message} torch.export failed too: {export_failure.message}",
                                    op="symbolic_trace, torch.export", fix=fx_failure.fix) from fx_failure
     else:
-        try:
-            return _fx(private, model, inputs, leaf_modules, concrete_args)
-        except _OptionalArgs as exc:
-            raise TraceFailure(exc.message, op=exc.op, fix=exc.fix) from exc.__cause__
+        return _fx(private, model, inputs, leaf_modules, concrete_args)
     return _finish(gm, model, inputs, used)
 
 
-class _OptionalArgs(TraceFailure):
-    """fx traced a graph that cannot run: forward arguments defaulting to None were traced as tensors."""
+def _private(model: torch.nn.Module, share_tensors: bool, mode: str) -> torch.nn.Module:
+    """The copy that is traced, its flags set to the traced mode."""
+    private = _copy(model, share_tensors)
+    _set_training(private, mode == "train")
+    return private
 
 
 def _fx(private: torch.nn.Module, model: torch.nn.Module, inputs: tuple, leaf_modules: Sequence[type],
@@ -239,7 +238,7 @@ def _fx(private: torch.nn.Module, model: torch.nn.Module, inputs: tuple, leaf_mo
         missing = _none_defaults(model, inputs)
         if exc.op != "forward" or not missing:
             raise
-        raise _OptionalArgs(
+        raise TraceFailure(  # under frontend='auto', export then gets its turn
             f"forward argument(s) {missing} default to None, but symbolic_trace traces every argument as a "
             f"tensor, so branches such as `if {missing[0]} is not None:` are traced as taken and the graph "
             f"fails on the default", op="symbolic_trace",
@@ -321,7 +320,9 @@ def propagate_shapes(gm: torch.fx.GraphModule, inputs: tuple) -> None:
                 with contextlib.redirect_stderr(io.StringIO()):  # ShapeProp prints the traceback it raises
                     _meta_shape_prop(gm, inputs)
             except Exception:  # no meta kernel, data-dependent shapes, plain tensor attributes...
-                _real_shape_prop(gm, inputs)
+                # a real run on clones: a forward that writes into a buffer (a counter, a cache)
+                # must not write into the teacher's, which the graph may share
+                _shape_prop(gm, inputs, {k: v.clone() for k, v in _named_tensors(gm)})
     except Exception as exc:
         raise N2NError(f"the model does not run on the example inputs: {exc}", op="forward",
                        fix="pass example_inputs with the shapes and dtypes the model expects") from exc
@@ -330,20 +331,18 @@ def propagate_shapes(gm: torch.fx.GraphModule, inputs: tuple) -> None:
             m.training = flags[name]
 
 
-def _real_shape_prop(gm: torch.fx.GraphModule, inputs: tuple) -> None:
-    """A real run on clones of the tensors: a forward that writes into a buffer (a counter, a
-    cache) must not write into the teacher's, which the graph may share."""
+def _meta_shape_prop(gm: torch.fx.GraphModule, inputs: tuple) -> None:
+    state = {k: torch.empty_like(v, device="meta") for k, v in _named_tensors(gm)}
+    _shape_prop(gm, tuple(x.to("meta") if isinstance(x, torch.Tensor) else x for x in inputs), state)
+
+
+def _named_tensors(gm: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
+    return [*gm.named_parameters(), *gm.named_buffers()]
+
+
+def _shape_prop(gm: torch.fx.GraphModule, inputs: tuple, state: dict[str, torch.Tensor]) -> None:
+    """ShapeProp with `state` standing in for the module's parameters and buffers."""
     from torch.nn.utils.stateless import _reparametrize_module
 
-    state = {k: v.clone() for k, v in (*gm.named_parameters(), *gm.named_buffers())}
     with _reparametrize_module(gm, state):
         ShapeProp(gm).propagate(*inputs)
-
-
-def _meta_shape_prop(gm: torch.fx.GraphModule, inputs: tuple) -> None:
-    from torch.nn.utils.stateless import _reparametrize_module
-
-    state = {k: torch.empty_like(v, device="meta") for k, v in (*gm.named_parameters(), *gm.named_buffers())}
-    meta_inputs = tuple(x.to("meta") if isinstance(x, torch.Tensor) else x for x in inputs)
-    with _reparametrize_module(gm, state):
-        ShapeProp(gm).propagate(*meta_inputs)

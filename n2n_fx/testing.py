@@ -290,12 +290,11 @@ def assert_untouched(model: nn.Module, before: dict[str, Any]) -> None:
 
 def assert_independent(teacher: nn.Module, student: nn.Module) -> None:
     """AssertionError if any tensor of `student` shares storage with one of `teacher`."""
+    from .frontend import _storage
+
     def storages(m: nn.Module) -> dict[int, str]:
-        out = {}
-        for name, t in (*m.named_parameters(remove_duplicate=False), *m.named_buffers(remove_duplicate=False)):
-            if t.device.type != "meta" and t.numel():
-                out[t.untyped_storage().data_ptr()] = name
-        return out
+        named = (*m.named_parameters(remove_duplicate=False), *m.named_buffers(remove_duplicate=False))
+        return {_storage(t): name for name, t in named if t.numel() and _storage(t) is not None}
 
     shared = storages(teacher).keys() & storages(student).keys()
     assert not shared, f"student tensors share storage with the teacher's: {[storages(student)[p] for p in shared]}"
