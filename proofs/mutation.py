@@ -11,10 +11,12 @@ a survivor is a hole in the suite, to be fixed in the suite, not deleted from th
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
 
 import torch
 
@@ -172,21 +174,36 @@ def _child(name: str, what: str) -> int:
 
 def _run(name: str, what: str) -> tuple[bool, float]:
     t0 = time.perf_counter()
-    code = subprocess.run([sys.executable, "-m", "proofs.mutation", "--child", name, what],
+    # one thread per child: the children run side by side, one per core, and their models are tiny
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    code = subprocess.run([sys.executable, "-m", "proofs.mutation", "--child", name, what], env=env,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode
     return code != 0, time.perf_counter() - t0
+
+
+def _jobs() -> int:
+    """Children at once: N2N_MUTATION_JOBS, else one per core."""
+    return max(1, int(os.environ.get("N2N_MUTATION_JOBS", 0)) or os.cpu_count() or 1)
 
 
 def main(argv: list[str]) -> int:
     if argv[:1] == ["--child"]:
         return _child(argv[1], argv[2])
     names = argv or list(MUTANTS)
+    t_start = time.perf_counter()
+    with ThreadPoolExecutor(_jobs()) as pool:  # each child is its own process: threads only wait
+        runs = {(name, what): pool.submit(_run, name, what) for name in names for what in ("proofs", "suite")}
+        done = 0
+        for future in as_completed(runs.values()):
+            done += 1
+            (name, what), = [key for key, f in runs.items() if f is future]
+            killed, seconds = future.result()
+            print(f"[{done}/{len(runs)}] {name} ({what}): {'killed' if killed else 'survived'} in {seconds:.0f} s"
+                  f" - {MUTANTS[name][0]}", flush=True)
     rows = [("mutant", "proofs", "property suite", "verdict", "seconds")]
     survivors = []
-    for i, name in enumerate(names, 1):
-        print(f"[{i}/{len(names)}] {name}: {MUTANTS[name][0]}", flush=True)
-        by_proofs, t1 = _run(name, "proofs")
-        by_suite, t2 = _run(name, "suite")
+    for name in names:
+        (by_proofs, t1), (by_suite, t2) = runs[name, "proofs"].result(), runs[name, "suite"].result()
         killed = by_proofs or by_suite
         if not killed:
             survivors.append(name)
@@ -199,7 +216,8 @@ def main(argv: list[str]) -> int:
         if k == 0:
             print("  ".join("-" * w for w in widths))
     print(f"\n{len(names) - len(survivors)}/{len(names)} mutants killed"
-          + (f"; survivors: {', '.join(survivors)}" if survivors else ""))
+          + (f"; survivors: {', '.join(survivors)}" if survivors else "")
+          + f" ({time.perf_counter() - t_start:.0f} s, {_jobs()} at a time)")
     return 1 if survivors else 0
 
 
