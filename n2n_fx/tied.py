@@ -16,21 +16,30 @@ def _tied_names(gm: torch.nn.Module) -> list[list[str]]:
     return [group for group in names.values() if len(group) > 1]
 
 
+def _owning_module(node: torch.fx.Node) -> str | None:
+    """The module path a traced call came from (torch.export records it), if any."""
+    stack = list(node.meta.get("nn_module_stack", {}).values())
+    return stack[-1][0] if stack else None
+
+
 def _spread_uses(gm: torch.fx.GraphModule, group: list[str]) -> None:
-    """An exported graph reads a tied tensor through one get_attr: give each further use one of the
-    other names (as many as there are), so that each copy keeps the role of its own use."""
-    spare = [n for n in group if not any(node.op == "get_attr" and node.target == n and node.users
-                                         for node in gm.graph.nodes)]
+    """An exported graph reads a tied tensor through one get_attr: each use reads the name of the
+    module it came from (lm_head's matmul reads lm_head.weight), so the copies keep their roles
+    under their own names and a rebuilt model loads each where it belongs."""
     for node in list(gm.graph.nodes):
         if node.op != "get_attr" or node.target not in group:
             continue
-        for user in list(node.users)[1:]:
-            if not spare:
-                return
+        for user in list(node.users):
+            owner = _owning_module(user)
+            name = next((n for n in group if owner is not None and n.rpartition(".")[0] == owner), None)
+            if name is None or name == node.target:
+                continue
             with gm.graph.inserting_after(node):
-                fresh = gm.graph.get_attr(spare.pop(0))
+                fresh = gm.graph.get_attr(name)
             fresh.meta = dict(node.meta)
             user.replace_input_with(node, fresh)
+        if not node.users:
+            gm.graph.erase_node(node)
     gm.recompile()
 
 

@@ -97,3 +97,16 @@ def test_hand_written_tied_model(frontend: str) -> None:
     assert student.get_parameter("head.weight") is not student.get_parameter("emb.weight")
     assert_preserved(model, student, (ids,), rtol=1e-10)
     assert_untouched(model, before)
+
+
+def test_untied_student_rebuilds_untied(tmp_path) -> None:
+    from n2n_fx.hf import rebuild
+
+    model, ids = _lm("gpt2"), _ids(2, 50)
+    student = n2n_fx.widen(model, (ids,), factor=2.0, frontend="export", untie=True)
+    rebuilt = rebuild(model, student, (ids,))
+    assert not rebuilt.config.tie_word_embeddings and model.config.tie_word_embeddings
+    assert rebuilt.lm_head.weight is not rebuilt.transformer.wte.weight
+    rebuilt.save_pretrained(tmp_path)
+    back = type(model).from_pretrained(tmp_path, dtype=torch.float64).eval()
+    assert n2n_fx.verify(model, back, (ids,), rtol=1e-10).ok
