@@ -35,6 +35,7 @@ from .inference import Analysis, Space, infer
 from .optim import widen_optimizer
 from .planning import Plan
 from .spec import load_table
+from .tied import untie_parameters
 from .verification import Report, verify
 from .wider import Net2WiderNet
 
@@ -45,8 +46,13 @@ __version__ = "0.1.0"
 def plan(model: torch.nn.Module, example_inputs: Any, *, factor: float | None = None,
          widths: dict[str, int] | None = None, seed: int = 0, symmetry: str = "none",
          noise_std: float = 0.01, leaf_modules: Sequence[type] = (), replication: str = "random",
-         frontend: str = "auto", mode: str = "eval") -> Plan:
+         frontend: str = "auto", mode: str = "eval", untie: bool = False) -> Plan:
     """Trace `model`, infer its spaces and plan their widths (current widths unless asked).
+
+    untie=True gives every tied parameter (one tensor under two names, e.g. a token embedding that
+    is also the LM head) its own copy before planning, so a space frozen by the tie
+    (param_role_conflict) widens exactly; the trade-off: the student stores the matrix twice and
+    its copies are no longer tied (they drift apart under training).
 
     replication='uniform' copies every unit k times (integer factors): what an exact optimizer
     hand-over needs (see widen_optimizer). frontend='export' traces with torch.export (models that
@@ -54,12 +60,14 @@ def plan(model: torch.nn.Module, example_inputs: Any, *, factor: float | None = 
     default) uses symbolic_trace where it traces and torch.export where it does not. The model is traced
     in `mode` semantics ('eval' unless asked), whatever mode the teacher is in."""
     return _plan(model, example_inputs, factor, widths, seed, symmetry, noise_std, leaf_modules, False, replication,
-                 frontend, mode)
+                 frontend, mode, untie)
 
 
 def _plan(model, example_inputs, factor, widths, seed, symmetry, noise_std, leaf_modules, share: bool,
-          replication: str = "random", frontend: str = "auto", mode: str = "eval") -> Plan:
+          replication: str = "random", frontend: str = "auto", mode: str = "eval", untie: bool = False) -> Plan:
     gm = trace(model, example_inputs, leaf_modules=leaf_modules, share_tensors=share, frontend=frontend, mode=mode)
+    if untie:
+        untie_parameters(gm)  # on the private trace: the teacher keeps its tie
     return Plan(infer(gm), factor=factor, widths=widths, seed=seed, symmetry=symmetry, noise_std=noise_std,
                 replication=replication)
 
@@ -68,18 +76,19 @@ def _plan(model, example_inputs, factor, widths, seed, symmetry, noise_std, leaf
 def widen(model: torch.nn.Module, example_inputs: Any, *, factor: float | None = None,
           widths: dict[str, int] | None = None, seed: int = 0, symmetry: str = "none",
           noise_std: float = 0.01, leaf_modules: Sequence[type] = (), replication: str = "random",
-          frontend: str = "auto", mode: str = "eval") -> torch.fx.GraphModule:
+          frontend: str = "auto", mode: str = "eval", untie: bool = False) -> torch.fx.GraphModule:
     """Net2WiderNet: a wider student computing the teacher's function (symmetry 'none'/'split').
 
     Give `factor` (a real >= 1, applied to every widenable space) or `widths` ({space: units});
-    with neither, every widenable space doubles. The teacher is not modified.
+    with neither, every widenable space doubles. The teacher is not modified. untie=True: see plan
+    (tied parameters become separate copies in the student, which then widens the tied space).
     """
     if factor is None and not widths:
         factor = 2.0
     # the traced graph shares the teacher's tensors (no deep copy); the pass replaces the ones it
     # widens, and own_tensors clones the rest, so the teacher is never touched
     p = _plan(model, example_inputs, factor, widths, seed, symmetry, noise_std, leaf_modules, True, replication,
-              frontend, mode)
+              frontend, mode, untie)
     student = Net2WiderNet(p)(p.analysis.gm).graph_module
     own_tensors(student, model)
     return student

@@ -56,6 +56,22 @@ def candidate_configs(config: Any, ratios: set[Fraction]) -> list[Any]:
     return out
 
 
+def _untied(config: Any, teacher: dict[str, torch.Tensor], student: dict[str, torch.Tensor]) -> Any:
+    """The config, untied when the student holds separate copies of a tied pair (widen(untie=True)):
+    a tied config would load one copy into both roles."""
+    if not getattr(config, "tie_word_embeddings", False):
+        return config
+    by_storage: dict[int, list[str]] = {}
+    for name, t in teacher.items():
+        by_storage.setdefault(t.untyped_storage().data_ptr(), []).append(name)
+    for names in (g for g in by_storage.values() if len(g) > 1 and all(n in student for n in g)):
+        if len({student[n].untyped_storage().data_ptr() for n in names}) > 1:
+            config = copy.deepcopy(config)
+            config.tie_word_embeddings = False
+            return config
+    return config
+
+
 def rebuild(teacher: torch.nn.Module, student: torch.nn.Module, example_inputs: Any,
             rtol: float | None = None) -> torch.nn.Module:
     """`type(teacher)` built with the config that fits `student` and loaded with its weights.
@@ -70,6 +86,7 @@ def rebuild(teacher: torch.nn.Module, student: torch.nn.Module, example_inputs: 
     t_state, s_state = teacher.state_dict(), student.state_dict()
     wanted = {k: tuple(v.shape) for k, v in s_state.items()}
     dtype = next(iter(s_state.values())).dtype
+    config = _untied(config, t_state, s_state)
     fitting = []
     for cfg in candidate_configs(config, _ratios(t_state, s_state)):
         try:

@@ -340,7 +340,8 @@ class Inference:
             if "contract" in roles and roles & {"out", "carry"}:
                 for atom in S.atoms_of(self.param_layouts[key]):
                     S.freeze(atom, Reason("param_role_conflict", key[0], "parameter",
-                                          f"axis {key[1]} is both copied and contracted (tied weights)"))
+                                          f"axis {key[1]} is both copied and contracted (tied weights); "
+                                          "untie=True widens it with separate copies"))
         for key, reader in self.reads.items():
             # a contracted axis holds divided (or split) columns on the student: any other read of
             # its values (a reduction, a norm, an indexing, a view) sees numbers the teacher never had

@@ -140,6 +140,7 @@ def test_tied_gpt2_keeps_its_residual_and_its_tie() -> None:
     plan = n2n_fx.plan(model, (IDS,), factor=2.0, frontend="export")
     conflicts = [p for p in plan.spaces if p.reasons and p.reasons[0].code == "param_role_conflict"]
     assert len(conflicts) == 1 and conflicts[0].new_width == conflicts[0].width
+    assert "untie=True" in str(conflicts[0].reasons[0])  # the reason names the way out (tests/test_tied.py)
     student = n2n_fx.widen(model, (IDS,), factor=2.0, frontend="export")
     assert student.get_parameter("lm_head.weight") is student.get_parameter("transformer.wte.weight")
     assert_preserved(model, student, (IDS,))

@@ -1,0 +1,112 @@
+"""Tied weights (one tensor under two names): untie=True widens the tied space with separate copies."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import n2n_fx
+from n2n_fx.testing import assert_untouched, fingerprint
+from tests.helpers import assert_preserved
+
+
+def _lm(family: str) -> nn.Module:
+    transformers = pytest.importorskip("transformers")
+    warnings.filterwarnings("ignore")
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    torch.manual_seed(0)
+    if family == "gpt2":
+        cfg = transformers.GPT2Config(vocab_size=50, n_embd=16, n_layer=2, n_head=2, n_positions=16,
+                                      use_cache=False, tie_word_embeddings=True)
+        return transformers.GPT2LMHeadModel(cfg).double().eval()
+    cfg = transformers.LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=24, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=16,
+                                   use_cache=False, tie_word_embeddings=True)
+    return transformers.LlamaForCausalLM(cfg).double().eval()
+
+
+HEAD = {"gpt2": ("lm_head.weight", "transformer.wte.weight"), "llama": ("lm_head.weight", "model.embed_tokens.weight")}
+
+
+class TiedLM(nn.Module):
+    """Embedding looked up on input and reused as the output projection (logits = h @ E^T)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(11, 6)
+        self.mid = nn.Linear(6, 6)
+        self.head = nn.Linear(6, 11, bias=False)
+        self.head.weight = self.emb.weight
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.tanh(self.mid(self.emb(ids))))
+
+
+def _codes(plan: n2n_fx.Plan) -> set[str]:
+    return {p.reasons[0].code for p in plan.spaces if p.reasons}
+
+
+def _ids(batch: int, vocab: int) -> torch.Tensor:
+    return torch.randint(0, vocab, (batch, 6), generator=torch.Generator().manual_seed(batch))
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_tied_lm_freezes_its_residual_unless_untied(family: str) -> None:
+    model, ids = _lm(family), _ids(2, 50)
+    before = fingerprint(model)
+    assert "param_role_conflict" in _codes(n2n_fx.plan(model, (ids,), factor=2.0, frontend="export"))
+    plan = n2n_fx.plan(model, (ids,), factor=2.0, frontend="export", untie=True)
+    hidden = [p for p in plan.spaces if not (p.reasons and p.reasons[0].code == "model_output")]
+    assert hidden and all(p.new_width == 2 * p.width for p in hidden), str(plan)
+    assert_untouched(model, before)
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_untied_student_is_exact_and_untied(family: str, batch: int) -> None:
+    model, ids = _lm(family), _ids(batch, 50)
+    before = fingerprint(model)
+    student = n2n_fx.widen(model, (ids,), factor=2.0, frontend="export", untie=True)
+    head, emb = (student.get_parameter(n) for n in HEAD[family])
+    assert head is not emb and head.shape == emb.shape == (50, 32)
+    assert head.untyped_storage().data_ptr() != emb.untyped_storage().data_ptr()
+    assert_preserved(model, student, (ids,), rtol=1e-6 if family == "llama" else 1e-10)
+    assert_untouched(model, before)
+    single = _lm(family).float()  # float32 teacher, widened natively: dtype-derived tolerance
+    assert n2n_fx.verify(single, n2n_fx.widen(single, (ids,), factor=2.0, frontend="export", untie=True), (ids,)).ok
+    teacher_head, teacher_emb = (model.get_parameter(n) for n in HEAD[family])
+    assert teacher_head is teacher_emb  # the teacher keeps its tie
+
+
+@pytest.mark.parametrize("frontend", ["fx", "export"])
+def test_hand_written_tied_model(frontend: str) -> None:
+    torch.manual_seed(0)
+    model, ids = TiedLM().double().eval(), _ids(2, 11)
+    before = fingerprint(model)
+    tied = n2n_fx.plan(model, (ids,), factor=2.0, frontend=frontend)
+    assert "param_role_conflict" in _codes(tied)
+    kept = n2n_fx.widen(model, (ids,), factor=2.0, frontend=frontend)
+    assert kept.get_parameter("head.weight") is kept.get_parameter("emb.weight")
+    assert_preserved(model, kept, (ids,), rtol=1e-10)
+    student = n2n_fx.widen(model, (ids,), factor=2.0, frontend=frontend, untie=True)
+    assert student.get_parameter("head.weight").shape == student.get_parameter("emb.weight").shape == (11, 12)
+    assert student.get_parameter("head.weight") is not student.get_parameter("emb.weight")
+    assert_preserved(model, student, (ids,), rtol=1e-10)
+    assert_untouched(model, before)
+
+
+def test_untied_student_rebuilds_untied(tmp_path) -> None:
+    from n2n_fx.hf import rebuild
+
+    model, ids = _lm("gpt2"), _ids(2, 50)
+    student = n2n_fx.widen(model, (ids,), factor=2.0, frontend="export", untie=True)
+    rebuilt = rebuild(model, student, (ids,))
+    assert not rebuilt.config.tie_word_embeddings and model.config.tie_word_embeddings
+    assert rebuilt.lm_head.weight is not rebuilt.transformer.wte.weight
+    rebuilt.save_pretrained(tmp_path)
+    back = type(model).from_pretrained(tmp_path, dtype=torch.float64).eval()
+    assert n2n_fx.verify(model, back, (ids,), rtol=1e-10).ok
