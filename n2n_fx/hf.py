@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 from fractions import Fraction
 from typing import Any
 
@@ -19,9 +20,11 @@ import torch
 from .errors import N2NError
 from .verification import verify
 
-# config fields that size hidden spaces, across the common families (absent ones are skipped)
-WIDTH_KEYS = ("hidden_size", "n_embd", "d_model", "intermediate_size", "n_inner", "ffn_dim",
-              "num_attention_heads", "n_head", "num_key_value_heads", "head_dim")
+# the common names of fields that size hidden spaces; a config's attribute_map renames them
+# (DistilBERT dim / n_heads, GPT-2 n_embd / n_head, T5 d_model / num_heads / d_kv)
+WIDTH_KEYS = ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "head_dim",
+              "n_inner", "ffn_dim")
+MAX_CANDIDATES = 4096
 
 
 def _ratios(teacher: dict[str, torch.Tensor], student: dict[str, torch.Tensor]) -> set[Fraction]:
@@ -34,19 +37,42 @@ def _ratios(teacher: dict[str, torch.Tensor], student: dict[str, torch.Tensor]) 
     return out
 
 
-def candidate_configs(config: Any, ratios: set[Fraction]) -> list[Any]:
+def _changed_sizes(teacher: dict[str, torch.Tensor], student: dict[str, torch.Tensor]) -> set[int]:
+    """The teacher's sizes of every axis the student changed."""
+    return {a for name, t in teacher.items() if name in student
+            for a, b in zip(t.shape, student[name].shape) if a != b}
+
+
+def width_fields(config: Any, changed: set[int]) -> list[str]:
+    """Config fields that may size a changed axis: the common width names (through the config's
+    attribute_map), and any other integer field whose value is the size of a changed axis (an
+    MLP width under a family's own name: DistilBERT hidden_dim, T5 d_ff)."""
+    alias = getattr(config, "attribute_map", {}) or {}
+    names = [alias.get(k, k) for k in WIDTH_KEYS]
+    names += sorted(k for k, v in vars(config).items() if not k.startswith("_") and type(v) is int and v in changed)
+    out = []
+    for k in dict.fromkeys(names):
+        v = getattr(config, k, None)
+        if type(v) is int and v > 0:
+            out.append(k)
+    return out
+
+
+def candidate_configs(config: Any, ratios: set[Fraction], fields: list[str]) -> list[Any]:
     """The teacher's config with every width field kept or scaled by an observed ratio."""
-    keys = [k for k in WIDTH_KEYS if isinstance(getattr(config, k, None), int)
-            and not isinstance(getattr(config, k), bool)]
     choices = []
-    for k in keys:
+    for k in fields:
         old = getattr(config, k)
         scaled = {old * r for r in ratios if (old * r).denominator == 1}
         choices.append(sorted({old} | {int(v) for v in scaled}))
+    if math.prod(len(c) for c in choices) > MAX_CANDIDATES:
+        raise N2NError(f"{len(fields)} config fields x {len(ratios)} size ratios give more than {MAX_CANDIDATES} "
+                       f"candidate configs ({fields})", op="rebuild",
+                       fix="widen with one factor (factor=2.0), so a few ratios describe every changed axis")
     out = []
     for values in itertools.product(*choices):
         cfg = copy.deepcopy(config)
-        for k, v in zip(keys, values):
+        for k, v in zip(fields, values):
             setattr(cfg, k, v)
         try:  # a config the family would refuse to save (hidden size not divisible by heads, ...)
             getattr(cfg, "validate", lambda: None)()
@@ -54,6 +80,12 @@ def candidate_configs(config: Any, ratios: set[Fraction]) -> list[Any]:
             continue
         out.append(cfg)
     return out
+
+
+def _mismatches(wanted: dict[str, tuple], shapes: dict[str, tuple]) -> list[str]:
+    """The student's parameters a candidate shell does not hold at the student's shape."""
+    out = [f"{k}: student {s}, config {shapes[k]}" for k, s in wanted.items() if k in shapes and shapes[k] != s]
+    return out + [f"{k}: not in the student" for k in shapes if k not in wanted]
 
 
 def _untied(config: Any, teacher: dict[str, torch.Tensor], student: dict[str, torch.Tensor]) -> Any:
@@ -87,21 +119,35 @@ def rebuild(teacher: torch.nn.Module, student: torch.nn.Module, example_inputs: 
     wanted = {k: tuple(v.shape) for k, v in s_state.items()}
     dtype = next(iter(s_state.values())).dtype
     config = _untied(config, t_state, s_state)
-    fitting = []
-    for cfg in candidate_configs(config, _ratios(t_state, s_state)):
+    fitting, closest = [], None
+    ratios = _ratios(t_state, s_state)
+    fields = width_fields(config, _changed_sizes(t_state, s_state))
+    for cfg in candidate_configs(config, ratios, fields):
         try:
             with torch.device("meta"):
                 shell = type(teacher)(cfg)
         except Exception:  # a combination the family rejects (hidden size not divisible by heads, ...)
             continue
-        shapes = {k: tuple(v.shape) for k, v in shell.state_dict().items()}
-        if all(shapes.get(k) == s for k, s in wanted.items() if k in shapes) and set(shapes) <= set(wanted):
+        missed = _mismatches(wanted, {k: tuple(v.shape) for k, v in shell.state_dict().items()})
+        if not missed:
             fitting.append(cfg)
+        elif closest is None or len(missed) < len(closest):
+            closest = missed
     for cfg in fitting:
         model = type(teacher)(cfg).to(dtype).eval()
         model.load_state_dict(s_state, strict=False)
         if verify(student, model, example_inputs, rtol=rtol, n_random=0).ok:
             return model
-    raise N2NError(f"no {type(config).__name__} reproduces the student ({len(fitting)} fit its shapes)",
-                   op="rebuild", fix="widen with one factor for the whole model (factor=2.0), so every "
-                                     "layer has the sizes a single config can describe")
+    if fitting:
+        raise N2NError(f"{len(fitting)} {type(config).__name__}(s) fit the student's shapes but none computes its "
+                       f"function on example_inputs", op="rebuild",
+                       fix="the student's layout is not the family's (a reordered or frozen axis): use the "
+                           "GraphModule student as is")
+    shown = "; ".join((closest or [])[:6]) + (f"; ... {len(closest) - 6} more" if closest and len(closest) > 6 else "")
+    raise N2NError(f"no {type(config).__name__} has the student's parameter shapes (fields tried: "
+                   f"{', '.join(fields)}; ratios {sorted(str(r) for r in ratios)}); the closest differs in: {shown}",
+                   op="rebuild",
+                   fix=("widen with one factor for the whole model (factor=2.0), so every layer has the sizes one "
+                        "config can describe" if len(ratios) > 1 else
+                        "these sizes break one of the family's own relations (e.g. heads x head_dim = hidden "
+                        "size): choose widths= that keep them, or use the GraphModule student as is"))

@@ -212,3 +212,35 @@ def test_sdpa_broadcasts_a_single_key_value_head() -> None:
     assert _space(plan, "q.heads").new_width == 8
     assert _space(plan, "k.heads").reasons[0].code == "broadcast"  # widening it would break the broadcast
     assert_preserved(model, n2n_fx.widen(model, x, factor=2.0), x)
+
+
+def _distilbert() -> nn.Module:
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.DistilBertConfig(vocab_size=50, dim=16, n_layers=2, n_heads=2, hidden_dim=24,
+                                        max_position_embeddings=16, num_labels=3)
+    return transformers.DistilBertForSequenceClassification(cfg).double().eval()
+
+
+def test_rebuild_reads_a_family_s_own_field_names(tmp_path) -> None:
+    from n2n_fx.hf import rebuild
+
+    model = _distilbert()  # dim / hidden_dim / n_heads: through attribute_map and the config's own fields
+    student = n2n_fx.widen(model, (IDS,), factor=2.0)
+    rebuilt = rebuild(model, student, (IDS,))
+    assert (rebuilt.config.dim, rebuilt.config.hidden_dim, rebuilt.config.n_heads) == (32, 48, 4)
+    rebuilt.save_pretrained(tmp_path)
+    back = type(model).from_pretrained(tmp_path, dtype=torch.float64).eval()
+    assert n2n_fx.verify(model, back, (IDS[:1],), rtol=1e-10).ok and n2n_fx.verify(model, back, (IDS,), rtol=1e-10).ok
+
+
+def test_rebuild_error_names_the_shapes_no_config_has() -> None:
+    from n2n_fx.hf import rebuild
+
+    model = _distilbert()  # at 1.5x the heads grow 2 -> 3 but dim stays 16 (LayerNorm: integer factors only)
+    student = n2n_fx.widen(model, (IDS,), factor=1.5)
+    with pytest.raises(n2n_fx.N2NError) as info:
+        rebuild(model, student, (IDS,))
+    text = str(info.value)
+    assert "q_lin.weight: student (24, 16), config (16, 16)" in text
+    assert "one factor" not in text and "heads x head_dim" in text  # one factor was used: say what broke
