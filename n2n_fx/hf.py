@@ -133,6 +133,9 @@ def rebuild(teacher: torch.nn.Module, student: torch.nn.Module, example_inputs: 
             fitting.append(cfg)
         elif closest is None or len(missed) < len(closest):
             closest = missed
+    # fewest changed fields first: a field that sizes nothing (a token id, a position count that
+    # equals a width) fits either way and must keep the teacher's value
+    fitting.sort(key=lambda cfg: sum(getattr(cfg, k) != getattr(config, k) for k in fields))
     for cfg in fitting:
         model = type(teacher)(cfg).to(dtype).eval()
         model.load_state_dict(s_state, strict=False)

@@ -244,3 +244,12 @@ def test_rebuild_error_names_the_shapes_no_config_has() -> None:
     text = str(info.value)
     assert "q_lin.weight: student (24, 16), config (16, 16)" in text
     assert "one factor" not in text and "heads x head_dim" in text  # one factor was used: say what broke
+
+
+def test_rebuild_keeps_fields_that_size_nothing() -> None:
+    from n2n_fx.hf import rebuild
+
+    model = _hf("llama")  # max_position_embeddings (16) equals the hidden size but sizes no parameter
+    rebuilt = rebuild(model, n2n_fx.widen(model, (IDS,), factor=2.0), (IDS,))
+    assert rebuilt.config.max_position_embeddings == model.config.max_position_embeddings
+    assert rebuilt.config.hidden_size == 2 * model.config.hidden_size
