@@ -146,7 +146,8 @@ def rebuild(teacher: torch.nn.Module, student: torch.nn.Module, example_inputs: 
                        f"function on example_inputs", op="rebuild",
                        fix="the student's layout is not the family's (a reordered or frozen axis): use the "
                            "GraphModule student as is")
-    shown = "; ".join((closest or [])[:6]) + (f"; ... {len(closest) - 6} more" if closest and len(closest) > 6 else "")
+    shown = ("; ".join(closest[:6]) + (f"; ... {len(closest) - 6} more" if len(closest) > 6 else "")
+             if closest else "(the family refused every candidate config)")
     raise N2NError(f"no {type(config).__name__} has the student's parameter shapes (fields tried: "
                    f"{', '.join(fields)}; ratios {sorted(str(r) for r in ratios)}); the closest differs in: {shown}",
                    op="rebuild",
