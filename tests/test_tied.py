@@ -110,3 +110,15 @@ def test_untied_student_rebuilds_untied(tmp_path) -> None:
     rebuilt.save_pretrained(tmp_path)
     back = type(model).from_pretrained(tmp_path, dtype=torch.float64).eval()
     assert n2n_fx.verify(model, back, (ids,), rtol=1e-10).ok
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_untie_at_user_dtypes_batch_one_train_mode_teacher(dtype: torch.dtype) -> None:
+    torch.manual_seed(0)
+    model, ids = TiedLM().to(dtype).train(), _ids(1, 11)
+    before = fingerprint(model)
+    student = n2n_fx.widen(model, (ids,), factor=2.0, untie=True)
+    assert student.get_parameter("head.weight").dtype == dtype and student.training
+    report = n2n_fx.verify(model, student, (ids,))
+    assert report.ok and report.native_ok, report  # plan exact in float64, native error within its dtype's bound
+    assert_untouched(model, before)
