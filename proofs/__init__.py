@@ -31,8 +31,10 @@ RESERVED: dict[str, str] = {
 }
 
 
-def run_all(names: list[str] | None = None):
-    """Run the proofs (all, or `names`); return (results, meta-check problems)."""
+def run_all(names: list[str] | None = None, fail_fast: bool = False):
+    """Run the proofs (all, or `names`); return (results, meta-check problems).
+
+    fail_fast: stop after the first proof that fails (the mutation table only needs one)."""
     from n2n_fx.spec import load_table
 
     from .rules import PROOFS, ProofResult
@@ -54,4 +56,6 @@ def run_all(names: list[str] | None = None):
         result.seconds = time.perf_counter() - t0
         result.kinds = sorted(kinds.get(name, []))
         results.append(result)
+        if fail_fast and not result.ok:
+            break
     return results, problems

@@ -165,7 +165,7 @@ def _child(name: str, what: str) -> int:
     if what == "proofs":
         from . import run_all
 
-        results, problems = run_all()
+        results, problems = run_all(fail_fast=True)  # one failed proof kills the mutant
         return 0 if not problems and all(r.ok for r in results) else 1
     import pytest
 
