@@ -49,10 +49,10 @@ class Rewrite:
     """A literal in the student's graph that depends on widths (view sizes, split sizes, groups)."""
 
     node: str
-    what: str  # "view_shape" | "split_sizes" | "groups" | "normalized_shape" | "arg" | "whole_slice" | "whole_axis"
-    layouts: tuple[Layout, ...]
-    dim: int = 0  # split: the axis; arg: the argument's position
-    arg: str = ""  # arg: the argument's name (when passed by keyword); whole_slice: index positions
+    what: str  # "view_shape" | "split_sizes" | "groups" | "normalized_shape" | "arg" | "slice_piece"
+    layouts: tuple[Layout, ...]  # slice_piece: (before, piece, after) on the sliced axis
+    dim: int = 0  # split: the axis; arg: the argument's position; slice_piece: the axis (getitem: index position)
+    arg: str = ""  # arg: the argument's name (when passed by keyword)
 
 
 @dataclass
@@ -439,16 +439,23 @@ class Inference:
     def broadcast(self, tensors: list[Val], shape: tuple[int, ...], reason: Reason) -> tuple[Layout, ...]:
         nd, out = len(shape), []
         for k, size in enumerate(shape):
-            cands = []
+            cands, fixed_one = [], False
             for v in tensors:
                 j = k - (nd - v.ndim)
                 if j < 0:
                     continue
                 spaced = S.is_spaced(v.layouts[j])
+                fixed_one |= v.shape[j] == 1 and not spaced
                 if v.shape[j] == size and (size != 1 or spaced):
                     cands.append(v.layouts[j])
                 elif spaced:  # a width-1 space broadcast against a wider axis: widening it breaks the broadcast
                     self.freeze_all(Val((1,), (v.layouts[j],)), self.reason("broadcast", "a width-1 space is broadcast"))
+            if k == 0 and nd >= 2 and fixed_one and cands:
+                # a leading axis of size 1 is a batch of one: at a batch of two the space would be
+                # broadcast against it, so it is here too (a plan never depends on the batch size)
+                for c in cands:
+                    self.freeze_all(Val((1,), (c,)), self.reason("broadcast", "a width-1 space meets a batch of one"))
+                cands = []
             if not cands:
                 out.append(S.fixed(size))
                 continue
@@ -792,6 +799,11 @@ class Inference:
             return self.stop(a, {}, self.reason("unsupported_op", "split of a non-tensor"))
         self.freeze_all([v for v in _walk(a) if isinstance(v, Scalar)], self.reason("size_used", "split size"))
         dim = _norm_dim(a.get("dim", 0), x.ndim)
+        if spec.options.get("squeeze"):  # unbind: every position of a fixed axis, the axis dropped
+            if S.is_spaced(x.layouts[dim]):
+                self.freeze_all(Val((1,), (x.layouts[dim],)), self.reason("index_on_space", f"unbinding axis {dim}"))
+            rest = x.layouts[:dim] + x.layouts[dim + 1:]
+            return tuple(Val(tuple(int(d) for d in m.shape), rest) for m in meta)
         sizes = [int(m.shape[dim]) for m in meta]
         parts = S.pieces(x.layouts[dim], sizes, self.reason("constraint", "split inside a stride-mapped unit"))
         self.rewrites.append(Rewrite(self.node.name, "split_sizes", tuple(parts), dim))
@@ -822,30 +834,53 @@ class Inference:
         pad = x.ndim - sum(1 for i in idx if isinstance(i, (int, slice)))
         idx, pos = idx + (slice(None),) * pad, pos + [None] * pad
         shape = tuple(int(d) for d in meta.shape)
-        layouts, k, whole = [], 0, []
+        layouts, k = [], 0
         for i, p in zip(idx, pos):
             if i is None:
                 layouts.append(S.fixed(1))
                 continue
             lay = x.layouts[k]
-            full = isinstance(i, slice) and i == slice(None)
-            if not full and isinstance(i, slice) and S.is_spaced(lay) and p is not None \
-                    and shape[len(layouts)] == x.shape[k] and i.step in (None, 1):
-                # a literal slice that keeps the whole axis (h[:, :C]) is the identity on the space;
-                # the student writes it as `:` so the bound follows the new width
-                whole.append(p)
-                full = True
-            if full:
+            if i == slice(None):
                 layouts.append(lay)
+            elif isinstance(i, slice) and S.is_spaced(lay) and p is not None and i.step in (None, 1) \
+                    and (bounds := _bounds(i.start, i.stop, x.shape[k], shape[len(layouts)])) is not None:
+                # a literal slice of a space (a fused projection's q | k | v): the pieces are cut
+                # into atoms of their own, and the student's bounds are their new offsets
+                layouts.append(self._slice_piece(lay, *bounds, x.shape[k], p))
             else:
                 if S.is_spaced(lay):
                     self.freeze_all(Val((1,), (lay,)), self.reason("index_on_space", f"indexing {i!r} on a space"))
                 if isinstance(i, slice):
+                    self._computed_bounds(i.start, i.stop, i.step)
                     layouts.append(S.fixed(shape[len(layouts)]))
             k += 1
-        if whole:
-            self.rewrites.append(Rewrite(self.node.name, "whole_slice", (), 0, ",".join(map(str, whole))))
         return Val(shape, tuple(layouts))
+
+    def _computed_bounds(self, *bounds: Any) -> None:
+        """A slice bound computed from a width (h[:, :y.shape[1]]) that stays as written on the
+        student would move with that width: the spaces it is computed from are frozen."""
+        for b in bounds:
+            if isinstance(b, Scalar) and b.taint:
+                self.freeze_all(b, self.reason("size_used", "a slice bound is computed from a width"))
+
+    def _slice_piece(self, lay: Layout, start: int, end: int, size: int, where: int) -> Layout:
+        """Positions start..end of a spaced axis as a piece of their own (refining the atoms they
+        fall in); a Rewrite gives the student the piece's new bounds. `where`: the axis for
+        slice/narrow, the index position for getitem."""
+        why = self.reason("index_on_space", "a slice bound inside a stride-mapped unit")
+        prefix, piece, suffix = S.pieces(lay, [start, end - start, size - end], why)
+        self.rewrites.append(Rewrite(self.node.name, "slice_piece", (prefix, piece, suffix), where))
+        return piece
+
+    def _start_end(self, a: dict[str, Any], size: int) -> tuple[Any, Any]:
+        """slice(input, dim, start, end) or narrow(input, dim, start, length): the bounds as written."""
+        start, end = a.get("start"), a.get("end")
+        if "narrow" in op_label(self.node, self.gm):
+            if not (isinstance(start, int) and isinstance(end, int)):
+                return start, Scalar()
+            start = start + size if start < 0 else start  # narrow counts a negative start from the end
+            end = start + end
+        return start, end
 
     def _index_axis(self, a: dict[str, Any]) -> Any:
         """select / slice / narrow along one axis: a fixed axis may be indexed, a space may not
@@ -855,19 +890,19 @@ class Inference:
             return self.stop(a, {}, self.reason("unsupported_op", "indexing with a computed axis"))
         dim = _norm_dim(a["dim"], x.ndim)
         shape = tuple(int(d) for d in meta.shape)
-        dropped = len(shape) == x.ndim - 1
-        whole = not dropped and shape[dim] == x.shape[dim]
-        if S.is_spaced(x.layouts[dim]) and not whole:
-            self.freeze_all(Val((1,), (x.layouts[dim],)), self.reason("index_on_space", f"indexing axis {dim}"))
-        elif S.is_spaced(x.layouts[dim]) and a.get("step", 1) in (None, 1):
-            # narrow(h, d, 0, C) / slice(h, d, 0, C) over the whole axis: start and end follow the width
-            self.rewrites.append(Rewrite(self.node.name, "whole_axis", (x.layouts[dim],), a["dim"]))
-        elif S.is_spaced(x.layouts[dim]):
-            self.freeze_all(Val((1,), (x.layouts[dim],)), self.reason("index_on_space", f"strided slice of axis {dim}"))
-        layouts = list(x.layouts)
-        if dropped:
+        lay, layouts = x.layouts[dim], list(x.layouts)
+        if len(shape) == x.ndim - 1:  # select: one position of the axis, dropped
+            if S.is_spaced(lay):
+                self.freeze_all(Val((1,), (lay,)), self.reason("index_on_space", f"selecting on axis {dim}"))
             del layouts[dim]
-        elif not whole:
+        elif not S.is_spaced(lay):
+            self._computed_bounds(a.get("start"), a.get("end"), a.get("step"))
+            layouts[dim] = lay if shape[dim] == x.shape[dim] else S.fixed(shape[dim])
+        elif a.get("step", 1) in (None, 1) and (bounds := _bounds(*self._start_end(a, x.shape[dim]), x.shape[dim], shape[dim])):
+            layouts[dim] = self._slice_piece(lay, *bounds, x.shape[dim], dim)
+        else:
+            self.freeze_all(Val((1,), (lay,)), self.reason("index_on_space", f"strided slice of axis {dim}"))
+            self._computed_bounds(a.get("start"), a.get("end"), a.get("step"))
             layouts[dim] = S.fixed(shape[dim])
         return Val(shape, tuple(layouts))
 
@@ -1075,6 +1110,14 @@ def reshape_layouts(in_shape: tuple[int, ...], in_layouts: tuple[Layout, ...], o
                                for s in S.normalize(lead))
         elif len(real_in) == 1 and len(gj) == 2 and heads():  # C -> (heads, head_dim)
             out[gj[0]], out[gj[1]] = _split_heads(lead, out_shape[gj[0]], out_shape[gj[1]], reason)
+        elif len(real_in) == 1 and len(gj) == 3 and heads():  # fused 3C -> (3, heads, head_dim): q | k | v
+            groups, n_heads, head_dim = (out_shape[k] for k in gj)
+            why = reason("reshape_splits_space", "fused projection blocks sharing one heads axis")
+            blocks = S.pieces(lead, [n_heads * head_dim] * groups, why)
+            for b in blocks[1:]:  # one heads axis holds every block: q, k and v heads share one map
+                S.unify(blocks[0], b, why)
+            out[gj[0]] = S.fixed(groups)
+            out[gj[1]], out[gj[2]] = _split_heads(blocks[0], n_heads, head_dim, reason)
         elif len(real_in) == 1 and len(gj) == 2:  # C -> (G, C/G), as in a channel shuffle
             groups, size = out_shape[gj[0]], out_shape[gj[1]]
             why = reason("reshape_splits_space", "group blocks of a space cannot share one map")
@@ -1098,6 +1141,17 @@ def _split_heads(lead: Layout, groups: int, size: int, reason) -> tuple[Layout, 
     unit = Atom(groups, "heads", label=f"{owner}.heads" if owner else "", free=True)
     S.unify(lead, (Seg(unit, size),), reason("reshape_splits_space", "a projection split into heads"))
     return (Seg(unit),), S.fixed(size)
+
+
+def _bounds(start: Any, end: Any, size: int, out: int) -> tuple[int, int] | None:
+    """A step-1 slice's (start, end) on an axis of `size`, producing `out` positions; None when the
+    bounds are computed and do not keep the whole axis (a piece whose place is unknown)."""
+    if out == 0:
+        return None
+    if all(b is None or isinstance(b, int) for b in (start, end)):
+        lo, hi, _ = slice(start, end).indices(size)
+        return (lo, hi) if hi - lo == out else None
+    return (0, size) if out == size else None
 
 
 def _prod(values) -> int:

@@ -14,6 +14,7 @@ earlier maps and appends one or two. Shrunk failures print the program, one step
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 from typing import Any
 
@@ -124,11 +125,18 @@ class ArchNet(nn.Module):
                 self.layers[str(i)] = nn.MultiheadAttention(chans[src], heads, batch_first=True)
                 chans.append(chans[src])
             elif op == "sdpa":  # the same, written with projections, a heads view and F.sdpa
-                _, src, heads = step
+                _, src, heads, fused = step
                 c = chans[src]
-                self.layers[str(i)] = nn.ModuleList([nn.Linear(c, c) for _ in range(4)])
-                self.sizes[i] = [heads, c // heads]
+                # separate q, k, v; or one fused Linear cut by constant slices (Phi-3) or packed as
+                # (3, heads, head_dim) and unbound (timm's ViT)
+                projections = [nn.Linear(c, c) for _ in range(4)] if fused == "none" else [nn.Linear(c, 3 * c), nn.Linear(c, c)]
+                self.layers[str(i)] = nn.ModuleList(projections)
+                self.sizes[i] = [heads, c // heads, c]  # c: the literal bounds of a fused projection's slices
                 chans.append(c)
+            elif op == "slices":  # a map cut by constant bounds into two pieces, each its own map
+                _, src, cut, _ = step
+                self.sizes[i] = [cut, chans[src] - cut]
+                chans += self.sizes[i]
             elif op == "narrow":  # a literal slice over the whole channel axis: the student rewrites it
                 chans.append(chans[step[1]])
             elif op == "wread":  # a 1x1 conv whose output is scaled by a reduction of its own weight
@@ -189,12 +197,24 @@ class ArchNet(nn.Module):
             elif op == "sdpa":
                 y = maps[step[1]]
                 n, c, h, w = y.shape
-                heads, head_dim = self.sizes[i]
-                q, k, v, proj = self.layers[str(i)]
+                heads, head_dim, c = self.sizes[i]
+                *qkv, proj = self.layers[str(i)]
                 t = y.flatten(2).transpose(1, 2)
-                split = [p(t).view(n, h * w, heads, head_dim).transpose(1, 2) for p in (q, k, v)]
+                if step[3] == "packed":
+                    q, k, v = qkv[0](t).reshape(n, h * w, 3, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+                    split = [q, k, v]
+                else:
+                    f = qkv[0](t)
+                    parts = [p(t) for p in qkv] if step[3] == "none" else [f[..., :c], f.narrow(-1, c, c), f[:, :, 2 * c:]]
+                    split = [p.view(n, h * w, heads, head_dim).transpose(1, 2) for p in parts]
                 a = F.scaled_dot_product_attention(*split).transpose(1, 2).reshape(n, h * w, -1)
                 maps.append(proj(a).transpose(1, 2).reshape(n, -1, h, w))
+            elif op == "slices":
+                y, (cut, rest) = maps[step[1]], self.sizes[i]
+                if step[3] == "narrow":
+                    maps += [y.narrow(1, 0, cut), y.narrow(1, cut, rest)]
+                else:
+                    maps += [y[:, :cut], y[:, cut:]]
             elif op == "position":
                 y = maps[step[1]]
                 n, c, h, w = y.shape
@@ -305,8 +325,10 @@ def architectures(draw, max_steps: int = 8, activations: tuple[str, ...] = tuple
     """Random DAGs: convs (grouped, depthwise), BN + activation, residual add, gating mul,
     squeeze-excitation, concat, channel split, channel shuffle, pooling, channels-last LayerNorm /
     RMSNorm, multi-head self-attention over positions (nn.MultiheadAttention, or projections, a
-    heads view and F.scaled_dot_product_attention), a position-embedding table, literal narrows and
-    slices over the whole channel axis, a conv scaled by a reduction of its own weight; a flatten,
+    heads view and F.scaled_dot_product_attention; q, k, v as separate projections or one fused
+    Linear cut by constant slices or packed as (3, heads, head_dim) and unbound), a position-embedding
+    table, literal narrows and slices over the whole channel axis, a map cut by constant slices into
+    two pieces, a conv scaled by a reduction of its own weight; a flatten,
     mean or patch-merging head. Around them: forward hooks and pre-hooks on modules (elementwise, a
     mean over channels, a channel flip), buffer normalisation of the input, a Python cache written in
     forward, and teachers in train mode."""
@@ -318,7 +340,7 @@ def architectures(draw, max_steps: int = 8, activations: tuple[str, ...] = tuple
         n = len(chans)
         src = draw(st.integers(0, n - 1))
         op = draw(st.sampled_from(["conv", "conv", "bn_act", "add", "mul", "cat", "chunk", "pool", "gate", "shuffle",
-                                   "norm", "attention", "sdpa", "position", "narrow", "wread"]))
+                                   "norm", "attention", "sdpa", "position", "narrow", "wread", "slices"]))
         if op == "conv":
             cin = chans[src]
             divisors = [g for g in range(1, cin + 1) if cin % g == 0]
@@ -349,8 +371,12 @@ def architectures(draw, max_steps: int = 8, activations: tuple[str, ...] = tuple
             chans.append(chans[src])
         elif op in ("attention", "sdpa"):
             heads = draw(st.sampled_from([h for h in range(1, chans[src] + 1) if chans[src] % h == 0]))
-            steps.append((op, src, heads))
+            steps.append((op, src, heads) + ((draw(st.sampled_from(["none", "slice", "packed"])),) if op == "sdpa" else ()))
             chans.append(chans[src])
+        elif op == "slices" and chans[src] >= 2:
+            cut = draw(st.integers(1, chans[src] - 1))
+            steps.append(("slices", src, cut, draw(st.sampled_from(["getitem", "narrow"]))))
+            chans += [cut, chans[src] - cut]
         elif op == "position":
             steps.append(("position", src))
             chans.append(chans[src])
@@ -377,19 +403,23 @@ def architectures(draw, max_steps: int = 8, activations: tuple[str, ...] = tuple
 
 
 def stale_literals(plan, student: torch.fx.GraphModule) -> list[str]:
-    """Nodes of the student whose whole-axis slice (a Rewrite of the plan) still holds a bound
-    other than the new width: the student would cut its widened tensor back."""
+    """Nodes of the student whose slice of a space (a Rewrite of the plan) still holds bounds
+    other than the piece's new ones: the student would cut its widened tensor in the wrong place."""
     nodes = {n.name: n for n in student.graph.nodes}
     stale = []
     for rw in plan.analysis.rewrites:
         node = nodes.get(rw.node)
-        if node is None or rw.what not in ("whole_axis", "whole_slice"):
+        if node is None or rw.what != "slice_piece":
             continue
-        if rw.what == "whole_axis":
-            ok = node.args[2] == 0 and node.args[3] == plan.new_width(rw.layouts[0])
-        else:
+        before, piece, after = (plan.new_width(lay) for lay in rw.layouts)
+        if node.target is operator.getitem:
             index = node.args[1] if isinstance(node.args[1], tuple) else (node.args[1],)
-            ok = all(index[int(p)] == slice(None) for p in rw.arg.split(","))
+            got = index[rw.dim]
+            ok = got == (slice(None) if before == after == 0 else slice(before, before + piece))
+        elif "narrow" in str(node.target):
+            ok = tuple(node.args[1:4]) == (rw.dim, before, piece)
+        else:
+            ok = tuple(node.args[1:4]) == (rw.dim, before, before + piece)
         if not ok:
             stale.append(node.name)
     return stale

@@ -3,6 +3,7 @@ scale contracted axes, sync module attributes, and rewrite width-dependent liter
 
 from __future__ import annotations
 
+import operator
 from typing import Any
 
 import torch
@@ -188,19 +189,8 @@ class Net2WiderNet(PassBase):
                 else:
                     node.kwargs = {**node.kwargs, rw.arg: widths[0]}
                 changed = True
-            elif rw.what == "whole_slice":  # h[:, :C] keeping the whole axis: written as h[:, :]
-                positions = {int(p) for p in rw.arg.split(",")}
-                index = node.args[1]
-                items = list(index) if isinstance(index, tuple) else [index]
-                items = [slice(None) if k in positions else i for k, i in enumerate(items)]
-                node.args = (node.args[0], tuple(items) if isinstance(index, tuple) else items[0], *node.args[2:])
-                changed = True
-            elif rw.what == "whole_axis":  # narrow / slice over the whole axis: 0 .. the new width
-                x = node.args[0] if node.args else node.kwargs["input"]
-                if "slice" in str(node.target):
-                    node.args, node.kwargs = (x, rw.dim, 0, widths[0], 1), {}
-                else:  # narrow(input, dim, start, length)
-                    node.args, node.kwargs = (x, rw.dim, 0, widths[0]), {}
+            elif rw.what == "slice_piece":  # a slice of a space: the piece's bounds on the student
+                _rewrite_slice(node, rw.dim, *widths)
                 changed = True
             elif rw.what == "groups":
                 if len(node.args) > 6:  # conv(input, weight, bias, stride, padding, dilation, groups)
@@ -222,6 +212,21 @@ def _resized(meta: Any, val: Any, plan: Plan) -> Any:
     if isinstance(meta, (list, tuple)) and isinstance(val, (list, tuple)) and len(meta) == len(val):
         return type(meta)(_resized(m, v, plan) for m, v in zip(meta, val))
     return meta
+
+
+def _rewrite_slice(node: torch.fx.Node, where: int, before: int, piece: int, after: int) -> None:
+    """Positions before .. before + piece: h[..., a:b] (getitem, `where` = the index position, a
+    slice keeping the whole axis written `:`), slice(x, dim, a, b) or narrow(x, dim, a, b - a)."""
+    x = node.args[0] if node.args else node.kwargs["input"]
+    if node.target is operator.getitem:
+        index = node.args[1]
+        items = list(index) if isinstance(index, tuple) else [index]
+        items[where] = slice(None) if before == after == 0 else slice(before, before + piece)
+        node.args = (x, tuple(items) if isinstance(index, tuple) else items[0])
+    elif "narrow" in str(node.target):
+        node.args, node.kwargs = (x, where, before, piece), {}
+    else:
+        node.args, node.kwargs = (x, where, before, before + piece, 1), {}
 
 
 def _rewrite_view(node: torch.fx.Node, widths: list[int]) -> bool:

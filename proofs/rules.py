@@ -232,6 +232,19 @@ class Split(nn.Module):
         return self.u(p) + self.v(q) + self.w(r * s)[:, :, :, :]
 
 
+class SliceNet(nn.Module):
+    """A space cut by constant slices (h[..., :2], narrow(h, -1, 2, 2), h[..., 4:]): each piece its
+    own space, as a fused gate | up projection is."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.u, self.v, self.w = nn.Linear(3, 5), nn.Linear(2, 2), nn.Linear(2, 2), nn.Linear(1, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(self.a(x))
+        return self.u(h[..., :2]) * self.v(h.narrow(-1, 2, 2)) + self.w(h[:, 4:])
+
+
 class Flatten(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -347,6 +360,40 @@ class GqaNet(nn.Module):
                 for p in (self.k, self.v))
         o = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(1, 2, 4)
         return self.head(h + self.proj(o))
+
+
+class FusedSliceNet(nn.Module):
+    """Phi-3's fused projections: one Linear's rows are q | k | v cut by constant slices (2 query
+    heads share 1 key/value head, head_dim 2), another's are gate | up."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.qkv, self.proj = nn.Linear(3, 2), nn.Linear(2, 8), nn.Linear(4, 2)
+        self.gate_up, self.down, self.head = nn.Linear(2, 4), nn.Linear(2, 2), nn.Linear(2, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a(x)
+        qkv = self.qkv(h)
+        q = qkv[..., :4].view(1, 2, 2, 2).transpose(1, 2)
+        k, v = (t.view(1, 2, 1, 2).transpose(1, 2)[:, :, None].expand(1, 1, 2, 2, 2).reshape(1, 2, 2, 2)
+                for t in (qkv.narrow(-1, 4, 2), qkv[:, :, 6:]))
+        h = h + self.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(1, 2, 4))
+        gu = self.gate_up(h)
+        return self.head(h + self.down(torch.tanh(gu[..., :2]) * gu[..., 2:]))
+
+
+class PackedQkvNet(nn.Module):
+    """timm's ViT attention: one Linear to 3 x heads x head_dim, viewed as (B, N, 3, H, D), permuted
+    and unbound into q, k, v (2 heads, head_dim 2)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.qkv, self.proj, self.head = nn.Linear(3, 2), nn.Linear(2, 12), nn.Linear(4, 2), nn.Linear(2, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a(x)
+        q, k, v = self.qkv(h).reshape(1, 2, 3, 2, 2).permute(2, 0, 3, 1, 4).unbind(0)
+        return self.head(h + self.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(1, 2, 4)))
 
 
 class MeanSquareNet(nn.Module):
@@ -574,6 +621,8 @@ def concat_offsets() -> list[Claim]:
 def split_pieces() -> list[Claim]:
     return [widen_claim("split [1, 3], chunk, getitem: pieces of a space widened on their own",
                         Split(), torch.randn(1, 1, 1, 1), plan_kw={"factor": 1.7, "seed": 1}),
+            widen_claim("constant slices of a space are pieces widened on their own; the student's bounds are "
+                        "their new offsets", SliceNet(), torch.randn(2, 3), plan_kw={"factor": 1.8, "seed": 3}),
             widen_claim("select and narrow index a fixed axis; the space beside them widens (2 -> 3)",
                         SelectNet(), torch.randn(1, 3, 3), plan_kw={"widths": {"a": 3}, "seed": 2})]
 
@@ -656,6 +705,11 @@ def attention_heads() -> list[Claim]:
                for k, seed in ((4, 0), (3, 5))]
     claims.append(widen_claim("grouped-query sdpa: 2 key/value heads -> 3, each with its 2 query heads",
                               GqaNet(), torch.randn(1, 2, 3), plan_kw={"factor": 1.5, "seed": 2}))
+    claims.append(widen_claim("fused q | k | v and gate | up rows cut by constant slices (GQA): 1 key/value head "
+                              "-> 2, each piece widened on its own, the student's bounds its new offsets",
+                              FusedSliceNet(), torch.randn(1, 2, 3), plan_kw={"factor": 2.0, "seed": 3}))
+    claims.append(widen_claim("packed qkv viewed as (3, heads, head_dim) and unbound: heads 2 -> 3, one map for "
+                              "q, k and v", PackedQkvNet(), torch.randn(1, 2, 3), plan_kw={"factor": 1.5, "seed": 4}))
     a, b, c, d = sympy.symbols("a b c d", real=True)
     teacher = (a * c + b * d) / sympy.sqrt(2)  # one head, head_dim 2: a score
     student = (a * c / 2 + a * c / 2 + b * d) / sympy.sqrt(3)  # q dim 0 copied, k halved: head_dim 3
@@ -664,6 +718,11 @@ def attention_heads() -> list[Claim]:
     mixed = (a * d + b * c) / sympy.sqrt(2)  # q of one head against k rows of another map
     claims.append(broken_claim("q and k rows of a head under different maps change the score",
                                sym.difference(np.array([teacher]), np.array([mixed]))))
+    # fused rows (a, b | c, d) widened as one 4-unit space by g = [0, 1, 2, 3, 0, 2], then cut in halves:
+    # q' = (a, b, c), k' = (d, a, c); each piece must be its own space, cut at the teacher's bounds
+    fused = (a * d + b * a + c * c) / sympy.sqrt(3)
+    claims.append(broken_claim("one map over a fused q | k axis, ignoring the bound between them, mixes q and k rows",
+                               sym.difference(np.array([teacher]), np.array([fused]))))
     try:
         n2n_fx.plan(AttnNet(), x, widths={"a": 5})
         refused = False

@@ -346,6 +346,9 @@ class SymInterpreter(torch.fx.Interpreter):
             return np.take(x, range(args[2], args[2] + args[3]), axis=args[1])
         if target == "split":
             return self.call_function(torch.split, args, kwargs)
+        if target == "unbind":
+            dim = kwargs.get("dim", args[1] if len(args) > 1 else 0)
+            return tuple(np.take(x, i, axis=dim) for i in range(x.shape[dim]))
         if target == "chunk":
             chunks, dim = args[1], kwargs.get("dim", args[2] if len(args) > 2 else 0)
             size = -(-x.shape[dim] // chunks)

@@ -34,6 +34,9 @@ NARROW_WREAD = Arch(2, 2, (("conv", 0, 3, 1, 1), ("narrow", 1, "negative"), ("wr
                            ("narrow", 3, "slice")), "flatten")  # issue 11: literal narrows, a weight read
 DW_CHUNKS = Arch(2, 2, (("conv", 0, 4, 1, 2), ("conv", 1, 4, 1, 2), ("chunk", 2), ("chunk", 3),
                         ("bn_act", 0, "relu"), ("conv", 2, 2, 1, 2)), "flatten")
+# fused q | k | v cut by constant slices, packed (3, heads, head_dim) + unbind, a map cut in two pieces
+FUSED = Arch(2, 2, (("conv", 0, 4, 1, 1), ("sdpa", 1, 2, "slice"), ("sdpa", 2, 2, "packed"), ("slices", 3, 1, "narrow"),
+                    ("slices", 3, 3, "getitem"), ("conv", 4, 4, 1, 1), ("add", 8, 3), ("cat", (9, 5, 6))), "mean")
 
 
 def grow(arch: Arch, req: WidenRequest, built=None):
@@ -57,6 +60,8 @@ def grow(arch: Arch, req: WidenRequest, built=None):
 @example(NORM, WidenRequest(2.0, None, "none", 0))
 @example(NARROW_WREAD, WidenRequest(2.0, None, "none", 0))
 @example(DW_CHUNKS, WidenRequest(None, (1.0, 0.0), "split", 3))
+@example(FUSED, WidenRequest(2.0, None, "none", 0))
+@example(FUSED, WidenRequest(1.5, None, "split", 2))
 def test_widen_preserves_random_architectures(arch, req):
     model, x = arch.build()
     snap = snapshot(model)
@@ -66,7 +71,7 @@ def test_widen_preserves_random_architectures(arch, req):
     report = n2n_fx.verify(model, student, x, n_random=1)
     assert report.ok, f"{report}\n{arch}"
     assert_unchanged(model, snap)
-    assert stale_literals(plan, student) == [], arch  # whole-axis slices follow the new widths
+    assert stale_literals(plan, student) == [], arch  # slices of spaces follow the new widths
     asked = req.kwargs(plan.spaces)
     for p in plan.spaces:
         if p.reasons:
