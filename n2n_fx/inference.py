@@ -82,6 +82,15 @@ class HeadLink:
 
 
 @dataclass
+class TiedHead:
+    """A tied table kept one tensor: its contracted use is not divided; `gains` (the final norm's
+    weight and bias) are divided by replica counts instead."""
+
+    param: ParamAxis
+    gains: tuple[ParamAxis, ...]
+
+
+@dataclass
 class Space:
     """A set of units widened by one g: what the user sees in the plan."""
 
@@ -115,6 +124,7 @@ class Analysis:
     uniform: list[tuple[str, Layout]] = field(default_factory=list)  # (norm node, normalised layout)
     links: list[HeadLink] = field(default_factory=list)
     aliases: dict[str, list[str]] = field(default_factory=dict)  # tied: parameter -> its other names
+    tied_heads: list[TiedHead] = field(default_factory=list)
 
     def axes_by_param(self) -> dict[str, list[int]]:
         """The bound axes of every parameter or buffer, in binding order."""
@@ -174,6 +184,8 @@ class Inference:
         self._roled: set[ParamAxis] = set()  # parameter axes the current call gave a role
         self.reads: dict[ParamAxis, str] = {}  # parameter axis -> first node that read it without a role
         self.sizes: list[tuple[Layout, Scalar, Reason]] = []  # computed view sizes of spaced axes
+        self.contractors: dict[ParamAxis, list[torch.fx.Node]] = {}  # the calls that contract each axis
+        self.tied_heads: list[TiedHead] = []
 
     # ------------------------------------------------------------------ helpers
     def reason(self, code: str, detail: str = "") -> Reason:
@@ -225,6 +237,8 @@ class Inference:
             return False
         self.roles.setdefault(val.param_axes[axis], set()).add(role)
         self._roled.add(val.param_axes[axis])
+        if role == "contract" and self.node is not None:
+            self.contractors.setdefault(val.param_axes[axis], []).append(self.node)
         return True
 
     def value(self, arg: Any) -> Any:
@@ -271,7 +285,7 @@ class Inference:
                     sp.attention = link.node
         return Analysis(self.gm, self.vals, self.param_layouts, self.roles, self.grouped, self.ties,
                         self.rewrites, self.module_attrs, spaces, self.ops, self.uniform, self.links,
-                        self.aliases)
+                        self.aliases, self.tied_heads)
 
     def call(self, node: torch.fx.Node) -> Any:
         args, kwargs = self.value(node.args), self.value(node.kwargs)
@@ -336,7 +350,9 @@ class Inference:
                 self.freeze_all(arg, why)
 
     def _check_roles(self) -> None:
-        for key, roles in self.roles.items():
+        for key, roles in list(self.roles.items()):
+            if roles == {"out", "contract"} and self._divide_before_head(key):
+                continue
             if "contract" in roles and roles & {"out", "carry"}:
                 for atom in S.atoms_of(self.param_layouts[key]):
                     S.freeze(atom, Reason("param_role_conflict", key[0], "parameter",
@@ -349,6 +365,63 @@ class Inference:
                 for atom in S.atoms_of(self.param_layouts[key]):
                     S.freeze(atom, Reason("param_read", reader, "parameter",
                                           f"{key[0]} axis {key[1]} is contracted and also read by {reader}"))
+
+    def _divide_before_head(self, key: ParamAxis) -> bool:
+        """A tied embedding + head (one table, copied by the lookup and contracted by the head) stays
+        one tensor when the head's division by replica counts moves onto the per-unit gain (and
+        shift) that produced the head's input: the final norm's weight and bias. Holds when nothing
+        else reads the values in between (see proofs: tied_head)."""
+        gains: list[ParamAxis] = []
+        for node in self.contractors.get(key, []):
+            found = self._gain_before(node, key)
+            if found is None:
+                return False
+            gains += found
+        if not gains or any(self.roles.get(g, set()) - {"carry"} for g in gains):
+            return False
+        self.roles[key] = {"out"}
+        for g in gains:
+            self.roles.setdefault(g, set()).add("divide")
+        self.tied_heads.append(TiedHead(key, tuple(gains)))
+        return True
+
+    def _gain_before(self, head: torch.fx.Node, key: ParamAxis) -> list[ParamAxis] | None:
+        """The per-unit parameters whose division by replica counts divides the head's input,
+        walking back through ops the table marks `tie_head`: pass (f(x / c) = f(x) / c), gain
+        (x * w: divide w, stop), shift (x + b: divide b, go on); a normalize op is gain and shift."""
+        space = {S.find(a) for a in S.atoms_of(self.param_layouts[key])}
+
+        def per_unit(v: Any) -> bool:  # a 1-D parameter laid out on the tied space
+            return isinstance(v, Val) and v.param_axes is not None and v.ndim == 1 and v.param_axes[0] is not None \
+                and {S.find(a) for a in S.atoms_of(v.layouts[0])} == space
+
+        inputs = [a for a in head.all_input_nodes if not getattr(self.vals.get(a.name), "param_axes", None)]
+        node, found = (inputs[0] if len(inputs) == 1 else None), []
+        while node is not None and node.op.startswith("call") and len(node.users) == 1:
+            spec = self.table.lookup(node, self.gm)
+            operands = [v for v in _walk(self.value((node.args, node.kwargs))) if isinstance(v, Val)]
+            if node.op == "call_module" and spec is not None:
+                operands += [self.vals.get(f"{node.target}.{p}") or self._module_param(node, p) for p in ("weight", "bias")]
+            params = [v for v in operands if per_unit(v)]
+            tensors = [a for a in node.all_input_nodes if not getattr(self.vals.get(a.name), "param_axes", None)]
+            how = "norm" if spec is not None and spec.kind == "normalize" else spec.options.get("tie_head") if spec else None
+            if how == "norm" and params:
+                return found + [v.param_axes[0] for v in params]
+            if how == "gain" and len(params) == 1 and len(tensors) == 1 and len(operands) == 2:
+                return found + [params[0].param_axes[0]]
+            if how == "shift" and len(params) == 1 and len(tensors) == 1 and len(operands) == 2:
+                found.append(params[0].param_axes[0])
+            elif how != "pass" or len(tensors) != 1:
+                return None
+            node = tensors[0]
+        return None
+
+    def _module_param(self, node: torch.fx.Node, name: str) -> Val | None:
+        t = getattr(self.gm.get_submodule(node.target), name, None)
+        key = f"{node.target}.{name}"
+        if not isinstance(t, torch.Tensor) or (key, 0) not in self.param_layouts:
+            return None
+        return Val(tuple(t.shape), (self.param_layouts[(key, 0)],), ((key, 0),))
 
     def _check_ties(self) -> None:
         for group in self.ties:

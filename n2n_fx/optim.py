@@ -57,7 +57,7 @@ def factors(plan: Plan, param: str, axes: list[int], shape: torch.Size,
     a = torch.ones(new_shape, dtype=torch.float64)
     for axis in axes:
         roles = an.roles.get((param, axis), {"carry"})
-        if roles & {"contract", "grouped"}:
+        if roles & {"contract", "divide", "grouped"}:
             continue
         view = [1] * len(new_shape)
         view[axis] = -1

@@ -40,6 +40,7 @@ class TorchArrays:
 
 
 TORCH = TorchArrays()
+DIVIDED = {"contract", "divide"}  # roles whose axis is divided by replica counts
 
 
 def remap_tensor(t: Any, param: str, axes: list[int], plan: Plan, arrays: Any = TORCH,
@@ -52,7 +53,8 @@ def remap_tensor(t: Any, param: str, axes: list[int], plan: Plan, arrays: Any = 
     """
     an, new = plan.analysis, t
     # contracted axes first: their scale then touches the smallest tensor
-    for axis in sorted(axes, key=lambda a: ("contract" not in an.roles.get((param, a), set()), a)):
+    # a `divide` axis (a tied head's gain) is scaled like a contracted one
+    for axis in sorted(axes, key=lambda a: (not an.roles.get((param, a), set()) & DIVIDED, a)):
         layout = an.param_layouts[(param, axis)]
         roles = an.roles.get((param, axis), set())
         if "grouped" in roles:
@@ -60,7 +62,7 @@ def remap_tensor(t: Any, param: str, axes: list[int], plan: Plan, arrays: Any = 
         index = plan.layout_index(layout)
         if index.numel() == new.shape[axis] and torch.equal(index, torch.arange(index.numel())):
             continue
-        contract = "contract" in roles
+        contract = bool(roles & DIVIDED)
         scale = plan.layout_scale(layout, (param, axis)) if contract else None
         if scale is not None and plan.symmetry != "split":
             # 1/count depends only on the old unit: scale the old (smaller) tensor, then gather
@@ -69,7 +71,7 @@ def remap_tensor(t: Any, param: str, axes: list[int], plan: Plan, arrays: Any = 
         new = arrays.take(new, axis, index)  # a fresh array: safe to scale in place
         if scale is not None:
             new = arrays.scale(new, axis, scale, True)
-        if contract and noise is not None and plan.symmetry == "noise":
+        if "contract" in roles and noise is not None and plan.symmetry == "noise":
             new = noise(new, axis, plan.replicated_mask(layout), (param, axis))
     if grouped is not None:
         new = _grouped(new, grouped, plan, arrays)

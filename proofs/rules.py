@@ -318,6 +318,22 @@ class EmbedNet(nn.Module):
         return self.head(torch.tanh(self.emb(self.ids) + self.a(x)))
 
 
+class TiedNet(nn.Module):
+    """One table looked up into the hidden space and used as the head's matrix (tied embeddings),
+    with a per-unit gain and shift (or a LayerNorm) producing the head's input."""
+
+    def __init__(self, norm: bool = False) -> None:
+        super().__init__()
+        self.emb, self.a = nn.Embedding(4, 2), nn.Linear(3, 2)
+        self.gain, self.shift = nn.Parameter(torch.randn(2)), nn.Parameter(torch.randn(2))
+        self.norm = nn.LayerNorm(2) if norm else None
+        self.register_buffer("ids", torch.tensor([[2, 0, 3]]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(self.emb(self.ids) + self.a(x))
+        return F.linear(self.norm(h) if self.norm is not None else h * self.gain + self.shift, self.emb.weight)
+
+
 class PatchNet(nn.Module):
     """Swin's patch merging: 2x2 channels-last patches concatenated into 4 copies of the channels."""
 
@@ -680,8 +696,29 @@ def expand() -> list[Claim]:
 def embedding() -> list[Claim]:
     """A looked-up table row is copied through g like a producer's output (no division)."""
     x = torch.randn(1, 3, 3)
-    return [widen_claim(f"embedding rows added to a hidden space (2 -> {w})", EmbedNet(), x,
-                        plan_kw={"widths": {"emb": w}, "seed": 2}) for w in (3, 5)]
+    claims = [widen_claim(f"embedding rows added to a hidden space (2 -> {w})", EmbedNet(), x,
+                          plan_kw={"widths": {"emb": w}, "seed": 2}) for w in (3, 5)]
+    # tied: the head reads the looked-up table undivided; the gain and shift before it are divided
+    claims += [widen_claim("tied table, head input h * gain + shift: gain and shift divided by replica counts, "
+                           "the table kept one tensor (2 -> 3, non-uniform)", TiedNet(), x,
+                           plan_kw={"factor": 1.5, "seed": 1}),
+               widen_claim("tied table behind a LayerNorm (GPT-2's ln_f): its weight and bias divided (2 -> 4)",
+                           TiedNet(norm=True), x, plan_kw={"factor": 2.0, "seed": 2})]
+    claims.append(broken_claim("a tied table replicated with nothing divided counts every replica in the head's "
+                               "sum: the logits change", _naive_tie(TiedNet(), x)))
+    return claims
+
+
+def _naive_tie(model: nn.Module, x: torch.Tensor) -> list[Any]:
+    """teacher - student when the tie is kept but the gains are not divided (the naive tie)."""
+    plan = n2n_fx.plan(model.double(), x.double(), factor=1.5, seed=1)
+    for tie in plan.analysis.tied_heads:
+        for gain in tie.gains:
+            plan.analysis.roles[gain].discard("divide")
+    params = sym.teacher_params(plan.analysis.gm)
+    sx = sym.symbols_like("x", tuple(x.shape))
+    t_out = sym.run(plan.analysis.gm, params, (sx,))
+    return sym.difference(t_out, sym.run(n2n_fx.apply_plan(plan), sym.student_params(plan, params), (sx,)))
 
 
 @proof("space_to_depth")

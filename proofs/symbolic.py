@@ -303,6 +303,10 @@ class SymInterpreter(torch.fx.Interpreter):
         if target is torch.flatten:
             start = args[1] if len(args) > 1 else kwargs.get("start_dim", 0)
             return args[0].reshape(*args[0].shape[:start], -1)
+        if target is F.linear:  # (input, weight, bias=None)
+            y = args[0] @ args[1].T
+            bias = args[2] if len(args) > 2 else kwargs.get("bias")
+            return y if bias is None else y + bias
         if target is torch.matmul or target is operator.matmul:
             return args[0] @ args[1]
         if target is F.layer_norm:  # (input, normalized_shape, weight, bias, eps)

@@ -119,3 +119,44 @@ def test_unsupported_optimizer_is_refused() -> None:
     opt = torch.optim.RMSprop(teacher.parameters())
     with pytest.raises(n2n_fx.N2NError, match="RMSprop"):
         n2n_fx.widen_optimizer(plan, teacher, opt, n2n_fx.apply_plan(plan))
+
+
+class TiedNet(Net):
+    """Net whose head is a table also looked up into the residual stream (tied embeddings): the
+    head's division sits on the LayerNorm's weight and bias, which the hand-over treats as divided."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.table = nn.Embedding(3, 6)
+        self.register_buffer("ids", torch.arange(3))
+        del self.head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.flatten(torch.relu(self.bn(self.conv(x))), 1)
+        h = self.fc(h) + self.table(self.ids).sum(0)
+        h = h + self.down(torch.tanh(self.up(h)))
+        return nn.functional.linear(self.ln(h), self.table.weight)
+
+
+@pytest.mark.parametrize("kind", ["sgd", "adam", "adamw"])
+def test_exact_hand_over_keeps_a_tied_table_tied(kind: str) -> None:
+    torch.manual_seed(0)
+    teacher = TiedNet().double().train()
+    opt = OPTIMIZERS[kind](teacher.parameters())
+    for seed in range(3):
+        _step(teacher, opt, seed)
+    x = _batch(99)[0]
+    plan = n2n_fx.plan(teacher, x, factor=2.0, replication="uniform")
+    assert [set(t.gains) for t in plan.analysis.tied_heads] == [{("ln.weight", 0), ("ln.bias", 0)}]
+    student = n2n_fx.apply_plan(plan)
+    student.train()
+    opt_s = n2n_fx.widen_optimizer(plan, teacher, opt, student, exact=True)
+    _step(teacher, opt, 7)
+    _step(student, opt_s, 7)
+    plan.analysis.gm.load_state_dict(teacher.state_dict())
+    expected = n2n_fx.apply_plan(plan)
+    for name, p in student.named_parameters():
+        q = expected.get_parameter(name).detach()
+        err = float((p.detach() - q).abs().max() / q.abs().max().clamp_min(1e-300))
+        assert err < 1e-12, f"{kind} {name}: {err:.2e}"
+    assert n2n_fx.verify(teacher.eval(), student.eval(), x).ok

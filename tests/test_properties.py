@@ -37,6 +37,7 @@ DW_CHUNKS = Arch(2, 2, (("conv", 0, 4, 1, 2), ("conv", 1, 4, 1, 2), ("chunk", 2)
 # fused q | k | v cut by constant slices, packed (3, heads, head_dim) + unbind, a map cut in two pieces
 FUSED = Arch(2, 2, (("conv", 0, 4, 1, 1), ("sdpa", 1, 2, "slice"), ("sdpa", 2, 2, "packed"), ("slices", 3, 1, "narrow"),
                     ("slices", 3, 3, "getitem"), ("conv", 4, 4, 1, 1), ("add", 8, 3), ("cat", (9, 5, 6))), "mean")
+TIED = Arch(2, 2, (("conv", 0, 3, 1, 1), ("bn_act", 1, "relu"), ("add", 2, 1)), "tied")  # tied table behind a gain
 
 
 def grow(arch: Arch, req: WidenRequest, built=None):
@@ -62,6 +63,8 @@ def grow(arch: Arch, req: WidenRequest, built=None):
 @example(DW_CHUNKS, WidenRequest(None, (1.0, 0.0), "split", 3))
 @example(FUSED, WidenRequest(2.0, None, "none", 0))
 @example(FUSED, WidenRequest(1.5, None, "split", 2))
+@example(TIED, WidenRequest(1.5, None, "none", 0))
+@example(TIED, WidenRequest(2.0, None, "split", 1))
 def test_widen_preserves_random_architectures(arch, req):
     model, x = arch.build()
     snap = snapshot(model)
