@@ -347,10 +347,13 @@ def _export(model: torch.nn.Module, inputs: Inputs) -> torch.fx.GraphModule:
     """torch.export, unlifted: parameters and buffers are get_attr nodes again, as in an fx trace.
 
     `model` is the private copy: a Hugging Face model's KV cache (an object torch.export cannot
-    return) is switched off on it, so the graph computes the outputs proper (logits, hidden states)."""
-    config = getattr(model, "config", None)
-    if getattr(config, "use_cache", False):
-        config.use_cache = False
+    return) is switched off on it, so the graph computes the outputs proper (logits, hidden states).
+    Submodules may hold configs of their own (a T5's decoder stack holds a copy that keeps
+    use_cache), so every module's is switched off."""
+    for m in model.modules():
+        config = getattr(m, "config", None)
+        if getattr(config, "use_cache", False):
+            config.use_cache = False
     try:
         args, kwargs = ((), inputs) if isinstance(inputs, dict) else (inputs, None)
         exported = torch.export.export(model, args, kwargs)
