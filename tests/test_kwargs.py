@@ -156,3 +156,15 @@ def test_t5_float32_native_check() -> None:
     model, inputs = _t5(torch.float32)
     report = assert_preserved(model, n2n_fx.widen(model, inputs, factor=2.0), inputs)
     assert report.native_dtype == "float32" and report.native_ok
+
+
+def test_cli_factory_returning_keyword_inputs(tmp_path, capsys) -> None:
+    from n2n_fx.cli import main
+
+    f = tmp_path / "kwmodel.py"
+    f.write_text("import torch\n"
+                 "from tests.test_kwargs import KeywordOnly\n"
+                 "def build():\n"
+                 "    return KeywordOnly(), {'x': torch.randn(2, 4), 'scale_input': torch.randn(2, 4)}\n")
+    assert main(["check", f"{f}:build", "--float64"]) == 0
+    assert "preserved" in capsys.readouterr().out
