@@ -21,6 +21,7 @@ import torch
 from . import apply_plan, deepen, infer, trace, verify
 from . import plan as make_plan
 from .errors import N2NError
+from .frontend import Inputs, as_inputs, map_inputs
 from .planning import Plan
 from .spec import load_table
 
@@ -61,7 +62,7 @@ def parse_shape(text: str) -> tuple[int, ...]:
         raise UsageError(f"bad --input-shape {text!r}", op="cli", fix="e.g. --input-shape 2,3,32,32") from exc
 
 
-def build(args: argparse.Namespace) -> tuple[torch.nn.Module, tuple]:
+def build(args: argparse.Namespace) -> tuple[torch.nn.Module, Inputs]:
     torch.manual_seed(args.seed)
     made = load_factory(args.model)()
     model, inputs = made if isinstance(made, tuple) else (made, None)
@@ -70,10 +71,10 @@ def build(args: argparse.Namespace) -> tuple[torch.nn.Module, tuple]:
     if inputs is None:
         raise UsageError("the factory returned no example inputs", op="cli",
                          fix="pass --input-shape N,C,H,W (repeat for several inputs)")
-    inputs = inputs if isinstance(inputs, tuple) else (inputs,)
+    inputs = as_inputs(inputs)  # a tensor, a tuple, or a dict of keyword inputs
     if args.float64:
         model = model.double()
-        inputs = tuple(x.double() if x.is_floating_point() else x for x in inputs)
+        inputs = map_inputs(inputs, lambda x: x.double() if isinstance(x, torch.Tensor) and x.is_floating_point() else x)
     return model.eval(), inputs
 
 
@@ -89,7 +90,7 @@ def parse_widths(items: list[str] | None) -> dict[str, int] | None:
     return out
 
 
-def _plan(args: argparse.Namespace, model: torch.nn.Module, inputs: tuple, factor: float | None) -> Plan:
+def _plan(args: argparse.Namespace, model: torch.nn.Module, inputs: Inputs, factor: float | None) -> Plan:
     widths = parse_widths(getattr(args, "width", None))
     return make_plan(model, inputs, factor=factor if not widths else None, widths=widths, seed=args.seed,
                      symmetry=getattr(args, "symmetry", "none"), frontend=getattr(args, "frontend", "auto"))

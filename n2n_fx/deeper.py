@@ -27,6 +27,7 @@ from torch.fx.passes.shape_prop import TensorMetadata
 
 from . import spaces as S
 from .errors import DeepenError, UnknownNodeError
+from .frontend import Inputs, as_inputs, positional
 from .inference import infer, op_label
 from .spec import load_table
 
@@ -130,7 +131,7 @@ def _check_insertable(gm: torch.fx.GraphModule, node: torch.fx.Node) -> None:
                           fix="deepen after a hidden activation, e.g. a ReLU output (not a size or a tuple)")
 
 
-def _capture(gm: torch.fx.GraphModule, nodes: list[torch.fx.Node], inputs: tuple, mode: str) -> dict[str, torch.Tensor]:
+def _capture(gm: torch.fx.GraphModule, nodes: list[torch.fx.Node], inputs: Inputs, mode: str) -> dict[str, torch.Tensor]:
     """Values of `nodes` on `inputs`, run on a copy (the student's statistics are not touched)."""
     probe = copy.deepcopy(gm)
     probe.train(mode == "train")
@@ -145,12 +146,12 @@ def _capture(gm: torch.fx.GraphModule, nodes: list[torch.fx.Node], inputs: tuple
             return out
 
     with torch.no_grad():
-        _Probe(probe).run(*inputs)
+        _Probe(probe).run(*positional(probe, inputs))
     return seen
 
 
 class Net2DeeperNet(PassBase):
-    def __init__(self, after: Sequence[str], example_inputs: tuple, *, activation: str | None = "auto",
+    def __init__(self, after: Sequence[str], example_inputs: Inputs, *, activation: str | None = "auto",
                  batch_norm: bool = False, bn_mode: str = "eval", kernel_size: int = 3, block: str = "identity",
                  hidden: int | None = None, seed: int = 0) -> None:
         super().__init__()
@@ -174,7 +175,7 @@ class Net2DeeperNet(PassBase):
         if not isinstance(kernel_size, int) or kernel_size < 1:
             raise DeepenError(f"kernel_size must be a positive int, got {kernel_size!r}", op="deepen",
                               fix="use kernel_size=3 (odd) or 2 (even; padded on the right)")
-        self.after, self.inputs = list(after), example_inputs
+        self.after, self.inputs = list(after), as_inputs(example_inputs)
         self.activation = None if activation == "none" else activation
         self.batch_norm, self.bn_mode, self.kernel_size = batch_norm, bn_mode, kernel_size
 

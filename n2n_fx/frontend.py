@@ -12,7 +12,7 @@ import inspect
 import io
 import os
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -78,13 +78,65 @@ def _any_hooks(model: torch.nn.Module) -> bool:
     return any(_hooks(m) for m in model.modules())
 
 
-def as_inputs(example_inputs: Any) -> tuple:
+Inputs = tuple | dict  # positional example inputs, or keyword ones: model(*inputs) / model(**inputs)
+
+
+def as_inputs(example_inputs: Any) -> Inputs:
+    """The example inputs as a tuple (positional) or a dict of str -> tensor (keywords: the model is
+    called as model(**example_inputs), e.g. a T5's input_ids and decoder_input_ids)."""
     if isinstance(example_inputs, torch.Tensor):
         return (example_inputs,)
     if isinstance(example_inputs, (list, tuple)):
         return tuple(example_inputs)
-    raise N2NError(f"example_inputs must be a tensor or a tuple of tensors, got {type(example_inputs).__name__}",
-                   fix="pass example_inputs=torch.randn(batch, ...) or a tuple of such tensors")
+    if isinstance(example_inputs, dict):
+        return _keywords(example_inputs)
+    raise N2NError(f"example_inputs must be a tensor, a tuple of tensors or a dict of str -> tensor, got "
+                   f"{type(example_inputs).__name__}", op="example_inputs",
+                   fix="pass example_inputs=torch.randn(batch, ...), a tuple of such tensors, or a dict of "
+                       "keyword inputs such as {'input_ids': ids}")
+
+
+def _keywords(example_inputs: dict) -> dict[str, Any]:
+    if not example_inputs:
+        raise N2NError("example_inputs is an empty dict: nothing to run the model on", op="example_inputs",
+                       fix="pass the forward's keyword inputs, e.g. {'input_ids': ids}")
+    for key, value in example_inputs.items():
+        if not isinstance(key, str) or not key.isidentifier():
+            raise N2NError(f"example_inputs dict key {key!r} is not a keyword argument name", op="example_inputs",
+                           fix="key a dict of example inputs by the forward's argument names, e.g. "
+                               "{'input_ids': ids}; pass positional inputs as a tuple")
+        if not isinstance(value, torch.Tensor):
+            raise N2NError(f"example_inputs[{key!r}] is a {type(value).__name__}, not a tensor", op="example_inputs",
+                           fix="a dict of example inputs holds tensors only: fix other arguments with "
+                               "functools.partial or a wrapper module, or leave them at their defaults")
+    return dict(example_inputs)
+
+
+def map_inputs(inputs: Inputs, fn: Callable[[Any], Any]) -> Inputs:
+    """`fn` applied to every input, keeping positions or keywords."""
+    if isinstance(inputs, dict):
+        return {k: fn(v) for k, v in inputs.items()}
+    return tuple(fn(x) for x in inputs)
+
+
+def call(model: Callable[..., Any], inputs: Inputs) -> Any:
+    return model(**inputs) if isinstance(inputs, dict) else model(*inputs)
+
+
+def positional(gm: torch.fx.GraphModule, inputs: Inputs) -> tuple:
+    """`inputs` in the order of the graph's placeholders, for an fx Interpreter (it reads them
+    positionally): keywords are bound by the names of the GraphModule's forward, which are its
+    placeholders' under symbolic_trace and torch.export alike."""
+    if not isinstance(inputs, dict):
+        return inputs
+    try:
+        bound = inspect.signature(gm.forward).bind(**inputs)
+    except TypeError as exc:
+        names = [n.target for n in gm.graph.nodes if n.op == "placeholder"]
+        raise N2NError(f"the keyword example inputs {sorted(inputs)} do not fit the traced forward {names}: {exc}",
+                       op="example_inputs", fix="key the dict by the forward's argument names") from exc
+    bound.apply_defaults()
+    return bound.args
 
 
 def _offending_line(exc: BaseException) -> str:
@@ -229,7 +281,7 @@ def _private(model: torch.nn.Module, share_tensors: bool, mode: str) -> torch.nn
     return private
 
 
-def _fx(private: torch.nn.Module, model: torch.nn.Module, inputs: tuple, leaf_modules: Sequence[type],
+def _fx(private: torch.nn.Module, model: torch.nn.Module, inputs: Inputs, leaf_modules: Sequence[type],
         concrete_args: dict[str, Any] | None) -> torch.fx.GraphModule:
     gm = _symbolic_trace(private, leaf_modules, concrete_args)
     try:
@@ -246,17 +298,20 @@ def _fx(private: torch.nn.Module, model: torch.nn.Module, inputs: tuple, leaf_mo
                 "example_inputs") from exc
 
 
-def _none_defaults(model: torch.nn.Module, inputs: tuple) -> list[str]:
-    """forward arguments past the example inputs that default to None (an optional mask)."""
+def _none_defaults(model: torch.nn.Module, inputs: Inputs) -> list[str]:
+    """forward arguments the example inputs leave out that default to None (an optional mask)."""
     try:
         params = list(inspect.signature(model.forward).parameters.values())
     except (TypeError, ValueError):
         return []
+    if isinstance(inputs, dict):
+        return [p.name for p in params if p.name not in inputs and p.default is None
+                and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
     return [p.name for p in params[len(inputs):]
             if p.default is None and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
 
 
-def _finish(gm: torch.fx.GraphModule, model: torch.nn.Module, inputs: tuple, used: str) -> torch.fx.GraphModule:
+def _finish(gm: torch.fx.GraphModule, model: torch.nn.Module, inputs: Inputs, used: str) -> torch.fx.GraphModule:
     """The traced graph as the student's starting point: front end recorded, the teacher's
     training flags, state_dict keys as the teacher's, shapes on every node."""
     gm.meta["n2n_frontend"] = used
@@ -288,16 +343,20 @@ def _symbolic_trace(model: torch.nn.Module, leaf_modules: Sequence[type],
                  "n2n_fx.trace(..., concrete_args={...}) can also fix a branch")) from exc
 
 
-def _export(model: torch.nn.Module, inputs: tuple) -> torch.fx.GraphModule:
+def _export(model: torch.nn.Module, inputs: Inputs) -> torch.fx.GraphModule:
     """torch.export, unlifted: parameters and buffers are get_attr nodes again, as in an fx trace.
 
     `model` is the private copy: a Hugging Face model's KV cache (an object torch.export cannot
-    return) is switched off on it, so the graph computes the outputs proper (logits, hidden states)."""
-    config = getattr(model, "config", None)
-    if getattr(config, "use_cache", False):
-        config.use_cache = False
+    return) is switched off on it, so the graph computes the outputs proper (logits, hidden states).
+    Submodules may hold configs of their own (a T5's decoder stack holds a copy that keeps
+    use_cache), so every module's is switched off."""
+    for m in model.modules():
+        config = getattr(m, "config", None)
+        if getattr(config, "use_cache", False):
+            config.use_cache = False
     try:
-        exported = torch.export.export(model, inputs)
+        args, kwargs = ((), inputs) if isinstance(inputs, dict) else (inputs, None)
+        exported = torch.export.export(model, args, kwargs)
     except Exception as exc:  # export raises many types (UserError, GuardOnDataDependentSymNode, ...)
         raise TraceFailure(f"torch.export failed on {type(model).__name__}: {str(exc).splitlines()[0]}",
                            node=None, op="torch.export",
@@ -306,13 +365,15 @@ def _export(model: torch.nn.Module, inputs: tuple) -> torch.fx.GraphModule:
     return exported.module()
 
 
-def propagate_shapes(gm: torch.fx.GraphModule, inputs: tuple) -> None:
+def propagate_shapes(gm: torch.fx.GraphModule, inputs: Inputs) -> None:
     """Put meta['tensor_meta'] on every node, in eval mode, restoring training flags afterwards.
+    Keyword `inputs` (a dict) are bound to the placeholders by name.
 
     Shapes are computed on the meta device (no arithmetic: a ResNet-50 forward costs more than
     the whole widening); a model with an op that has no meta kernel falls back to a real run.
     """
     flags = {name: m.training for name, m in gm.named_modules()}
+    inputs = positional(gm, inputs)  # a dict that does not fit raises its own N2NError
     try:
         _set_training(gm, False)
         with torch.no_grad():

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from .errors import N2NError
-from .frontend import _copy, as_inputs
+from .frontend import Inputs, _copy, as_inputs, call, map_inputs
 
 
 @dataclass
@@ -60,11 +60,11 @@ def _flat(out: Any) -> list[torch.Tensor]:
     return []
 
 
-def _seeded_run(model: torch.nn.Module, batch: tuple, seed: int) -> Any:
+def _seeded_run(model: torch.nn.Module, batch: Inputs, seed: int) -> Any:
     """Both models draw the same random numbers (stochastic depth masks in train mode)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return model(*batch)
+        return call(model, batch)
 
 
 def _max_abs(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -72,11 +72,17 @@ def _max_abs(a: torch.Tensor, b: torch.Tensor) -> float:
     return float("inf") if err != err else err  # NaN must fail, not vanish in max()
 
 
-def random_like(inputs: tuple, n: int, seed: int, dtype: torch.dtype = torch.float64) -> list[tuple]:
-    """Gaussian inputs shaped like the floating example inputs (integer inputs are reused)."""
+def random_like(inputs: Inputs, n: int, seed: int, dtype: torch.dtype = torch.float64) -> list[Inputs]:
+    """Gaussian inputs shaped like the floating example inputs (integer inputs, token ids and masks,
+    are reused); a dict of keyword inputs gives dicts, drawn in its key order."""
     gen = torch.Generator().manual_seed(seed)
-    return [tuple(torch.randn(x.shape, generator=gen, dtype=torch.float64).to(dtype) if isinstance(x, torch.Tensor)
-                  and x.is_floating_point() else x for x in inputs) for _ in range(n)]
+
+    def draw(x: Any) -> Any:
+        if isinstance(x, torch.Tensor) and x.is_floating_point():
+            return torch.randn(x.shape, generator=gen, dtype=torch.float64).to(dtype)
+        return x
+
+    return [map_inputs(inputs, draw) for _ in range(n)]
 
 
 def _less_precise(dt: torch.dtype, than: torch.dtype) -> bool:
@@ -219,8 +225,8 @@ def verify(teacher: torch.nn.Module, student: torch.nn.Module, example_inputs: A
             max(1e-5, torch.finfo(native).eps / 4)  # 16-bit weights: w / 3 is rounded once
     low = native if _less_precise(native, dtype) else None
     inputs = as_inputs(example_inputs)
-    drawn = [tuple(_cast(x, low or dtype) for x in inputs)] + random_like(inputs, n_random, seed, low or dtype)
-    batches = [tuple(_cast(x, dtype) for x in b) for b in drawn]  # the same numbers in both checks
+    drawn = [map_inputs(inputs, lambda x: _cast(x, low or dtype))] + random_like(inputs, n_random, seed, low or dtype)
+    batches = [map_inputs(b, lambda x: _cast(x, dtype)) for b in drawn]  # the same numbers in both checks
     name = str(dtype).replace("torch.", "")
     t_model, s_model = prepare(teacher, mode, dtype), prepare(student, mode, dtype)
     t_nat = s_nat = None
@@ -234,7 +240,7 @@ def verify(teacher: torch.nn.Module, student: torch.nn.Module, example_inputs: A
                       str(low).replace("torch.", "") if low else "", False, float("inf"), nat_t,
                       native_rtol(low, nat_t) if low else 0.0)
 
-    def run(model: torch.nn.Module, batch: tuple, k: int, role: str) -> list[torch.Tensor]:
+    def run(model: torch.nn.Module, batch: Inputs, k: int, role: str) -> list[torch.Tensor]:
         try:
             return _flat(_seeded_run(model, batch, seed + k))
         except Exception as exc:  # whatever a broken student raises is the verdict, not a crash
