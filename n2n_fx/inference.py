@@ -409,6 +409,8 @@ class Inference:
                 return found + [v.param_axes[0] for v in params]
             if how == "gain" and len(params) == 1 and len(tensors) == 1 and len(operands) == 2:
                 return found + [params[0].param_axes[0]]
+            if how == "gain" and len(tensors) == 1 and len(operands) == 1:
+                how = "pass"  # x * a number (T5's d_model ** -0.5 before its tied head) commutes
             if how == "shift" and len(params) == 1 and len(tensors) == 1 and len(operands) == 2:
                 found.append(params[0].param_axes[0])
             elif how != "pass" or len(tensors) != 1:

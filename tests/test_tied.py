@@ -203,3 +203,20 @@ def test_untie_at_user_dtypes_batch_one_train_mode_teacher(dtype: torch.dtype) -
     report = n2n_fx.verify(model, student, (ids,))
     assert report.ok and report.native_ok, report  # plan exact in float64, native error within its dtype's bound
     assert_untouched(model, before)
+
+
+class ScaledTied(GainTied):
+    """T5's tied head: the normalised stream times a number (d_model ** -0.5) before the table."""
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        h = self.emb(ids)
+        h = h + torch.tanh(self.mid(h))
+        return nn.functional.linear((h * self.gain) * 6 ** -0.5, self.emb.weight)
+
+
+def test_a_number_times_the_head_input_passes() -> None:
+    torch.manual_seed(0)
+    model, ids = ScaledTied().double(), _ids(2, 11)
+    plan = n2n_fx.plan(model, (ids,), factor=2.0)
+    assert [t.gains for t in plan.analysis.tied_heads] == [(("gain", 0),)]
+    assert_preserved(model, n2n_fx.apply_plan(plan), (ids,), rtol=1e-10)
