@@ -171,6 +171,7 @@ class Inference:
         self._tensor_names: dict[int, str] = {}
         self.ops: dict[str, str] = {}
         self.node: torch.fx.Node | None = None
+        self._first_only = False  # a tuple-returning op's rule sees only its first output (see _apply)
         self._roled: set[ParamAxis] = set()  # parameter axes the current call gave a role
         self.reads: dict[ParamAxis, str] = {}  # parameter axis -> first node that read it without a role
         self.sizes: list[tuple[Layout, Scalar, Reason]] = []  # computed view sizes of spaced axes
@@ -202,7 +203,8 @@ class Inference:
 
     def out_meta(self) -> Any:
         assert self.node is not None
-        return self.node.meta.get("tensor_meta")
+        meta = self.node.meta.get("tensor_meta")
+        return meta[0] if self._first_only and isinstance(meta, (list, tuple)) and meta else meta
 
     def param_val(self, qualname: str, tensor: torch.Tensor) -> Val:
         # a tensor reached under two names (tied weights) is one parameter: its first name
@@ -300,14 +302,34 @@ class Inference:
         if spec.kind == "stop":
             return self.stop(args, kwargs, self.reason("unsupported_op", spec.reason))
         self._roled = set()
-        out = getattr(self, f"rule_{spec.kind}")(spec, bound)
-        if spec.kind not in ("permute", "shape_query"):  # these move axes or read sizes, not values
+        out = self._apply(spec, bound)
+        # these move axes or read sizes, not values; so does a view or broadcast that keeps a parameter's axes
+        if spec.kind not in ("permute", "shape_query") and not (isinstance(out, Val) and out.param_axes):
             for v in _walk(bound):
                 if isinstance(v, Val) and v.param_axes:
                     for key in v.param_axes:
                         if key is not None and key not in self._roled:
                             self.reads.setdefault(key, node.name)
         return out
+
+    def _apply(self, spec: OpSpec, bound: dict[str, Any]) -> Any:
+        """The kind's rule. Core ATen ops that return (out, statistics...) (native_layer_norm,
+        native batch norm, max pooling with indices) name `outputs` in the table: the rule computes
+        out; "stats" outputs are per-row statistics (fixed axes), "like" ones share out's layouts."""
+        rule = getattr(self, f"rule_{spec.kind}")
+        kind, meta = spec.options.get("outputs"), self.node.meta.get("tensor_meta") if self.node else None
+        if kind is None or not isinstance(meta, (list, tuple)) or not meta:
+            return rule(spec, bound)
+        self._first_only = True
+        try:
+            out = rule(spec, bound)
+        finally:
+            self._first_only = False
+        if not isinstance(out, Val):
+            return out
+        rest = [Val(out.shape, out.layouts) if kind == "like" and isinstance(m, TensorMetadata)
+                and tuple(m.shape) == out.shape else self.from_meta(m) for m in meta[1:]]
+        return (out, *rest)
 
     def bind_module(self, node: torch.fx.Node, spec: OpSpec, args: tuple, kwargs: dict) -> dict[str, Any]:
         mod = self.gm.get_submodule(node.target)
@@ -709,6 +731,8 @@ class Inference:
         if not (isinstance(x, Val) and isinstance(w, Val) and w.param_axes and isinstance(groups, int)
                 and isinstance(meta, TensorMetadata)):
             return self.stop(a, {}, self.reason("unsupported_op", "conv whose weight is not a parameter (computed in forward: a reparametrisation, a product)"))
+        if "transposed" in spec.options and a.get(spec.options["transposed"]) is not False:
+            return self.stop(a, {}, self.reason("unsupported_op", "transposed convolutions have no rule yet"))
         shape = tuple(int(d) for d in meta.shape)
         ch = x.ndim - (w.ndim - 2) - 1
         c_in, c_out = x.shape[ch], w.shape[0]
@@ -747,8 +771,11 @@ class Inference:
     def _rewrite_groups(self, spec: OpSpec, layout: Layout) -> None:
         node = self.node
         assert node is not None
+        names = [n for n, _ in spec.signature]
         if node.op == "call_module":
             self.module_attr(spec, "groups", layout)
+        elif names.index("groups") != 6:  # core ATen's convolution: groups after transposed, output_padding
+            self.rewrites.append(Rewrite(node.name, "arg", (layout,), names.index("groups"), "groups"))
         else:
             self.rewrites.append(Rewrite(node.name, "groups", (layout,)))
 
