@@ -1042,7 +1042,7 @@ def _feeds_attention(node: torch.fx.Node, table: RuleTable, gm: torch.nn.Module,
                 spec = table.lookup(user, gm) if user.op.startswith("call") else None
                 if spec is None:
                     continue
-                if spec.kind == "sdpa" or (spec.options.get("batched") and _folds_batch(n)):
+                if spec.kind == "sdpa" or (spec.options.get("batched") and _folds_batch(n, table, gm)):
                     return True
                 if spec.kind in _PASS_THROUGH and user.op != "call_module":
                     nxt.append(user)
@@ -1066,13 +1066,15 @@ def _fold_batch(in_shape: tuple[int, ...], in_layouts: tuple[Layout, ...],
     layout is B copies of H's; None when the reshape is not such a fold (reshape_layouts decides)."""
     if len(in_shape) > len(out_shape):  # fold
         k = len(in_shape) - len(out_shape) + 1
-        if in_shape[k:] != out_shape[1:] or not S.is_spaced(in_layouts[k - 1])                 or any(S.is_spaced(lay) for lay in in_layouts[:k - 1]):
+        # a size-1 dim makes the reading ambiguous ((B, 1, G, L, D) -> (B, G, L, D) is no fold of B)
+        if 1 in in_shape[:k] or in_shape[k:] != out_shape[1:] or not S.is_spaced(in_layouts[k - 1]) \
+                or any(S.is_spaced(lay) for lay in in_layouts[:k - 1]):
             return None
         return (S.normalize(in_layouts[k - 1]) * _prod(in_shape[:k - 1]), *in_layouts[k:])
     if len(in_shape) < len(out_shape):  # unfold: the folded axis must be copies of one layout
         k = len(out_shape) - len(in_shape) + 1
         copies, width = _prod(out_shape[:k - 1]), out_shape[k - 1]
-        if in_shape[1:] != out_shape[k:] or not S.is_spaced(in_layouts[0]) or copies <= 1:
+        if 1 in out_shape[:k] or in_shape[1:] != out_shape[k:] or not S.is_spaced(in_layouts[0]):
             return None
         unit = _tile_unit(S.normalize(in_layouts[0]), copies, width)
         return None if unit is None else (*(S.fixed(d) for d in out_shape[:k - 1]), unit, *in_layouts[1:])
@@ -1101,9 +1103,12 @@ def _tile_unit(layout: Layout, copies: int, width: int) -> Layout | None:
     return unit
 
 
-def _folds_batch(node: torch.fx.Node) -> bool:
+def _folds_batch(node: torch.fx.Node, table: RuleTable, gm: torch.nn.Module) -> bool:
     """Is this a view that folds leading dims into the batch ((B, H, L, D) -> (B*H, L, D))? Core
     ATen's decomposed sdpa feeds bmm so; a bmm of unfolded operands (rotary tables) is no attention."""
+    spec = table.lookup(node, gm) if node.op.startswith("call") else None
+    if spec is None or spec.kind != "reshape":
+        return False
     src = node.args[0] if node.args and isinstance(node.args[0], torch.fx.Node) else None
     out, inp = node.meta.get("tensor_meta"), src.meta.get("tensor_meta") if src is not None else None
     return isinstance(out, TensorMetadata) and isinstance(inp, TensorMetadata) and len(inp.shape) > len(out.shape)
