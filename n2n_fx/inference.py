@@ -1030,11 +1030,13 @@ _PASS_THROUGH = ("permute", "reshape", "getitem", "elementwise", "split", "expan
 
 def _feeds_attention(node: torch.fx.Node, table: RuleTable, gm: torch.nn.Module, depth: int = 12) -> bool:
     """Does this node's value reach q, k or v of an sdpa call through layout-moving ops
-    (transpose, contiguous, rotary products, ...)? Then a C -> (G, C/G) view splits heads."""
-    frontier, seen = [node], {node}
+    (transpose, contiguous, rotary products, ...)? Then a C -> (G, C/G) view splits heads. So does
+    a bmm reached after a view that folds the heads into its batch (core ATen's decomposed sdpa)."""
+    frontier, seen = [(node, False)], {node}
     for _ in range(depth):
         nxt = []
-        for n in frontier:
+        for n, folded in frontier:
+            folded = folded or _folds_batch(n, table, gm)
             for user in n.users:
                 if user in seen:
                     continue
@@ -1042,10 +1044,10 @@ def _feeds_attention(node: torch.fx.Node, table: RuleTable, gm: torch.nn.Module,
                 spec = table.lookup(user, gm) if user.op.startswith("call") else None
                 if spec is None:
                     continue
-                if spec.kind == "sdpa" or (spec.options.get("batched") and _folds_batch(n, table, gm)):
+                if spec.kind == "sdpa" or (spec.options.get("batched") and folded):
                     return True
                 if spec.kind in _PASS_THROUGH and user.op != "call_module":
-                    nxt.append(user)
+                    nxt.append((user, folded))
         frontier = nxt
     return False
 

@@ -75,3 +75,30 @@ def test_core_aten_widens_as_much_as_export_and_verifies(name: str) -> None:
     gm, x = _graph(name, "aten"), _model(name)[1]
     report = n2n_fx.verify(gm, n2n_fx.widen(gm, x, factor=2.0), x)
     assert report.ok, str(report)
+
+
+class BmmAttention(torch.nn.Module):
+    """Attention written with bmm, heads folded into the batch ((B, H, L, D) -> (B*H, L, D)), as
+    core ATen decomposes sdpa, and a projection as bmm with its weight broadcast over the batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp, self.qkv, self.o = torch.nn.Linear(3, 8), torch.nn.Linear(8, 24), torch.nn.Linear(8, 2)
+        self.proj = torch.nn.Parameter(torch.randn(8, 8) / 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+        h = self.inp(x)
+        qkv = self.qkv(h).split(8, -1)
+        q, k, v = (qkv[i].view(b, n, 4, 2).transpose(1, 2).reshape(-1, n, 2) for i in range(3))
+        a = torch.bmm(torch.softmax(torch.bmm(q, k.transpose(1, 2)), -1), v)
+        a = a.view(b, 4, n, 2).transpose(1, 2).reshape(b, n, 8)
+        return self.o(h + torch.bmm(a, self.proj.expand(b, 8, 8)))
+
+
+def test_bmm_attention_widens_by_heads_and_verifies() -> None:
+    model, x = BmmAttention().double().eval(), torch.randn(2, 5, 3, dtype=torch.float64)
+    plan = n2n_fx.plan(model, x, factor=2.0, frontend="fx")
+    frozen = {sp.name: sp.frozen for sp in plan.spaces if sp.frozen and sp.name != "o"}
+    assert not frozen, frozen
+    assert n2n_fx.verify(model, n2n_fx.widen(model, x, factor=2.0, frontend="fx"), x).ok
