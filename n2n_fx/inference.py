@@ -181,6 +181,7 @@ class Inference:
         self._tensor_names: dict[int, str] = {}
         self.ops: dict[str, str] = {}
         self.node: torch.fx.Node | None = None
+        self._first_only = False  # a tuple-returning op's rule sees only its first output (see _apply)
         self._roled: set[ParamAxis] = set()  # parameter axes the current call gave a role
         self.reads: dict[ParamAxis, str] = {}  # parameter axis -> first node that read it without a role
         self.sizes: list[tuple[Layout, Scalar, Reason]] = []  # computed view sizes of spaced axes
@@ -214,7 +215,8 @@ class Inference:
 
     def out_meta(self) -> Any:
         assert self.node is not None
-        return self.node.meta.get("tensor_meta")
+        meta = self.node.meta.get("tensor_meta")
+        return meta[0] if self._first_only and isinstance(meta, (list, tuple)) and meta else meta
 
     def param_val(self, qualname: str, tensor: torch.Tensor) -> Val:
         # a tensor reached under two names (tied weights) is one parameter: its first name
@@ -314,14 +316,34 @@ class Inference:
         if spec.kind == "stop":
             return self.stop(args, kwargs, self.reason("unsupported_op", spec.reason))
         self._roled = set()
-        out = getattr(self, f"rule_{spec.kind}")(spec, bound)
-        if spec.kind not in ("permute", "shape_query"):  # these move axes or read sizes, not values
+        out = self._apply(spec, bound)
+        # these move axes or read sizes, not values; so does a view or broadcast that keeps a parameter's axes
+        if spec.kind not in ("permute", "shape_query") and not (isinstance(out, Val) and out.param_axes):
             for v in _walk(bound):
                 if isinstance(v, Val) and v.param_axes:
                     for key in v.param_axes:
                         if key is not None and key not in self._roled:
                             self.reads.setdefault(key, node.name)
         return out
+
+    def _apply(self, spec: OpSpec, bound: dict[str, Any]) -> Any:
+        """The kind's rule. Core ATen ops that return (out, statistics...) (native_layer_norm,
+        native batch norm, max pooling with indices) name `outputs` in the table: the rule computes
+        out; "stats" outputs are per-row statistics (fixed axes), "like" ones share out's layouts."""
+        rule = getattr(self, f"rule_{spec.kind}")
+        kind, meta = spec.options.get("outputs"), self.node.meta.get("tensor_meta") if self.node else None
+        if kind is None or not isinstance(meta, (list, tuple)) or not meta:
+            return rule(spec, bound)
+        self._first_only = True
+        try:
+            out = rule(spec, bound)
+        finally:
+            self._first_only = False
+        if not isinstance(out, Val):
+            return out
+        rest = [Val(out.shape, out.layouts) if kind == "like" and isinstance(m, TensorMetadata)
+                and tuple(m.shape) == out.shape else self.from_meta(m) for m in meta[1:]]
+        return (out, *rest)
 
     def bind_module(self, node: torch.fx.Node, spec: OpSpec, args: tuple, kwargs: dict) -> dict[str, Any]:
         mod = self.gm.get_submodule(node.target)
@@ -631,7 +653,7 @@ class Inference:
         layouts = self.broadcast(tensors, shape, self.reason("fixed_coupling", "expand"))
         if any(isinstance(d, int) and d != -1 for d in a.get("size", ())):
             self.rewrites.append(Rewrite(self.node.name, "view_shape", layouts))  # literal sizes follow
-        return Val(shape, layouts)
+        return Val(shape, layouts, _broadcast_param_axes(x, shape))
 
     def rule_attention(self, spec: OpSpec, a: dict[str, Any]) -> Any:
         """Multi-head attention with a packed q/k/v projection (nn.MultiheadAttention, Swin's
@@ -770,6 +792,8 @@ class Inference:
     def rule_matmul(self, spec: OpSpec, a: dict[str, Any]) -> Any:
         x, w = a.get("input"), a.get("other")
         meta = self.out_meta()
+        if spec.options.get("batched") and isinstance(w, Val) and w.ndim == 3:
+            return self._bmm(x, w, meta)
         if not (isinstance(x, Val) and isinstance(w, Val) and w.ndim == 2 and x.ndim >= 2
                 and w.param_axes and w.param_axes[0] and w.param_axes[1]):
             return self.stop(a, {}, self.reason("activation_matmul",
@@ -784,6 +808,30 @@ class Inference:
                 self.freeze_all(b, self.reason("fixed_coupling", "bias is computed, not a parameter"))
         return Val(tuple(int(d) for d in meta.shape), x.layouts[:-1] + (S.normalize(w.layouts[1]),))
 
+    def _bmm(self, x: Any, w: Val, meta: Any) -> Any:
+        """bmm (N, L, K) x (N, K, M). A weight broadcast over N (core ATen's linear on 3-D input:
+        expand(W.t())) contracts K as matmul does. Two activations: row n of the output reads only
+        row n of each operand, so N is one space for both (heads folded into the batch by a view);
+        a space on K would be summed over replicas: frozen."""
+        if not (isinstance(x, Val) and x.ndim == 3 and isinstance(meta, TensorMetadata)):
+            return self.stop((x, w), {}, self.reason("activation_matmul", "bmm of a non-3-D operand"))
+        shape = tuple(int(d) for d in meta.shape)
+        why = self.reason("fixed_coupling", "bmm batch rows meet a fixed axis")
+        tiles = [_period(S.normalize(v.layouts[0])) for v in (x, w)]
+        if tiles[0] and tiles[1] and tiles[0][1] == tiles[1][1] and S.width(tiles[0][0]) == S.width(tiles[1][0]):
+            S.unify(tiles[0][0], tiles[1][0], why)  # folded heads: one copy first (a query head may join a kv group)
+        batch = self.broadcast([Val(x.shape[:1], x.layouts[:1]), Val(w.shape[:1], w.layouts[:1])], shape[:1],
+                               why)
+        if w.param_axes and w.param_axes[0] is None and w.param_axes[1] and w.param_axes[2]:
+            S.unify(x.layouts[-1], w.layouts[1], self.reason("fixed_coupling", "contracted axis meets a fixed axis"))
+            self.role(w, 1, "contract")
+            self.role(w, 2, "out")
+            return Val(shape, batch + (x.layouts[1], S.normalize(w.layouts[2])))
+        for lay in (x.layouts[2], w.layouts[1]):
+            if S.is_spaced(lay):
+                self.freeze_all(Val((1,), (lay,)), self.reason("activation_matmul", "two activations contracted over a space"))
+        return Val(shape, batch + (x.layouts[1], w.layouts[2]))
+
     def rule_conv(self, spec: OpSpec, a: dict[str, Any]) -> Any:
         x, w, b = a.get("input"), a.get("weight"), a.get("bias")
         groups = a.get("groups", 1)
@@ -791,6 +839,8 @@ class Inference:
         if not (isinstance(x, Val) and isinstance(w, Val) and w.param_axes and isinstance(groups, int)
                 and isinstance(meta, TensorMetadata)):
             return self.stop(a, {}, self.reason("unsupported_op", "conv whose weight is not a parameter (computed in forward: a reparametrisation, a product)"))
+        if "transposed" in spec.options and a.get(spec.options["transposed"]) is not False:
+            return self.stop(a, {}, self.reason("unsupported_op", "transposed convolutions have no rule yet"))
         shape = tuple(int(d) for d in meta.shape)
         ch = x.ndim - (w.ndim - 2) - 1
         c_in, c_out = x.shape[ch], w.shape[0]
@@ -829,8 +879,11 @@ class Inference:
     def _rewrite_groups(self, spec: OpSpec, layout: Layout) -> None:
         node = self.node
         assert node is not None
+        names = [n for n, _ in spec.signature]
         if node.op == "call_module":
             self.module_attr(spec, "groups", layout)
+        elif names.index("groups") != 6:  # core ATen's convolution: groups after transposed, output_padding
+            self.rewrites.append(Rewrite(node.name, "arg", (layout,), names.index("groups"), "groups"))
         else:
             self.rewrites.append(Rewrite(node.name, "groups", (layout,)))
 
@@ -987,8 +1040,8 @@ class Inference:
             return self.stop(a, {}, self.reason("unsupported_op", "reshape of a non-tensor"))
         shape = tuple(int(d) for d in meta.shape)
         node, table, gm = self.node, self.table, self.gm  # asked only by a split that could be heads
-        layouts = reshape_layouts(x.shape, x.layouts, shape, self.reason,
-                                  heads=lambda: _feeds_attention(node, table, gm))
+        layouts = _fold_batch(x.shape, x.layouts, shape) or reshape_layouts(
+            x.shape, x.layouts, shape, self.reason, heads=lambda: _feeds_attention(node, table, gm))
         if "shape" in a:
             sizes = a["shape"]
             for k, (arg, lay) in enumerate(zip(sizes, layouts)):
@@ -1000,7 +1053,7 @@ class Inference:
                     # a fixed dim whose size is computed from a width: it would change on the student
                     self.freeze_all(arg, self.reason("size_used", f"size argument {k} depends on a width"))
             self.rewrites.append(Rewrite(self.node.name, "view_shape", layouts))
-        return Val(shape, layouts)
+        return Val(shape, layouts, x.param_axes if shape == x.shape else None)  # a no-op view keeps a parameter
 
     def rule_permute(self, spec: OpSpec, a: dict[str, Any]) -> Any:
         x = a.get("input")
@@ -1087,11 +1140,13 @@ _PASS_THROUGH = ("permute", "reshape", "getitem", "elementwise", "split", "expan
 
 def _feeds_attention(node: torch.fx.Node, table: RuleTable, gm: torch.nn.Module, depth: int = 12) -> bool:
     """Does this node's value reach q, k or v of an sdpa call through layout-moving ops
-    (transpose, contiguous, rotary products, ...)? Then a C -> (G, C/G) view splits heads."""
-    frontier, seen = [node], {node}
+    (transpose, contiguous, rotary products, ...)? Then a C -> (G, C/G) view splits heads. So does
+    a bmm reached after a view that folds the heads into its batch (core ATen's decomposed sdpa)."""
+    frontier, seen = [(node, False)], {node}
     for _ in range(depth):
         nxt = []
-        for n in frontier:
+        for n, folded in frontier:
+            folded = folded or _folds_batch(n, table, gm)
             for user in n.users:
                 if user in seen:
                     continue
@@ -1099,12 +1154,76 @@ def _feeds_attention(node: torch.fx.Node, table: RuleTable, gm: torch.nn.Module,
                 spec = table.lookup(user, gm) if user.op.startswith("call") else None
                 if spec is None:
                     continue
-                if spec.kind == "sdpa":
+                if spec.kind == "sdpa" or (spec.options.get("batched") and folded):
                     return True
                 if spec.kind in _PASS_THROUGH and user.op != "call_module":
-                    nxt.append(user)
+                    nxt.append((user, folded))
         frontier = nxt
     return False
+
+
+def _broadcast_param_axes(x: Val, shape: tuple[int, ...]) -> tuple[ParamAxis | None, ...] | None:
+    """A parameter expanded over new leading axes only (its own sizes kept) is still that parameter
+    on its trailing axes: core ATen writes x @ W.t() on a batch as bmm(x, expand(W.t()))."""
+    lead = len(shape) - x.ndim
+    if not x.param_axes or lead < 0 or shape[lead:] != x.shape:
+        return None
+    return (None,) * lead + x.param_axes
+
+
+def _fold_batch(in_shape: tuple[int, ...], in_layouts: tuple[Layout, ...],
+                out_shape: tuple[int, ...]) -> tuple[Layout, ...] | None:
+    """Fixed leading dims folded into a spaced dim and back, other dims kept: (B, H, L, D) <->
+    (B*H, L, D), as core ATen's attention feeds bmm. Row b*H + h of the fold is unit h, so its
+    layout is B copies of H's; None when the reshape is not such a fold (reshape_layouts decides)."""
+    if len(in_shape) > len(out_shape):  # fold
+        k = len(in_shape) - len(out_shape) + 1
+        # a size-1 dim makes the reading ambiguous ((B, 1, G, L, D) -> (B, G, L, D) is no fold of B)
+        if 1 in in_shape[:k] or in_shape[k:] != out_shape[1:] or not S.is_spaced(in_layouts[k - 1]) \
+                or any(S.is_spaced(lay) for lay in in_layouts[:k - 1]):
+            return None
+        return (S.normalize(in_layouts[k - 1]) * _prod(in_shape[:k - 1]), *in_layouts[k:])
+    if len(in_shape) < len(out_shape):  # unfold: the folded axis must be copies of one layout
+        k = len(out_shape) - len(in_shape) + 1
+        copies, width = _prod(out_shape[:k - 1]), out_shape[k - 1]
+        if 1 in out_shape[:k] or in_shape[1:] != out_shape[k:] or not S.is_spaced(in_layouts[0]):
+            return None
+        unit = _tile_unit(S.normalize(in_layouts[0]), copies, width)
+        return None if unit is None else (*(S.fixed(d) for d in out_shape[:k - 1]), unit, *in_layouts[1:])
+    return None
+
+
+def _period(layout: Layout) -> tuple[Layout, int] | None:
+    """(unit, copies) for the shortest unit that `layout` repeats more than once, or None."""
+    for n in range(1, len(layout) // 2 + 1):
+        unit = _tile_unit(layout, len(layout) // n, S.width(layout[:n])) if len(layout) % n == 0 else None
+        if unit is not None:
+            return unit, len(layout) // n
+    return None
+
+
+def _tile_unit(layout: Layout, copies: int, width: int) -> Layout | None:
+    """The layout that `layout` repeats `copies` times, `width` wide each; None if it does not."""
+    key = lambda seg: (id(S.find(seg.atom)), seg.inner) if isinstance(seg, Seg) else seg.size  # noqa: E731
+    if len(layout) % copies:
+        return None
+    n = len(layout) // copies
+    unit = layout[:n]
+    if S.width(unit) != width or any([key(g) for g in layout[c * n:(c + 1) * n]] != [key(g) for g in unit]
+                                     for c in range(1, copies)):
+        return None
+    return unit
+
+
+def _folds_batch(node: torch.fx.Node, table: RuleTable, gm: torch.nn.Module) -> bool:
+    """Is this a view that folds leading dims into the batch ((B, H, L, D) -> (B*H, L, D))? Core
+    ATen's decomposed sdpa feeds bmm so; a bmm of unfolded operands (rotary tables) is no attention."""
+    spec = table.lookup(node, gm) if node.op.startswith("call") else None
+    if spec is None or spec.kind != "reshape":
+        return False
+    src = node.args[0] if node.args and isinstance(node.args[0], torch.fx.Node) else None
+    out, inp = node.meta.get("tensor_meta"), src.meta.get("tensor_meta") if src is not None else None
+    return isinstance(out, TensorMetadata) and isinstance(inp, TensorMetadata) and len(inp.shape) > len(out.shape)
 
 
 def _weights_used(node: torch.fx.Node) -> bool:

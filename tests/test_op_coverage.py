@@ -1,0 +1,104 @@
+"""Op coverage: no space of a zoo model is frozen because the rule table lacks one of its ops, in
+any graph a user may hand over (fx trace, torch.export, core ATen after run_decompositions)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import cache
+
+import pytest
+import torch
+
+import n2n_fx
+
+transformers = pytest.importorskip("transformers")
+torchvision = pytest.importorskip("torchvision")
+
+
+def _resnet18() -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
+    return torchvision.models.resnet18(num_classes=10), (torch.randn(2, 3, 32, 32),)
+
+
+def _llama() -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
+    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                   use_cache=False)
+    return transformers.LlamaForCausalLM(cfg), (torch.randint(0, 64, (2, 7)),)
+
+
+def _bert() -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
+    cfg = transformers.BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                  intermediate_size=48, max_position_embeddings=64)
+    return transformers.BertModel(cfg), (torch.randint(0, 64, (2, 7)),)
+
+
+MODELS: dict[str, Callable[[], tuple[torch.nn.Module, tuple[torch.Tensor, ...]]]] = {
+    "resnet18": _resnet18, "llama": _llama, "bert": _bert}
+
+
+@cache
+def _model(name: str) -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
+    """The model in float64 eval mode (verification's precision) and its example inputs."""
+    torch.manual_seed(0)
+    model, x = MODELS[name]()
+    return model.double().eval(), tuple(t.double() if t.is_floating_point() else t for t in x)
+
+
+@cache
+def _graph(name: str, graph: str) -> torch.nn.Module:
+    """What the user hands n2n_fx: the model itself (fx), or its exported or core-ATen module."""
+    model, x = _model(name)
+    if graph == "fx":
+        return model
+    ep = torch.export.export(model, x)
+    return ep.module() if graph == "export" else ep.run_decompositions().module()
+
+
+def _plan(name: str, graph: str) -> n2n_fx.Plan:
+    return n2n_fx.plan(_graph(name, graph), _model(name)[1], factor=2.0, frontend="fx" if graph == "fx" else "auto")
+
+
+# the Hugging Face models do not symbolic_trace (auto falls back to torch.export: the export rows)
+CASES = [("resnet18", "fx")] + [(m, g) for m in MODELS for g in ("export", "aten")]
+
+
+@pytest.mark.parametrize(("name", "graph"), CASES, ids=[f"{m}-{g}" for m, g in CASES])
+def test_no_space_is_frozen_by_an_unknown_op(name: str, graph: str) -> None:
+    unknown = sorted({str(r) for sp in _plan(name, graph).spaces for r in sp.reasons if r.code == "unknown_op"})
+    assert not unknown, "ops missing from specs/ops.toml:\n" + "\n".join(unknown)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_core_aten_widens_as_much_as_export_and_verifies(name: str) -> None:
+    widened = {g: sum(sp.new_width > sp.width for sp in _plan(name, g).spaces) for g in ("export", "aten")}
+    assert widened["aten"] == widened["export"] > 0, widened
+    gm, x = _graph(name, "aten"), _model(name)[1]
+    report = n2n_fx.verify(gm, n2n_fx.widen(gm, x, factor=2.0), x)
+    assert report.ok, str(report)
+
+
+class BmmAttention(torch.nn.Module):
+    """Attention written with bmm, heads folded into the batch ((B, H, L, D) -> (B*H, L, D)), as
+    core ATen decomposes sdpa, and a projection as bmm with its weight broadcast over the batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp, self.qkv, self.o = torch.nn.Linear(3, 8), torch.nn.Linear(8, 24), torch.nn.Linear(8, 2)
+        self.proj = torch.nn.Parameter(torch.randn(8, 8) / 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+        h = self.inp(x)
+        qkv = self.qkv(h).split(8, -1)
+        q, k, v = (qkv[i].view(b, n, 4, 2).transpose(1, 2).reshape(-1, n, 2) for i in range(3))
+        a = torch.bmm(torch.softmax(torch.bmm(q, k.transpose(1, 2)), -1), v)
+        a = a.view(b, 4, n, 2).transpose(1, 2).reshape(b, n, 8)
+        return self.o(h + torch.bmm(a, self.proj.expand(b, 8, 8)))
+
+
+def test_bmm_attention_widens_by_heads_and_verifies() -> None:
+    model, x = BmmAttention().double().eval(), torch.randn(2, 5, 3, dtype=torch.float64)
+    plan = n2n_fx.plan(model, x, factor=2.0, frontend="fx")
+    frozen = {sp.name: sp.frozen for sp in plan.spaces if sp.frozen and sp.name != "o"}
+    assert not frozen, frozen
+    assert n2n_fx.verify(model, n2n_fx.widen(model, x, factor=2.0, frontend="fx"), x).ok
