@@ -1178,15 +1178,16 @@ def _fold_batch(in_shape: tuple[int, ...], in_layouts: tuple[Layout, ...],
     layout is B copies of H's; None when the reshape is not such a fold (reshape_layouts decides)."""
     if len(in_shape) > len(out_shape):  # fold
         k = len(in_shape) - len(out_shape) + 1
-        # a size-1 dim makes the reading ambiguous ((B, 1, G, L, D) -> (B, G, L, D) is no fold of B)
-        if 1 in in_shape[:k] or in_shape[k:] != out_shape[1:] or not S.is_spaced(in_layouts[k - 1]) \
+        # a size-1 spaced dim makes the reading ambiguous ((B, 1, G, L, D) -> (B, G, L, D) is no fold
+        # of B); a batch of one folds as any batch does
+        if in_shape[k - 1] == 1 or in_shape[k:] != out_shape[1:] or not S.is_spaced(in_layouts[k - 1]) \
                 or any(S.is_spaced(lay) for lay in in_layouts[:k - 1]):
             return None
         return (S.normalize(in_layouts[k - 1]) * _prod(in_shape[:k - 1]), *in_layouts[k:])
     if len(in_shape) < len(out_shape):  # unfold: the folded axis must be copies of one layout
         k = len(out_shape) - len(in_shape) + 1
         copies, width = _prod(out_shape[:k - 1]), out_shape[k - 1]
-        if 1 in out_shape[:k] or in_shape[1:] != out_shape[k:] or not S.is_spaced(in_layouts[0]):
+        if out_shape[k - 1] == 1 or in_shape[1:] != out_shape[k:] or not S.is_spaced(in_layouts[0]):
             return None
         unit = _tile_unit(S.normalize(in_layouts[0]), copies, width)
         return None if unit is None else (*(S.fixed(d) for d in out_shape[:k - 1]), unit, *in_layouts[1:])

@@ -412,6 +412,25 @@ class PackedQkvNet(nn.Module):
         return self.head(h + self.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(1, 2, 4)))
 
 
+class BmmNet(nn.Module):
+    """Attention as core ATen decomposes it: heads folded into bmm's batch ((B, H, L, D) ->
+    (B*H, L, D)), softmax over keys, and an output projection as bmm with its weight broadcast."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.qkv, self.head = nn.Linear(3, 2), nn.Linear(2, 6), nn.Linear(2, 2)
+        self.proj = nn.Parameter(torch.randn(2, 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+        h = self.a(x)
+        qkv = self.qkv(h).split(2, -1)
+        q, k, v = (qkv[i].view(b, n, 2, 1).transpose(1, 2).reshape(-1, n, 1) for i in range(3))
+        o = torch.bmm(torch.softmax(torch.bmm(q, k.transpose(1, 2)), -1), v)
+        o = o.view(b, 2, n, 1).transpose(1, 2).reshape(b, n, 2)
+        return self.head(h + torch.bmm(o, self.proj.expand(b, 2, 2)))
+
+
 class MeanSquareNet(nn.Module):
     """RMSNorm written out (mean of squares, rsqrt), as exported Llama models spell it."""
 
@@ -747,6 +766,9 @@ def attention_heads() -> list[Claim]:
                               FusedSliceNet(), torch.randn(1, 2, 3), plan_kw={"factor": 2.0, "seed": 3}))
     claims.append(widen_claim("packed qkv viewed as (3, heads, head_dim) and unbound: heads 2 -> 3, one map for "
                               "q, k and v", PackedQkvNet(), torch.randn(1, 2, 3), plan_kw={"factor": 1.5, "seed": 4}))
+    claims += [widen_claim(f"bmm attention, heads folded into the batch (batch {b}): heads 2 -> 3, the output "
+                           "projection a bmm of a broadcast weight", BmmNet(), torch.randn(b, 2, 3),
+                           plan_kw={"factor": 1.5, "seed": 5}) for b in (1, 2)]
     a, b, c, d = sympy.symbols("a b c d", real=True)
     teacher = (a * c + b * d) / sympy.sqrt(2)  # one head, head_dim 2: a score
     student = (a * c / 2 + a * c / 2 + b * d) / sympy.sqrt(3)  # q dim 0 copied, k halved: head_dim 3

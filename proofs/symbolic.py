@@ -299,7 +299,10 @@ class SymInterpreter(torch.fx.Interpreter):
             return np.concatenate(args[0], axis=kwargs.get("dim", args[1] if len(args) > 1 else 0))
         if target is torch.split or target is torch.functional.split:
             dim = kwargs.get("dim", args[2] if len(args) > 2 else 0)
-            return tuple(np.split(args[0], np.cumsum(args[1])[:-1], axis=dim))
+            sizes, n = args[1], args[0].shape[dim]
+            if isinstance(sizes, int):  # split(size): pieces of that size, the last one shorter
+                sizes = [min(sizes, n - i) for i in range(0, n, sizes)]
+            return tuple(np.split(args[0], np.cumsum(sizes)[:-1], axis=dim))
         if target is torch.flatten:
             start = args[1] if len(args) > 1 else kwargs.get("start_dim", 0)
             return args[0].reshape(*args[0].shape[:start], -1)
@@ -307,6 +310,8 @@ class SymInterpreter(torch.fx.Interpreter):
             y = args[0] @ args[1].T
             bias = args[2] if len(args) > 2 else kwargs.get("bias")
             return y if bias is None else y + bias
+        if target is torch.bmm:
+            return np.matmul(args[0], args[1])
         if target is torch.matmul or target is operator.matmul:
             return args[0] @ args[1]
         if target is F.layer_norm:  # (input, normalized_shape, weight, bias, eps)
@@ -324,7 +329,7 @@ class SymInterpreter(torch.fx.Interpreter):
             for k in range(len(args[1]) // 2):
                 pads[-1 - k] = (args[1][2 * k], args[1][2 * k + 1])
             return np.pad(args[0], pads, constant_values=sympy.Integer(0))
-        if target is F.softmax:
+        if target is F.softmax or target is torch.softmax:
             e = np.vectorize(sympy.exp, otypes=[object])(args[0])
             return e / e.sum(axis=kwargs.get("dim", args[1] if len(args) > 1 else None), keepdims=True)
         raise NotImplementedError(f"symbolic {target}")

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import n2n_fx
+from n2n_fx.testing import plan_signature
 
 transformers = pytest.importorskip("transformers")
 torchvision = pytest.importorskip("torchvision")
@@ -96,9 +97,12 @@ class BmmAttention(torch.nn.Module):
         return self.o(h + torch.bmm(a, self.proj.expand(b, 8, 8)))
 
 
-def test_bmm_attention_widens_by_heads_and_verifies() -> None:
-    model, x = BmmAttention().double().eval(), torch.randn(2, 5, 3, dtype=torch.float64)
+@pytest.mark.parametrize("batch", [1, 2, 3])
+def test_bmm_attention_widens_by_heads_and_verifies(batch: int) -> None:
+    model, x = BmmAttention().double().eval(), torch.randn(batch, 5, 3, dtype=torch.float64)
     plan = n2n_fx.plan(model, x, factor=2.0, frontend="fx")
     frozen = {sp.name: sp.frozen for sp in plan.spaces if sp.frozen and sp.name != "o"}
-    assert not frozen, frozen
+    assert not frozen, frozen  # a batch of one folds (B, H) into bmm's batch as any batch does
+    assert plan_signature(plan) == plan_signature(n2n_fx.plan(model, torch.randn(4, 3, 3, dtype=torch.float64),
+                                                               factor=2.0, frontend="fx"))
     assert n2n_fx.verify(model, n2n_fx.widen(model, x, factor=2.0, frontend="fx"), x).ok
