@@ -33,8 +33,15 @@ def _bert() -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
     return transformers.BertModel(cfg), (torch.randint(0, 64, (2, 7)),)
 
 
+def _phi3() -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
+    cfg = transformers.Phi3Config(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                  pad_token_id=0, use_cache=False)
+    return transformers.Phi3ForCausalLM(cfg), (torch.randint(0, 64, (2, 7)),)
+
+
 MODELS: dict[str, Callable[[], tuple[torch.nn.Module, tuple[torch.Tensor, ...]]]] = {
-    "resnet18": _resnet18, "llama": _llama, "bert": _bert}
+    "resnet18": _resnet18, "llama": _llama, "bert": _bert, "phi3": _phi3}
 
 
 @cache
@@ -106,3 +113,11 @@ def test_bmm_attention_widens_by_heads_and_verifies(batch: int) -> None:
     assert plan_signature(plan) == plan_signature(n2n_fx.plan(model, torch.randn(4, 3, 3, dtype=torch.float64),
                                                                factor=2.0, frontend="fx"))
     assert n2n_fx.verify(model, n2n_fx.widen(model, x, factor=2.0, frontend="fx"), x).ok
+
+
+@pytest.mark.parametrize("name", ["llama", "bert", "phi3"])
+def test_core_aten_plans_alike_at_a_batch_of_one(name: str) -> None:
+    model, (ids,) = _model(name)
+    one = ids[:1]
+    gm = torch.export.export(model, (one,)).run_decompositions().module()
+    assert plan_signature(n2n_fx.plan(gm, (one,), factor=2.0)) == plan_signature(_plan(name, "aten"))
