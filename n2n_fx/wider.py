@@ -107,12 +107,25 @@ def _set_tensor(gm: torch.nn.Module, qualname: str, value: torch.Tensor) -> None
 def _scale_along(t: torch.Tensor, axis: int, scale: torch.Tensor, inplace: bool = False) -> torch.Tensor:
     shape = [1] * t.ndim
     shape[axis] = -1
+    if t.dtype == torch.float32 and (counts := _counts(scale)) is not None:
+        # IEEE division rounds w / 3 once, to the nearest float32: as exact as the float64 route
+        # below, without converting the tensor twice
+        return t.div_(counts.reshape(shape)) if inplace else t / counts.reshape(shape)
     if t.is_floating_point() and t.dtype != torch.float64:
         # w / 3 with 1/3 itself rounded to bfloat16 (or float32) is rounded twice: compute the product
         # in float64 and round once to the stored dtype, so each weight is the nearest one it can be
         return (t.double() * scale.double().reshape(shape)).to(t.dtype)
     factor = scale.to(t.dtype).reshape(shape)
     return t.mul_(factor) if inplace else t * factor
+
+
+def _counts(scale: torch.Tensor) -> torch.Tensor | None:
+    """float32 replica counts c when every factor is exactly 1/c (division by counts; not the random
+    alphas of symmetry='split'), else None."""
+    counts = torch.reciprocal(scale.double()).round()
+    if not torch.equal(torch.reciprocal(counts), scale.double()) or counts.max() > 2**24:
+        return None
+    return counts.float()
 
 
 class Net2WiderNet(PassBase):

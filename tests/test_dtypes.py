@@ -128,3 +128,14 @@ def test_fx_students_in_low_precision(name, dtype, batch, train) -> None:
     assert_untouched(model, before)
     assert_independent(model, student)
     assert report.ok and report.native_ok and report.native_dtype == str(dtype).replace("torch.", ""), report
+
+
+def test_float32_weights_divided_by_counts_are_rounded_once() -> None:
+    from n2n_fx.wider import _scale_along
+
+    w = torch.randn(5, 7)
+    counts = torch.tensor([1, 2, 3, 5, 7, 3, 49], dtype=torch.float64)
+    got = _scale_along(w.clone(), 1, 1 / counts)
+    assert torch.equal(got, (w.double() / counts).float())  # the nearest float32 to w / c
+    alpha = torch.rand(7, dtype=torch.float64)  # symmetry='split': not reciprocals of counts
+    assert torch.equal(_scale_along(w.clone(), 1, alpha), (w.double() * alpha).float())
