@@ -416,19 +416,22 @@ class BmmNet(nn.Module):
     """Attention as core ATen decomposes it: heads folded into bmm's batch ((B, H, L, D) ->
     (B*H, L, D)), softmax over keys, and an output projection as bmm with its weight broadcast."""
 
-    def __init__(self) -> None:
+    def __init__(self, heads: int = 2, head_dim: int = 1) -> None:
         super().__init__()
-        self.a, self.qkv, self.head = nn.Linear(3, 2), nn.Linear(2, 6), nn.Linear(2, 2)
-        self.proj = nn.Parameter(torch.randn(2, 2))
+        c = heads * head_dim
+        self.heads, self.head_dim = heads, head_dim
+        self.a, self.qkv, self.head = nn.Linear(3, c), nn.Linear(c, 3 * c), nn.Linear(c, 2)
+        self.proj = nn.Parameter(torch.randn(c, c) / c)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, _ = x.shape
+        c, d = self.heads * self.head_dim, self.head_dim
         h = self.a(x)
-        qkv = self.qkv(h).split(2, -1)
-        q, k, v = (qkv[i].view(b, n, 2, 1).transpose(1, 2).reshape(-1, n, 1) for i in range(3))
+        qkv = self.qkv(h).split(c, -1)
+        q, k, v = (qkv[i].view(b, n, self.heads, d).transpose(1, 2).reshape(-1, n, d) for i in range(3))
         o = torch.bmm(torch.softmax(torch.bmm(q, k.transpose(1, 2)), -1), v)
-        o = o.view(b, 2, n, 1).transpose(1, 2).reshape(b, n, 2)
-        return self.head(h + torch.bmm(o, self.proj.expand(b, 2, 2)))
+        o = o.view(b, self.heads, n, d).transpose(1, 2).reshape(b, n, c)
+        return self.head(h + torch.bmm(o, self.proj.expand(b, c, c)))
 
 
 class MeanSquareNet(nn.Module):

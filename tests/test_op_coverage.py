@@ -11,6 +11,7 @@ import torch
 
 import n2n_fx
 from n2n_fx.testing import plan_signature
+from proofs.rules import BmmNet  # attention written with bmm, as core ATen decomposes sdpa
 
 transformers = pytest.importorskip("transformers")
 torchvision = pytest.importorskip("torchvision")
@@ -85,30 +86,11 @@ def test_core_aten_widens_as_much_as_export_and_verifies(name: str) -> None:
     assert report.ok, str(report)
 
 
-class BmmAttention(torch.nn.Module):
-    """Attention written with bmm, heads folded into the batch ((B, H, L, D) -> (B*H, L, D)), as
-    core ATen decomposes sdpa, and a projection as bmm with its weight broadcast over the batch."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.inp, self.qkv, self.o = torch.nn.Linear(3, 8), torch.nn.Linear(8, 24), torch.nn.Linear(8, 2)
-        self.proj = torch.nn.Parameter(torch.randn(8, 8) / 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, _ = x.shape
-        h = self.inp(x)
-        qkv = self.qkv(h).split(8, -1)
-        q, k, v = (qkv[i].view(b, n, 4, 2).transpose(1, 2).reshape(-1, n, 2) for i in range(3))
-        a = torch.bmm(torch.softmax(torch.bmm(q, k.transpose(1, 2)), -1), v)
-        a = a.view(b, 4, n, 2).transpose(1, 2).reshape(b, n, 8)
-        return self.o(h + torch.bmm(a, self.proj.expand(b, 8, 8)))
-
-
 @pytest.mark.parametrize("batch", [1, 2, 3])
 def test_bmm_attention_widens_by_heads_and_verifies(batch: int) -> None:
-    model, x = BmmAttention().double().eval(), torch.randn(batch, 5, 3, dtype=torch.float64)
+    model, x = BmmNet(heads=4, head_dim=2).double().eval(), torch.randn(batch, 5, 3, dtype=torch.float64)
     plan = n2n_fx.plan(model, x, factor=2.0, frontend="fx")
-    frozen = {sp.name: sp.frozen for sp in plan.spaces if sp.frozen and sp.name != "o"}
+    frozen = {sp.name: sp.frozen for sp in plan.spaces if sp.frozen and sp.name != "head"}
     assert not frozen, frozen  # a batch of one folds (B, H) into bmm's batch as any batch does
     assert plan_signature(plan) == plan_signature(n2n_fx.plan(model, torch.randn(4, 3, 3, dtype=torch.float64),
                                                                factor=2.0, frontend="fx"))
