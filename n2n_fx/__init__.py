@@ -46,7 +46,7 @@ __version__ = "0.1.0"
 def plan(model: torch.nn.Module, example_inputs: Any, *, factor: float | None = None,
          widths: dict[str, int] | None = None, seed: int = 0, symmetry: str = "none",
          noise_std: float = 0.01, leaf_modules: Sequence[type] = (), replication: str = "random",
-         frontend: str = "auto", mode: str = "eval", untie: bool = False) -> Plan:
+         frontend: str = "auto", mode: str = "eval", untie: bool = False, dynamic_shapes: Any = None) -> Plan:
     """Trace `model`, infer its spaces and plan their widths (current widths unless asked).
 
     untie=True gives every tied parameter (one tensor under two names, e.g. a token embedding that
@@ -58,14 +58,18 @@ def plan(model: torch.nn.Module, example_inputs: Any, *, factor: float | None = 
     hand-over needs (see widen_optimizer). frontend='export' traces with torch.export (models that
     only export; the graph is ATen-level and specialised to the example shapes); 'auto' (the
     default) uses symbolic_trace where it traces and torch.export where it does not. The model is traced
-    in `mode` semantics ('eval' unless asked), whatever mode the teacher is in."""
+    in `mode` semantics ('eval' unless asked), whatever mode the teacher is in. dynamic_shapes
+    (torch.export's, or "auto"; see trace) keeps an exported graph's batch and sequence dims
+    dynamic; the plan is the same as without it."""
     return _plan(model, example_inputs, factor, widths, seed, symmetry, noise_std, leaf_modules, False, replication,
-                 frontend, mode, untie)
+                 frontend, mode, untie, dynamic_shapes)
 
 
 def _plan(model, example_inputs, factor, widths, seed, symmetry, noise_std, leaf_modules, share: bool,
-          replication: str = "random", frontend: str = "auto", mode: str = "eval", untie: bool = False) -> Plan:
-    gm = trace(model, example_inputs, leaf_modules=leaf_modules, share_tensors=share, frontend=frontend, mode=mode)
+          replication: str = "random", frontend: str = "auto", mode: str = "eval", untie: bool = False,
+          dynamic_shapes: Any = None) -> Plan:
+    gm = trace(model, example_inputs, leaf_modules=leaf_modules, share_tensors=share, frontend=frontend, mode=mode,
+               dynamic_shapes=dynamic_shapes)
     if untie:
         untie_parameters(gm)  # on the private trace: the teacher keeps its tie
     return Plan(infer(gm), factor=factor, widths=widths, seed=seed, symmetry=symmetry, noise_std=noise_std,
@@ -76,19 +80,23 @@ def _plan(model, example_inputs, factor, widths, seed, symmetry, noise_std, leaf
 def widen(model: torch.nn.Module, example_inputs: Any, *, factor: float | None = None,
           widths: dict[str, int] | None = None, seed: int = 0, symmetry: str = "none",
           noise_std: float = 0.01, leaf_modules: Sequence[type] = (), replication: str = "random",
-          frontend: str = "auto", mode: str = "eval", untie: bool = False) -> torch.fx.GraphModule:
+          frontend: str = "auto", mode: str = "eval", untie: bool = False,
+          dynamic_shapes: Any = None) -> torch.fx.GraphModule:
     """Net2WiderNet: a wider student computing the teacher's function (symmetry 'none'/'split').
 
     Give `factor` (a real >= 1, applied to every widenable space) or `widths` ({space: units});
     with neither, every widenable space doubles. The teacher is not modified. untie=True: see plan
     (tied parameters become separate copies in the student, which then widens the tied space).
+    dynamic_shapes (torch.export's, or "auto" for every input dim; see trace): an exported student
+    then runs at other batch sizes and sequence lengths; without it (the default) it is specialised
+    to the example shapes and refuses others.
     """
     if factor is None and not widths:
         factor = 2.0
     # the traced graph shares the teacher's tensors (no deep copy); the pass replaces the ones it
     # widens, and own_tensors clones the rest, so the teacher is never touched
     p = _plan(model, example_inputs, factor, widths, seed, symmetry, noise_std, leaf_modules, True, replication,
-              frontend, mode, untie)
+              frontend, mode, untie, dynamic_shapes)
     student = Net2WiderNet(p)(p.analysis.gm).graph_module
     own_tensors(student, model)
     return student
@@ -104,18 +112,19 @@ def apply_plan(p: Plan) -> torch.fx.GraphModule:
 def deepen(model: torch.nn.Module, example_inputs: Any, *, after: Sequence[str], seed: int = 0,
            activation: str | None = "auto", batch_norm: bool = False, bn_mode: str = "eval",
            kernel_size: int = 3, leaf_modules: Sequence[type] = (), frontend: str = "auto",
-           block: str = "identity", hidden: int | None = None, mode: str = "eval") -> torch.fx.GraphModule:
+           block: str = "identity", hidden: int | None = None, mode: str = "eval",
+           dynamic_shapes: Any = None) -> torch.fx.GraphModule:
     """Net2DeeperNet: insert an identity layer after each named node or module.
 
     block='identity' is the paper's identity layer (refused after a non-idempotent activation);
     block='residual' inserts x + W2 phi(W1 x) with W2 = 0, exact after any activation (`seed`
     draws W1; `hidden` is its width, default the feature width); block='gated' inserts a post-LN
-    block x + alpha (LN(x + W2 phi(W1 x)) - x) behind a zero gate alpha.
+    block x + alpha (LN(x + W2 phi(W1 x)) - x) behind a zero gate alpha. dynamic_shapes: see trace.
     """
     if isinstance(after, str):
         after = [after]
     inputs = as_inputs(example_inputs)
-    gm = trace(model, inputs, leaf_modules=leaf_modules, frontend=frontend, mode=mode)
+    gm = trace(model, inputs, leaf_modules=leaf_modules, frontend=frontend, mode=mode, dynamic_shapes=dynamic_shapes)
     deeper = Net2DeeperNet(after, inputs, activation=activation, batch_norm=batch_norm, bn_mode=bn_mode,
                            kernel_size=kernel_size, block=block, hidden=hidden, seed=seed)
     return deeper(gm).graph_module

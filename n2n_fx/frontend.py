@@ -221,7 +221,7 @@ MODES = ("eval", "train")
 
 def trace(model: torch.nn.Module, example_inputs: Any, *, leaf_modules: Sequence[type] = (),
           concrete_args: dict[str, Any] | None = None, share_tensors: bool = False,
-          frontend: str = "auto", mode: str = "eval") -> torch.fx.GraphModule:
+          frontend: str = "auto", mode: str = "eval", dynamic_shapes: Any = None) -> torch.fx.GraphModule:
     """Trace `model` and annotate every node with `meta['tensor_meta']` from the example inputs.
 
     What is traced is a private copy of the module tree: tracing writes into the module it traces
@@ -241,6 +241,15 @@ def trace(model: torch.nn.Module, example_inputs: Any, *, leaf_modules: Sequence
     the graph is ATen-level (the table spells those ops too) and specialised to the example shapes.
     frontend="auto" (the default) uses symbolic_trace where it traces and torch.export where it
     does not (Hugging Face models); `gm.meta["n2n_frontend"]` says which, and so does the plan.
+
+    dynamic_shapes: what torch.export makes dynamic (its own argument, passed through; used only
+    when export traces). None (the default) specialises the graph to the example shapes, so the
+    student refuses other batch sizes and sequence lengths; "auto" marks every dim of every tensor
+    input `torch.export.Dim.AUTO` (export keeps dynamic what the model lets vary: batch, sequence,
+    image size); a dict or tuple as torch.export takes it names dims (`Dim("seq", max=512)`).
+    Export specialises an example dim of size 1, so a dynamic batch needs an example batch >= 2
+    (the student then runs at batch 1 too). The plan does not depend on it: shapes, spaces and
+    widths are those of the example inputs.
     """
     if not isinstance(model, torch.nn.Module):
         raise N2NError(f"expected an nn.Module, got {type(model).__name__}", fix="pass the model object itself")
@@ -257,7 +266,7 @@ def trace(model: torch.nn.Module, example_inputs: Any, *, leaf_modules: Sequence
             and not _any_hooks(model):
         gm, used = private, model.meta.get("n2n_frontend", "fx")  # a student: its graph is already the model
     elif frontend == "export" and not isinstance(model, torch.fx.GraphModule):
-        gm, used = _export(private, inputs), "export"
+        gm, used = _export(private, inputs, dynamic_shapes), "export"
     elif frontend == "auto" and not isinstance(model, torch.fx.GraphModule) and not leaf_modules \
             and concrete_args is None:
         try:
@@ -265,7 +274,7 @@ def trace(model: torch.nn.Module, example_inputs: Any, *, leaf_modules: Sequence
         except TraceFailure as fx_failure:  # e.g. Hugging Face models: export traces them
             private = _private(model, share_tensors, mode)  # the failed trace may have written into the copy
             try:
-                gm, used = _export(private, inputs), "export"
+                gm, used = _export(private, inputs, dynamic_shapes), "export"
             except TraceFailure as export_failure:
                 raise TraceFailure(f"{fx_failure.message} torch.export failed too: {export_failure.message}",
                                    op="symbolic_trace, torch.export", fix=fx_failure.fix) from fx_failure
@@ -343,7 +352,23 @@ def _symbolic_trace(model: torch.nn.Module, leaf_modules: Sequence[type],
                  "n2n_fx.trace(..., concrete_args={...}) can also fix a branch")) from exc
 
 
-def _export(model: torch.nn.Module, inputs: Inputs) -> torch.fx.GraphModule:
+def _dynamic(inputs: Inputs, dynamic_shapes: Any) -> Any:
+    """torch.export's dynamic_shapes for `inputs`: "auto" is Dim.AUTO on every dim of every tensor
+    (keyed like the inputs: by position, or by name for keyword inputs)."""
+    if isinstance(dynamic_shapes, str):
+        if dynamic_shapes != "auto":
+            raise N2NError(f"dynamic_shapes must be None, 'auto' or torch.export's dynamic_shapes, got "
+                           f"{dynamic_shapes!r}", op="torch.export",
+                           fix="pass dynamic_shapes='auto', or e.g. ({0: Dim.AUTO, 1: Dim.AUTO},) for one input")
+
+        def auto(x: Any) -> Any:
+            return {d: torch.export.Dim.AUTO for d in range(x.ndim)} if isinstance(x, torch.Tensor) else None
+
+        return map_inputs(inputs, auto)
+    return dynamic_shapes
+
+
+def _export(model: torch.nn.Module, inputs: Inputs, dynamic_shapes: Any = None) -> torch.fx.GraphModule:
     """torch.export, unlifted: parameters and buffers are get_attr nodes again, as in an fx trace.
 
     `model` is the private copy: a Hugging Face model's KV cache (an object torch.export cannot
@@ -356,9 +381,14 @@ def _export(model: torch.nn.Module, inputs: Inputs) -> torch.fx.GraphModule:
             config.use_cache = False
     try:
         args, kwargs = ((), inputs) if isinstance(inputs, dict) else (inputs, None)
-        exported = torch.export.export(model, args, kwargs)
+        exported = torch.export.export(model, args, kwargs, dynamic_shapes=_dynamic(inputs, dynamic_shapes))
+    except N2NError:
+        raise
     except Exception as exc:  # export raises many types (UserError, GuardOnDataDependentSymNode, ...)
-        raise TraceFailure(f"torch.export failed on {type(model).__name__}: {str(exc).splitlines()[0]}",
+        raise TraceFailure(f"torch.export failed on {type(model).__name__}: {str(exc).splitlines()[0]}"
+                           + (" (with dynamic_shapes: a dim marked dynamic may be one the model fixes, or one "
+                              "of size 1 in the example, which export specialises)" if dynamic_shapes is not None
+                              else ""),
                            node=None, op="torch.export",
                            fix="make the forward exportable (torch.export's error names the line), or use "
                                "frontend='fx' with concrete_args") from exc

@@ -1099,6 +1099,7 @@ class Inference:
             return self.stop(a, {}, self.reason("unsupported_op", "tensor-valued attribute"))
         taints = [frozenset(S.atoms_of(lay)) for lay in x.layouts]
         name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
+        name = name.split(".")[0]  # torch.ops.aten.sym_size.int (a dynamic export's size read) is "sym_size.int"
         if name == "getattr":
             return tuple(Scalar(t) for t in taints) if a.get("name") == "shape" else Scalar()
         if name == "len":

@@ -143,8 +143,10 @@ def test_t5_widens_from_keyword_inputs() -> None:
     plan = n2n_fx.plan(model, inputs, factor=2.0)
     assert plan.analysis.gm.meta["n2n_frontend"] == "export"  # auto: symbolic_trace fails on T5
     widened = {p.name for p in plan.spaces if p.new_width > p.width}
-    assert widened == {f"{stack}.block.{i}.layer.{ffn}.DenseReluDense.wi"
-                       for stack, ffn in (("encoder", 1), ("decoder", 2)) for i in (0, 1)}  # the d_ff MLPs
+    mlps = {f"{stack}.block.{i}.layer.{ffn}.DenseReluDense.wi" for stack, ffn in (("encoder", 1), ("decoder", 2))
+            for i in (0, 1)}
+    # self-attention heads of each stack are one space (blocks share the relative position bias)
+    assert widened == mlps | {f"{stack}.block.1.layer.0.SelfAttention.heads" for stack in ("encoder", "decoder")}
     student = n2n_fx.widen(model, inputs, factor=2.0)
     assert student.get_parameter("encoder.block.0.layer.1.DenseReluDense.wi.weight").shape[0] == 96
     report = assert_preserved(model, student, inputs)
