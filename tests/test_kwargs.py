@@ -170,3 +170,12 @@ def test_cli_factory_returning_keyword_inputs(tmp_path, capsys) -> None:
                  "    return KeywordOnly(), {'x': torch.randn(2, 4), 'scale_input': torch.randn(2, 4)}\n")
     assert main(["check", f"{f}:build", "--float64"]) == 0
     assert "preserved" in capsys.readouterr().out
+
+
+def test_t5_keyword_inputs_with_dynamic_shapes_run_at_other_sizes() -> None:
+    model, inputs = _t5(torch.float64)
+    student = n2n_fx.widen(model, inputs, factor=2.0, dynamic_shapes="auto")  # keyed by name, like the inputs
+    gen = torch.Generator().manual_seed(3)
+    other = {"input_ids": torch.randint(0, 64, (3, 9), generator=gen),
+             "decoder_input_ids": torch.randint(0, 64, (3, 4), generator=gen)}
+    assert assert_preserved(model, student, other).max_rel_err <= 1e-10
