@@ -1,5 +1,6 @@
 """The causal-LM families people grow, tied and untied: widened 2x, rebuilt into their own class,
-saved, reloaded, checked for function and for greedy generation, and in bfloat16 at a batch of one."""
+saved, reloaded, checked for function and for greedy generation, and in bfloat16 and float16 at a
+batch of one."""
 
 from __future__ import annotations
 
@@ -54,11 +55,12 @@ def test_widened_family_rebuilds_reloads_and_generates_alike(family: str, tied: 
     assert torch.equal(model.generate(ids, **kw), back.generate(ids, **kw))
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("family", ["llama", "qwen2", "phi3", "gpt2"])
-def test_bfloat16_tied_family_at_a_batch_of_one(family: str) -> None:
-    model = _lm(family, True).to(torch.bfloat16)
+def test_half_precision_tied_family_at_a_batch_of_one(family: str, dtype: torch.dtype) -> None:
+    model = _lm(family, True).to(dtype)
     ids = torch.randint(3, 50, (1, 7), generator=torch.Generator().manual_seed(2))
     student = n2n_fx.widen(model, (ids,), factor=2.0)
-    assert {p.dtype for p in student.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in student.parameters()} == {dtype}
     report = n2n_fx.verify(model, student, (ids,))
     assert report.ok and report.native_ok, report
