@@ -378,8 +378,11 @@ class Inference:
             if "contract" in roles and roles & {"out", "carry"}:
                 for atom in S.atoms_of(self.param_layouts[key]):
                     S.freeze(atom, Reason("param_role_conflict", key[0], "parameter",
-                                          f"axis {key[1]} is both copied and contracted (tied weights); "
-                                          "untie=True widens it with separate copies"))
+                                          f"axis {key[1]} is both copied and contracted (tied weights); " +
+                                          ("untie=True widens it with separate copies" if self.aliases.get(key[0])
+                                           else "no per-unit gain before the contraction takes the division, "
+                                                "and the table has one name (untie=True copies tables reached "
+                                                "under two names)")))
         for key, reader in self.reads.items():
             # a contracted axis holds divided (or split) columns on the student: any other read of
             # its values (a reduction, a norm, an indexing, a view) sees numbers the teacher never had
@@ -410,42 +413,64 @@ class Inference:
     def _gain_before(self, head: torch.fx.Node, key: ParamAxis) -> list[ParamAxis] | None:
         """The per-unit parameters whose division by replica counts divides the head's input,
         walking back through ops the table marks `tie_head`: pass (f(x / c) = f(x) / c), gain
-        (x * w: divide w, stop), shift (x + b: divide b, go on); a normalize op is gain and shift."""
+        (x * w: divide w, stop), shift (x + b: divide b, go on); a normalize op with a weight is gain
+        (and shift, with a bias). Each divided parameter must be read by that one call alone: any
+        other use would see the divided values."""
         space = {S.find(a) for a in S.atoms_of(self.param_layouts[key])}
 
         def per_unit(v: Any) -> bool:  # a 1-D parameter laid out on the tied space
             return isinstance(v, Val) and v.param_axes is not None and v.ndim == 1 and v.param_axes[0] is not None \
                 and {S.find(a) for a in S.atoms_of(v.layouts[0])} == space
 
+        def sole(vals: list[Val], node: torch.fx.Node) -> list[ParamAxis] | None:
+            keys = [v.param_axes[0] for v in vals]
+            return keys if all(self._uses(k[0]) == [node] for k in keys) else None
+
         inputs = [a for a in head.all_input_nodes if not getattr(self.vals.get(a.name), "param_axes", None)]
         node, found = (inputs[0] if len(inputs) == 1 else None), []
         while node is not None and node.op.startswith("call") and len(node.users) == 1:
             spec = self.table.lookup(node, self.gm)
-            operands = [v for v in _walk(self.value((node.args, node.kwargs))) if isinstance(v, Val)]
-            if node.op == "call_module" and spec is not None:
-                operands += [self.vals.get(f"{node.target}.{p}") or self._module_param(node, p) for p in ("weight", "bias")]
+            if spec is None:
+                return None
+            args, kwargs = self.value(node.args), self.value(node.kwargs)
+            operands = [v for v in _walk((args, kwargs)) if isinstance(v, Val)]
             params = [v for v in operands if per_unit(v)]
             tensors = [a for a in node.all_input_nodes if not getattr(self.vals.get(a.name), "param_axes", None)]
-            how = "norm" if spec is not None and spec.kind == "normalize" else spec.options.get("tie_head") if spec else None
-            if how == "norm" and params:
-                return found + [v.param_axes[0] for v in params]
+            how = "norm" if spec.kind == "normalize" else spec.options.get("tie_head")
+            if how == "norm":
+                bound = self.bind_module(node, spec, args, kwargs) if node.op == "call_module" else bind(spec, args, kwargs)
+                weight, bias = bound.get("weight"), bound.get("bias")
+                if not per_unit(weight) or not (bias is None or per_unit(bias)):
+                    return None  # no gain (a bias alone does not divide the output) or a computed one
+                gains = sole([weight] + ([bias] if bias is not None else []), node)
+                return None if gains is None else found + gains
             if how == "gain" and len(params) == 1 and len(tensors) == 1 and len(operands) == 2:
-                return found + [params[0].param_axes[0]]
+                gains = sole(params, node)
+                return None if gains is None else found + gains
             if how == "gain" and len(tensors) == 1 and len(operands) == 1:
                 how = "pass"  # x * a number (T5's d_model ** -0.5 before its tied head) commutes
             if how == "shift" and len(params) == 1 and len(tensors) == 1 and len(operands) == 2:
-                found.append(params[0].param_axes[0])
+                shift = sole(params, node)
+                if shift is None:
+                    return None
+                found += shift
             elif how != "pass" or len(tensors) != 1:
                 return None
             node = tensors[0]
         return None
 
-    def _module_param(self, node: torch.fx.Node, name: str) -> Val | None:
-        t = getattr(self.gm.get_submodule(node.target), name, None)
-        key = f"{node.target}.{name}"
-        if not isinstance(t, torch.Tensor) or (key, 0) not in self.param_layouts:
-            return None
-        return Val(tuple(t.shape), (self.param_layouts[(key, 0)],), ((key, 0),))
+    def _uses(self, qualname: str) -> list[torch.fx.Node]:
+        """Every call that reads this parameter (under any of its names, tied ones included)."""
+        tensor = _get_attr(self.gm, qualname, None)
+        uses: list[torch.fx.Node] = []
+        for n in self.gm.graph.nodes:
+            if n.op == "get_attr" and _get_attr(self.gm, n.target, None) is tensor:
+                uses += list(n.users)
+            elif n.op == "call_module":
+                mod = self.gm.get_submodule(n.target)
+                if any(t is tensor for t in (*mod.parameters(), *mod.buffers())):
+                    uses.append(n)
+        return uses
 
     def _check_ties(self) -> None:
         for group in self.ties:

@@ -32,7 +32,7 @@ class Arch:
     in_channels: int
     size: int
     steps: tuple[tuple, ...]
-    head: str  # "flatten" (stride map into Linear), "mean", "merge" (Swin's patch merging, then mean), "tied"
+    head: str  # "flatten" (stride map into Linear), "mean", "merge" (Swin's patch merging, then mean), "tied", "tied_shared"
     classes: int = 3
     # fidelity: what runs besides the steps, which the traced graph must hold too
     hooks: tuple[tuple[int, str], ...] = ()  # (step, kind): a hook from HOOKS on that step's module
@@ -156,7 +156,7 @@ class ArchNet(nn.Module):
         self.chans = chans
         if arch.head == "merge":  # 2x2 patches into 4 copies of the channels, reduced back by a Linear
             self.merge = nn.Linear(4 * chans[-1], chans[-1])
-        if arch.head == "tied":  # a table looked up into the last map and reused as the head's matrix
+        if arch.head in ("tied", "tied_shared"):  # a table looked up into the last map, reused as the head's matrix
             self.tied = nn.Embedding(arch.size * arch.size, chans[-1])
             self.gain, self.shift = nn.Parameter(torch.rand(chans[-1]) + 0.5), nn.Parameter(torch.randn(chans[-1]))
             self.register_buffer("tied_ids", torch.arange(arch.size * arch.size))
@@ -244,9 +244,11 @@ class ArchNet(nn.Module):
         if self.arch.cache:  # Python state written during forward (tracing must not reach the teacher's)
             self.cache["last"] = y
             self.calls += 1
-        if self.arch.head == "tied":  # logits over the table's rows; its gain and shift take the division
-            n, c, h, w = y.shape
+        if self.arch.head in ("tied", "tied_shared"):  # logits over the table's rows: gain and shift
+            n, c, h, w = y.shape                           # take the division, unless read elsewhere too
             y = y + self.tied(self.tied_ids).t().reshape(1, -1, h, w)
+            if self.arch.head == "tied_shared":
+                y = y * self.gain.view(1, -1, 1, 1)
             return F.linear(y.mean((2, 3)) * self.gain + self.shift, self.tied.weight)
         if self.arch.head == "merge":
             from torchvision.models.swin_transformer import _patch_merging_pad
@@ -338,7 +340,7 @@ def architectures(draw, max_steps: int = 8, activations: tuple[str, ...] = tuple
     table, literal narrows and slices over the whole channel axis, a map cut by constant slices into
     two pieces, a conv scaled by a reduction of its own weight; a flatten,
     mean, patch-merging or tied head (a table looked up into the last map and reused as the head's
-    matrix behind a per-unit gain and shift). Around them: forward hooks and pre-hooks on modules (elementwise, a
+    matrix behind a per-unit gain and shift, the gain possibly read a second time). Around them: forward hooks and pre-hooks on modules (elementwise, a
     mean over channels, a channel flip), buffer normalisation of the input, a Python cache written in
     forward, and teachers in train mode."""
     in_ch = draw(st.integers(1, 3))
@@ -402,7 +404,7 @@ def architectures(draw, max_steps: int = 8, activations: tuple[str, ...] = tuple
         else:
             steps.append(("pool", src))
             chans.append(chans[src])
-    heads = ["flatten", "mean", "tied"] + (["merge"] if _has_torchvision() else [])
+    heads = ["flatten", "mean", "tied", "tied_shared"] + (["merge"] if _has_torchvision() else [])
     modules = [i for i, step in enumerate(steps) if step[0] in ("conv", "bn_act", "gate", "norm")]
     hooks = draw(st.lists(st.tuples(st.sampled_from(modules), st.sampled_from(sorted(HOOKS))), max_size=2,
                           unique_by=lambda h: h[0])) if modules else []

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.fx
 
 from .errors import N2NError
 from .frontend import Inputs, _copy, as_inputs, call, map_inputs
@@ -144,7 +145,7 @@ def prepare(model: torch.nn.Module, mode: str, dtype: torch.dtype = torch.float6
     dtype literals retargeted."""
     tensors = [*model.parameters(), *model.buffers()]
     own = _float_dtype(model)
-    if mode == "eval" and not any(m.training for m in model.modules()) and \
+    if mode == "eval" and not any(m.training for m in model.modules()) and not _writes_weights(model) and \
             all(t.dtype == dtype for t in tensors if t.is_floating_point()):
         # a copy of the module tree that shares the parameters (a 4x student is large): a forward
         # may still write Python state and buffers (caches, counters), never the caller's
@@ -161,7 +162,31 @@ def prepare(model: torch.nn.Module, mode: str, dtype: torch.dtype = torch.float6
         for sub in m.modules():
             if isinstance(sub, torch.nn.modules.dropout._DropoutNd):
                 sub.eval()
+        if isinstance(m, torch.fx.GraphModule):
+            _drop_dropout(m)
     return m
+
+
+_DROPOUT = {torch.ops.aten.dropout.default, torch.nn.functional.dropout, torch.dropout}
+
+
+def _drop_dropout(gm: torch.fx.GraphModule) -> None:
+    """A graph's own dropout calls (an exported train-mode student carries aten.dropout nodes, not
+    nn.Dropout modules) are skipped, as the modules are."""
+    changed = False
+    for node in list(gm.graph.nodes):
+        if node.op == "call_function" and node.target in _DROPOUT:
+            node.replace_all_uses_with(node.args[0] if node.args else node.kwargs["input"])
+            gm.graph.erase_node(node)
+            changed = True
+    if changed:
+        gm.recompile()
+
+
+def _writes_weights(model: torch.nn.Module) -> bool:
+    """A forward that writes into its own weights (nn.Embedding(max_norm=...) renormalises the rows
+    it looks up, in place) must run on a copy: the caller's tensors are never written."""
+    return any(isinstance(m, torch.nn.Embedding) and m.max_norm is not None for m in model.modules())
 
 
 def native_rtol(dtype: torch.dtype, teacher_rel_err: float) -> float:

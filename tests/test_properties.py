@@ -38,6 +38,7 @@ DW_CHUNKS = Arch(2, 2, (("conv", 0, 4, 1, 2), ("conv", 1, 4, 1, 2), ("chunk", 2)
 FUSED = Arch(2, 2, (("conv", 0, 4, 1, 1), ("sdpa", 1, 2, "slice"), ("sdpa", 2, 2, "packed"), ("slices", 3, 1, "narrow"),
                     ("slices", 3, 3, "getitem"), ("conv", 4, 4, 1, 1), ("add", 8, 3), ("cat", (9, 5, 6))), "mean")
 TIED = Arch(2, 2, (("conv", 0, 3, 1, 1), ("bn_act", 1, "relu"), ("add", 2, 1)), "tied")  # tied table behind a gain
+TIED_SHARED = Arch(2, 2, (("conv", 0, 3, 1, 1),), "tied_shared")  # ... whose gain is read twice: the tie freezes
 
 
 def grow(arch: Arch, req: WidenRequest, built=None):
@@ -65,6 +66,7 @@ def grow(arch: Arch, req: WidenRequest, built=None):
 @example(FUSED, WidenRequest(1.5, None, "split", 2))
 @example(TIED, WidenRequest(1.5, None, "none", 0))
 @example(TIED, WidenRequest(2.0, None, "split", 1))
+@example(TIED_SHARED, WidenRequest(2.0, None, "none", 0))
 def test_widen_preserves_random_architectures(arch, req):
     model, x = arch.build()
     snap = snapshot(model)
