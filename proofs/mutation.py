@@ -155,6 +155,22 @@ def _heads_per_projection() -> None:
     inf.qkv_rows = qkv_rows
 
 
+@mutant("naive_tie", "a tied table is kept one tensor but the head's division lands nowhere (its gains undivided)")
+def _naive_tie() -> None:
+    import n2n_fx.inference as inf
+
+    original = inf.Inference._divide_before_head
+
+    def naive(self, key) -> bool:
+        kept = original(self, key)
+        if kept:
+            for gain in self.tied_heads[-1].gains:
+                self.roles[gain].discard("divide")
+        return kept
+
+    inf.Inference._divide_before_head = naive
+
+
 SUITE = ["tests/test_properties.py", "tests/test_models.py", "-k",
          "properties or widen_exact_float64 or deepen_several or compositions", "-x", "-q", "-p", "no:cacheprovider"]
 
