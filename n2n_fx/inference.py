@@ -49,7 +49,7 @@ class Rewrite:
     """A literal in the student's graph that depends on widths (view sizes, split sizes, groups)."""
 
     node: str
-    what: str  # "view_shape" | "split_sizes" | "groups" | "normalized_shape" | "arg" | "slice_piece"
+    what: str  # "view_shape" | "split_sizes" | "groups" | "normalized_shape" | "arg" | "slice_piece" | "sizes"
     layouts: tuple[Layout, ...]  # slice_piece: (before, piece, after) on the sliced axis
     dim: int = 0  # split: the axis; arg: the argument's position; slice_piece: the axis (getitem: index position)
     arg: str = ""  # arg: the argument's name (when passed by keyword)
@@ -309,7 +309,7 @@ class Inference:
             bound = self.bind_module(node, spec, args, kwargs)
         else:
             bound = bind(spec, args, kwargs)
-        if spec.kind not in ("reshape", "getitem", "shape_query", "split"):
+        if spec.kind not in ("reshape", "getitem", "shape_query", "split", "constant"):
             tainted = [v for v in _walk(bound) if isinstance(v, Scalar) and v.taint]
             if tainted:
                 self.freeze_all(tainted, self.reason("size_used", "a width-dependent size feeds a computation"))
@@ -679,6 +679,21 @@ class Inference:
         if any(isinstance(d, int) and d != -1 for d in a.get("size", ())):
             self.rewrites.append(Rewrite(self.node.name, "view_shape", layouts))  # literal sizes follow
         return Val(shape, layouts, _broadcast_param_axes(x, shape))
+
+    def rule_constant(self, spec: OpSpec, a: dict[str, Any]) -> Any:
+        """zeros / ones: one value everywhere, so every axis may adopt the layout it meets (a fresh
+        free atom per axis); the student's size literals follow the widths of those layouts."""
+        meta, sizes = self.out_meta(), a.get("size", ())
+        if not isinstance(meta, TensorMetadata):
+            return self.stop(a, {}, self.reason("unsupported_op", "a constant without a tensor result"))
+        shape = tuple(int(d) for d in meta.shape)
+        layouts = []
+        for k, d in enumerate(shape):
+            literal = k < len(sizes) and isinstance(sizes[k], int)
+            # a computed size stays as computed on the student: that axis keeps its size
+            layouts.append((Seg(Atom(d, f"{self.node.name}:{k}", free=True)),) if d and literal else S.fixed(d))
+        self.rewrites.append(Rewrite(self.node.name, "sizes", tuple(layouts)))
+        return Val(shape, tuple(layouts))
 
     def rule_attention(self, spec: OpSpec, a: dict[str, Any]) -> Any:
         """Multi-head attention with a packed q/k/v projection (nn.MultiheadAttention, Swin's

@@ -23,7 +23,7 @@ from .errors import SpecError
 
 KINDS = (
     "elementwise", "channelwise", "dense", "conv", "concat", "stack", "split", "getitem",
-    "reshape", "permute", "reduce", "matmul", "shape_query", "normalize", "expand", "attention", "embedding", "space_to_depth", "sdpa", "stop",
+    "reshape", "permute", "reduce", "matmul", "shape_query", "normalize", "expand", "attention", "embedding", "space_to_depth", "sdpa", "constant", "stop",
 )
 _NO_DEFAULT = object()
 

@@ -204,6 +204,8 @@ class Net2WiderNet(PassBase):
                 else:
                     node.kwargs = {**node.kwargs, rw.arg: widths[0]}
                 changed = True
+            elif rw.what == "sizes":  # zeros / ones: literal sizes follow the widths
+                changed |= _rewrite_sizes(node, widths)
             elif rw.what == "slice_piece":  # a slice of a space: the piece's bounds on the student
                 _rewrite_slice(node, rw.dim, *widths)
                 changed = True
@@ -242,6 +244,17 @@ def _rewrite_slice(node: torch.fx.Node, where: int, before: int, piece: int, aft
         node.args, node.kwargs = (x, where, before, piece), {}
     else:
         node.args, node.kwargs = (x, where, before, before + piece, 1), {}
+
+
+def _rewrite_sizes(node: torch.fx.Node, widths: list[int]) -> bool:
+    """zeros(sizes) / zeros(*sizes): literal sizes become the new widths (computed ones stay)."""
+    packed = len(node.args) == 1 and isinstance(node.args[0], (list, tuple))
+    sizes = list(node.args[0]) if packed else list(node.args)
+    new = [w if isinstance(v, int) else v for v, w in zip(sizes, widths)]
+    if new == sizes:
+        return False
+    node.args = (type(node.args[0])(new),) if packed else tuple(new)
+    return True
 
 
 def _rewrite_view(node: torch.fx.Node, widths: list[int]) -> bool:

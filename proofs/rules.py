@@ -318,6 +318,19 @@ class EmbedNet(nn.Module):
         return self.head(torch.tanh(self.emb(self.ids) + self.a(x)))
 
 
+class ConstantNet(nn.Module):
+    """A bias built from constants sized by literals (T5's zero position bias), added across a space
+    (the batch size read at run time keeps fx from folding them into tensors)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.head = nn.Linear(3, 2), nn.Linear(2, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(self.a(x))
+        return self.head(h * torch.ones((x.shape[0], 2, 2)) + torch.zeros((x.shape[0], 1, 2)))
+
+
 class TiedNet(nn.Module):
     """One table looked up into the hidden space and used as the head's matrix (tied embeddings),
     with a per-unit gain and shift (or a LayerNorm) producing the head's input."""
@@ -711,7 +724,9 @@ def expand() -> list[Claim]:
     return [widen_claim(f"class token expanded and concatenated, position embedding added (2 -> {w})", TokenNet(), x,
                         plan_kw={"widths": {"a": w}, "seed": 3}) for w in (3, 5)] + [
         widen_claim("a gate viewed with sizes read at run time and expand_as'ed onto its space (3 -> 5)", GateNet(),
-                    torch.randn(1, 1, 1, 1), plan_kw={"factor": 1.7, "seed": 2})]
+                    torch.randn(1, 1, 1, 1), plan_kw={"factor": 1.7, "seed": 2}),
+        widen_claim("ones and zeros sized by literals meet a space: replicas get the same constant, the literals "
+                    "follow (2 -> 3)", ConstantNet(), x, plan_kw={"factor": 1.5, "seed": 4})]
 
 
 @proof("embedding")

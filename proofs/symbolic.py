@@ -310,6 +310,9 @@ class SymInterpreter(torch.fx.Interpreter):
             y = args[0] @ args[1].T
             bias = args[2] if len(args) > 2 else kwargs.get("bias")
             return y if bias is None else y + bias
+        if target in (torch.zeros, torch.ones):
+            shape = args[0] if len(args) == 1 and isinstance(args[0], (tuple, list)) else args
+            return np.full(tuple(shape), sympy.Integer(int(target is torch.ones)), dtype=object)
         if target is torch.bmm:
             return np.matmul(args[0], args[1])
         if target is torch.matmul or target is operator.matmul:

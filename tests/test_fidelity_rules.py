@@ -386,3 +386,28 @@ def test_item_assignment_is_not_called_control_flow():
     assert by_name(plan)["c"].reasons[0].code == "index_on_space"  # h[:, 0] = 0 writes one channel
     assert n2n_fx.plan(model, _x()).analysis.gm.meta["n2n_frontend"] == "export"  # auto
     assert n2n_fx.verify(model, n2n_fx.widen(model, _x(), factor=2, frontend="export"), _x()).ok
+
+
+class Constants(nn.Module):
+    """zeros / ones sized by literals (T5's zero position bias) or by a size read from a space."""
+
+    def __init__(self, computed: bool) -> None:
+        super().__init__()
+        self.a, self.b, self.computed = nn.Linear(3, 4), nn.Linear(4, 2), computed
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(self.a(x))
+        width = h.shape[-1] if self.computed else 4
+        return self.b(h * torch.ones((x.shape[0], 1, 4)) + torch.zeros((1, x.shape[1], width)))
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("frontend", ["fx", "export"])
+@pytest.mark.parametrize("computed", [False, True])
+def test_constants_sized_by_literals_take_the_space_they_meet(computed: bool, frontend: str, batch: int) -> None:
+    x = torch.randn(batch, 5, 3, dtype=torch.float64)
+    plan, student = widen_exact(Constants(computed), x, frontend)
+    # a literal width follows the space (export writes h.shape[-1] as a literal too); fx keeps a size
+    # read at run time, which the rule does not track: that space freezes (never a wrong student)
+    frozen = computed and frontend == "fx"
+    assert (by_name(plan)["a"].new_width == 4) == frozen, str(plan)

@@ -145,8 +145,11 @@ def test_t5_widens_from_keyword_inputs() -> None:
     widened = {p.name for p in plan.spaces if p.new_width > p.width}
     mlps = {f"{stack}.block.{i}.layer.{ffn}.DenseReluDense.wi" for stack, ffn in (("encoder", 1), ("decoder", 2))
             for i in (0, 1)}
-    # self-attention heads of each stack are one space (blocks share the relative position bias)
-    assert widened == mlps | {f"{stack}.block.1.layer.0.SelfAttention.heads" for stack in ("encoder", "decoder")}
+    # self-attention heads of each stack are one space (blocks share the relative position bias), and
+    # so are the cross-attention heads (they share one zero bias, aten.zeros sized by a heads literal)
+    heads = {f"{stack}.block.1.layer.0.SelfAttention.heads" for stack in ("encoder", "decoder")}
+    assert widened == mlps | heads | {"decoder.block.1.layer.1.EncDecAttention.heads"}
+    assert all(p.reasons[0].code == "model_output" for p in plan.spaces if p.new_width == p.width)
     student = n2n_fx.widen(model, inputs, factor=2.0)
     assert student.get_parameter("encoder.block.0.layer.1.DenseReluDense.wi.weight").shape[0] == 96
     report = assert_preserved(model, student, inputs)
