@@ -395,7 +395,7 @@ class Inference:
         """A tied embedding + head (one table, copied by the lookup and contracted by the head) stays
         one tensor when the head's division by replica counts moves onto the per-unit gain (and
         shift) that produced the head's input: the final norm's weight and bias. Holds when nothing
-        else reads the values in between (see proofs: tied_head)."""
+        else reads the values in between (proofs: the tied claims of `embedding`)."""
         gains: list[ParamAxis] = []
         for node in self.contractors.get(key, []):
             found = self._gain_before(node, key)
@@ -572,7 +572,7 @@ class Inference:
                     cands.append(v.layouts[j])
                 elif spaced:  # a width-1 space broadcast against a wider axis: widening it breaks the broadcast
                     self.freeze_all(Val((1,), (v.layouts[j],)), self.reason("broadcast", "a width-1 space is broadcast"))
-            if k == 0 and nd >= 2 and fixed_one and cands:
+            if k == 0 and nd >= 2 and size == 1 and fixed_one and cands:
                 # a leading axis of size 1 is a batch of one: at a batch of two the space would be
                 # broadcast against it, so it is here too (a plan never depends on the batch size)
                 for c in cands:
