@@ -326,8 +326,40 @@ def _finish(gm: torch.fx.GraphModule, model: torch.nn.Module, inputs: Inputs, us
     gm.meta["n2n_frontend"] = used
     _restore_flags(gm, model)
     _nonpersistent_extras(gm, model)
-    propagate_shapes(gm, inputs)
+    if used != "export" or not shapes_from_export(gm):
+        propagate_shapes(gm, inputs)
     return gm
+
+
+def shapes_from_export(gm: torch.fx.GraphModule) -> bool:
+    """meta['tensor_meta'] from the values torch.export recorded on every node (meta['val'], fake
+    tensors), as ShapeProp would compute them, without running the graph again. False, and nothing
+    written, when a node has no record or a size is symbolic (dynamic shapes): ShapeProp runs then."""
+    from torch.fx.node import map_aggregate
+    from torch.fx.passes.shape_prop import _extract_tensor_metadata
+
+    metas: dict[torch.fx.Node, Any] = {}
+    for node in gm.graph.nodes:
+        if node.op == "output":
+            continue
+        if "val" not in node.meta:
+            if node.op == "call_module" or (node.op == "get_attr" and isinstance(getattr(gm, node.target, None),
+                                                                               torch.nn.Module)):
+                continue  # export's own input guard and higher-order ops' bodies compute no value
+            return False
+        tensors = [v for v in torch.utils._pytree.tree_leaves(node.meta["val"]) if isinstance(v, torch.Tensor)]
+        if any(not isinstance(d, int) for t in tensors for d in t.shape):
+            return False
+        if tensors:  # requires_grad as ShapeProp sees it (it runs under no_grad)
+            metas[node] = map_aggregate(node.meta["val"], lambda v: _extract_tensor_metadata(v)._replace(
+                requires_grad=False) if isinstance(v, torch.Tensor) else v)
+    for node, meta in metas.items():
+        node.meta["tensor_meta"] = meta
+    out = gm.graph.output_node()
+    leaves = [v for v in torch.utils._pytree.tree_leaves(out.args[0]) if isinstance(v, torch.fx.Node)]
+    if leaves and all(v in metas for v in leaves):  # the output's, as ShapeProp records it
+        out.meta["tensor_meta"] = map_aggregate(out.args[0], lambda v: metas[v] if isinstance(v, torch.fx.Node) else v)
+    return True
 
 
 def _symbolic_trace(model: torch.nn.Module, leaf_modules: Sequence[type],

@@ -252,3 +252,42 @@ def test_rebuild_keeps_fields_that_size_nothing() -> None:
     rebuilt = rebuild(model, n2n_fx.widen(model, (IDS,), factor=2.0), (IDS,))
     assert rebuilt.config.max_position_embeddings == model.config.max_position_embeddings
     assert rebuilt.config.hidden_size == 2 * model.config.hidden_size
+
+
+def _export_cases():
+    transformers = pytest.importorskip("transformers")
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    t5 = transformers.T5ForConditionalGeneration(transformers.T5Config(
+        vocab_size=50, d_model=16, d_kv=4, d_ff=24, num_layers=1, num_decoder_layers=1, num_heads=4,
+        decoder_start_token_id=0, pad_token_id=0)).double().eval()
+    return [(_hf("llama"), (IDS,)), (_hf("bert"), (IDS,)), (_hf("gpt2", tie_word_embeddings=True), (IDS,)),
+            (t5, {"input_ids": IDS, "decoder_input_ids": IDS[:, :3]}),
+            (torchvision.models.resnet18(num_classes=4).double().eval(), (torch.randn(2, 3, 32, 32, dtype=torch.float64),))]
+
+
+def _metas(gm: torch.fx.GraphModule) -> dict:
+    # shapes and dtypes, what the engine reads: shape propagation runs meta kernels, whose strides
+    # differ from CPU ones (export records those) on some ops (sdpa), and reports requires_grad
+    # True for a tied alias it reads from the module itself
+    from torch.fx.passes.shape_prop import TensorMetadata
+
+    def plain(v):
+        if isinstance(v, TensorMetadata):
+            return tuple(v.shape), v.dtype
+        return type(v)(plain(x) for x in v) if isinstance(v, (list, tuple)) else v
+
+    return {n.name: plain(n.meta.get("tensor_meta")) for n in gm.graph.nodes}
+
+
+def test_export_shapes_are_read_from_its_own_records_as_shape_propagation_finds_them() -> None:
+    from n2n_fx.frontend import propagate_shapes
+
+    for model, inputs in _export_cases():
+        gm = n2n_fx.trace(model, inputs, frontend="export")  # tensor_meta from export's meta['val']
+        recorded = _metas(gm)
+        assert all(recorded[n.name] is not None for n in gm.graph.nodes if n.op == "placeholder")
+        for n in gm.graph.nodes:
+            n.meta.pop("tensor_meta", None)
+        propagate_shapes(gm, inputs)
+        assert recorded == _metas(gm), type(model).__name__
