@@ -1051,8 +1051,9 @@ class Inference:
         return start, end
 
     def _index_axis(self, a: dict[str, Any]) -> Any:
-        """select / slice / narrow along one axis: a fixed axis may be indexed, a space may not
-        (unless the slice keeps all of it)."""
+        """select / slice / narrow along one axis: a fixed axis may be indexed; a step-1 slice of a
+        space with known bounds is a piece of it (see _slice_piece); select or a strided slice of a
+        space freezes it."""
         x, meta = a.get("input"), self.out_meta()
         if not isinstance(x, Val) or not isinstance(meta, TensorMetadata) or not isinstance(a.get("dim"), int):
             return self.stop(a, {}, self.reason("unsupported_op", "indexing with a computed axis"))
