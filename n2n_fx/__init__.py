@@ -4,6 +4,7 @@
     student = n2n_fx.widen(model, example_inputs, factor=2.0, seed=0)
     student = n2n_fx.deepen(model, example_inputs, after=["layer.name"], seed=0)
     report = n2n_fx.verify(teacher, student, example_inputs)   # .ok .max_abs_err .max_rel_err
+    big = n2n_fx.grow(teacher, target, example_inputs)  # into a bigger model of the family: type(target)
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from .errors import (
     typed,
 )
 from .frontend import as_inputs, own_tensors, trace
+from .growth import GrowError
+from .growth import grow as _grow
 from .inference import Analysis, Space, infer
 from .optim import widen_optimizer
 from .planning import Plan
@@ -131,15 +134,16 @@ def deepen(model: torch.nn.Module, example_inputs: Any, *, after: Sequence[str],
 
 
 # the stage functions re-exported here raise only N2NErrors too
+grow = typed("grow")(_grow)
 trace = typed("trace")(trace)
 infer = typed("infer")(infer)
 verify = typed("verify")(verify)
 widen_optimizer = typed("widen_optimizer")(widen_optimizer)
 
 __all__ = [
-    "Analysis", "ConstraintError", "DeepenError", "FrozenSpaceError", "HookError", "InternalError", "N2NError", "Net2DeeperNet",
+    "Analysis", "ConstraintError", "DeepenError", "FrozenSpaceError", "GrowError", "HookError", "InternalError", "N2NError", "Net2DeeperNet",
     "Net2WiderNet", "NotPreservedError", "Plan", "Report", "Space", "SpecError", "TraceFailure",
-    "UnknownNodeError", "UnknownSpaceError", "WidthError", "apply_plan", "deepen", "infer", "load_table",
+    "UnknownNodeError", "UnknownSpaceError", "WidthError", "apply_plan", "deepen", "grow", "infer", "load_table",
     "widen_optimizer",
     "plan", "trace", "verify", "widen",
 ]

@@ -155,3 +155,53 @@ def rebuild(teacher: torch.nn.Module, student: torch.nn.Module, example_inputs: 
                         "config can describe" if len(ratios) > 1 else
                         "these sizes break one of the family's own relations (e.g. heads x head_dim = hidden "
                         "size): choose widths= that keep them, or use the GraphModule student as is"))
+
+
+def target_config(config: Any, changes: dict[str, Any]) -> Any:
+    """The teacher's config with `changes` applied (names through its attribute_map: n_embd works
+    for GPT-2 as hidden_size does); an unknown field is an error, not a silent no-op."""
+    cfg = copy.deepcopy(config)
+    alias = getattr(cfg, "attribute_map", {}) or {}
+    for key, value in changes.items():
+        if not hasattr(cfg, alias.get(key, key)):
+            raise N2NError(f"{type(config).__name__} has no field {key!r}", op="hf.grow",
+                           fix="use the config's own field names (e.g. hidden_size, intermediate_size, "
+                               "num_attention_heads, num_key_value_heads, num_hidden_layers)")
+        setattr(cfg, key, value)
+    return cfg
+
+
+def grow(model: torch.nn.Module, config: Any = None, example_inputs: Any = None, *, seed: int = 0,
+         layer_map: Any = "interleave", rtol: float | None = None, **changes: Any) -> torch.nn.Module:
+    """A Hugging Face model grown into a bigger config of its family: `grow(model, hidden_size=960,
+    num_hidden_layers=32)` or `grow(model, bigger_config)`. Returns `type(model)` with that config,
+    verified to compute the teacher's function, ready for save_pretrained.
+
+    The target is built on the meta device (no memory for its weights until they are computed);
+    example_inputs default to two sequences of eight random token ids (seeded)."""
+    from .growth import grow as grow_into
+
+    base = getattr(model, "config", None)
+    if base is None:
+        raise N2NError(f"{type(model).__name__} has no .config", op="hf.grow",
+                       fix="hf.grow is for Hugging Face models; use n2n_fx.grow(teacher, target, inputs) otherwise")
+    if config is not None and changes:
+        raise N2NError("pass a config or field changes, not both", op="hf.grow",
+                       fix="grow(model, config) or grow(model, hidden_size=..., ...)")
+    cfg = target_config(base, changes) if config is None else config
+    try:
+        with torch.device("meta"):
+            target = type(model)(cfg)
+    except Exception as exc:  # the family's own validation (hidden size not divisible by heads, ...)
+        raise N2NError(f"{type(model).__name__} refuses the target config: {exc}", op="hf.grow",
+                       fix="choose sizes the family accepts") from exc
+    if example_inputs is None:
+        vocab = getattr(base, "vocab_size", None)
+        if not isinstance(vocab, int):
+            raise N2NError(f"{type(base).__name__} has no vocab_size to draw example tokens from", op="hf.grow",
+                           fix="pass example_inputs")
+        gen = torch.Generator().manual_seed(seed)
+        example_inputs = (torch.randint(0, vocab, (2, 8), generator=gen),)
+    grown = grow_into(model, target, example_inputs, seed=seed, layer_map=layer_map, rtol=rtol)
+    grown.config = cfg
+    return grown

@@ -1,0 +1,444 @@
+"""Grow a teacher into a target architecture: the target's widths, its extra blocks, its class.
+
+`grow(teacher, target, example_inputs)` reads every space's new width from the target's parameter
+shapes (one linear equation per bound parameter axis), widens the teacher with one plan, starts
+each block the target has in addition as the identity (a copy of a teacher block whose residual
+branch ends in zeros), and loads the result into a copy of `target` (typically built on the meta
+device), verified against the teacher.
+
+Blocks are the children of a stack: a ModuleList / Sequential whose children are named by
+consecutive integers (`layers.0`, `encoder_layer_0`, ...). A target stack longer than the
+teacher's gets new blocks placed by `layer_map`: "interleave" (default: spread between the
+teacher's), "append" (after them), or {stack path: [teacher index or None per target block]}.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.fx
+
+from . import spaces as S
+from .errors import N2NError, NotPreservedError
+from .frontend import as_inputs, own_tensors, trace
+from .inference import Analysis, infer
+from .planning import Plan
+from .spaces import Seg
+from .spec import RuleTable, load_table
+from .tied import untie_parameters
+from .verification import Report, verify
+from .wider import Net2WiderNet
+
+LAYER_POLICIES = ("interleave", "append")
+_INDEXED = re.compile(r"^(.*?)(\d+)$")
+# kinds whose parameters, set to zero, make the op's output zero: a residual branch ending in one
+# is switched off (dense/conv: weight and bias; BatchNorm/LayerNorm affine: gain and shift)
+ZEROING_KINDS = ("dense", "conv", "matmul", "channelwise", "normalize")
+
+
+class GrowError(N2NError):
+    """The target cannot be reached from the teacher: a shape no plan gives, a parameter with no
+    counterpart, a block that cannot start as the identity."""
+
+    code = "grow"
+
+
+@dataclass
+class Stack:
+    """A sequence of blocks the target lengthens: target block j starts from teacher block
+    `sources[j]`, or, when that is None, as the identity copy of teacher block `copies[j]`."""
+
+    path: str
+    teacher: list[str]
+    target: list[str]
+    sources: list[int | None]
+    copies: list[int]
+
+    def block(self, names: list[str], i: int) -> str:
+        return f"{self.path}.{names[i]}" if self.path else names[i]
+
+
+# ---------------------------------------------------------------- stacks and the name map
+def _indexed_children(module: torch.nn.Module) -> list[str] | None:
+    """Child names of a stack (`0, 1, ...` or `block0, block1, ...`), in index order, else None."""
+    names = list(module._modules)
+    if not names or not isinstance(module, (torch.nn.ModuleList, torch.nn.Sequential)):
+        return None
+    parsed = [_INDEXED.match(n) for n in names]
+    if any(m is None for m in parsed) or len({m.group(1) for m in parsed}) != 1:
+        return None
+    if [int(m.group(2)) for m in parsed] != list(range(len(names))):
+        return None
+    return names
+
+
+def _relative_state(module: torch.nn.Module) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in module.state_dict(keep_vars=True).items()}
+
+
+def _placement(n: int, m: int, policy: str | Sequence[int | None], path: str) -> list[int | None]:
+    if isinstance(policy, str):
+        if policy == "append":
+            return [*range(n), *[None] * (m - n)]
+        slots = [math.floor(i * m / n) for i in range(n)]  # interleave: teacher i at slot floor(i m / n)
+        out: list[int | None] = [None] * m
+        for i, j in enumerate(slots):
+            out[j] = i
+        return out
+    out = list(policy)
+    kept = [i for i in out if i is not None]
+    if len(out) != m or kept != list(range(n)):
+        raise GrowError(f"layer_map for {path!r} must list {m} entries: the teacher's blocks 0..{n - 1} in order, "
+                        f"once each, and None where a new block goes; got {out}", node=path, op="layer_map",
+                        fix=f"e.g. {[*range(n), *[None] * (m - n)]} (append)")
+    return out
+
+
+def find_stacks(teacher: torch.nn.Module, target: torch.nn.Module,
+                layer_map: str | dict[str, Sequence[int | None]]) -> list[Stack]:
+    """The stacks the target lengthens, with where each teacher block goes and what each new
+    block is copied from (the nearest teacher block before it of the same structure, else after)."""
+    if isinstance(layer_map, str) and layer_map not in LAYER_POLICIES:
+        raise GrowError(f"layer_map must be one of {LAYER_POLICIES} or a dict, got {layer_map!r}", op="layer_map",
+                        fix="use layer_map='interleave' (new blocks spread between the teacher's) or 'append'")
+    stacks = []
+    teacher_mods = dict(teacher.named_modules())
+    for path, mod in target.named_modules():
+        names = _indexed_children(mod)
+        tmod = teacher_mods.get(path)
+        if names is None or tmod is None or any(path.startswith(f"{s.path}.") for s in stacks):
+            continue
+        tnames = _indexed_children(tmod)
+        if tnames is None or len(tnames) == len(names):
+            continue
+        if len(tnames) > len(names):
+            raise GrowError(f"the target's {path!r} has {len(names)} blocks, the teacher's {len(tnames)}: growing "
+                            f"never removes blocks", node=path, op="layer_map",
+                            fix="build the target with at least as many blocks as the teacher")
+        policy = layer_map.get(path, "interleave") if isinstance(layer_map, dict) else layer_map
+        sources = _placement(len(tnames), len(names), policy, path)
+        shapes = [_relative_state(tmod._modules[n]) for n in tnames]
+        copies = []
+        for j, src in enumerate(sources):
+            if src is not None:
+                copies.append(src)
+                continue
+            want = set(_relative_state(mod._modules[names[j]]))
+            before = [sources[k] for k in range(j - 1, -1, -1) if sources[k] is not None]
+            after = [sources[k] for k in range(j + 1, len(sources)) if sources[k] is not None]
+            fit = [i for i in before + after if set(shapes[i]) == want]
+            if not fit:
+                raise GrowError(f"new block {path}.{names[j]} has parameters no teacher block of {path!r} has "
+                                f"(a different structure, e.g. a downsampling block)", node=f"{path}.{names[j]}",
+                                op="layer_map", fix="place new blocks next to blocks of their own structure "
+                                "with an explicit layer_map")
+            copies.append(fit[0])
+        stacks.append(Stack(path, tnames, names, sources, copies))
+    if isinstance(layer_map, dict):
+        missing = set(layer_map) - {s.path for s in stacks}
+        if missing:
+            raise GrowError(f"layer_map names {sorted(missing)}, which the target does not lengthen",
+                            node=sorted(missing)[0], op="layer_map",
+                            fix=f"name stacks the target lengthens: {[s.path for s in stacks] or 'none'}")
+    return stacks
+
+
+def target_name(name: str, stacks: list[Stack]) -> str:
+    """A teacher parameter's name in the target (blocks move when new ones go between them)."""
+    for st in stacks:
+        for i in range(len(st.teacher)):
+            prefix = st.block(st.teacher, i) + "."
+            if name.startswith(prefix):
+                return st.block(st.target, st.sources.index(i)) + "." + name[len(prefix):]
+    return name
+
+
+# ---------------------------------------------------------------- widths from the target's shapes
+def _axis_terms(an: Analysis, layout: Any) -> tuple[dict[str, int], int]:
+    """new size = sum(coef[space] * width[space]) + fixed, for one bound axis."""
+    coef: dict[str, int] = {}
+    fixed = 0
+    for s in S.normalize(layout):
+        if isinstance(s, Seg):
+            sp = an.space_of(s.atom)
+            if sp is not None:
+                coef[sp.name] = coef.get(sp.name, 0) + s.inner
+            else:
+                fixed += S.find(s.atom).width * s.inner
+        else:
+            fixed += s.size
+    return coef, fixed
+
+
+def target_widths(an: Analysis, shapes: dict[str, tuple[int, ...]]) -> dict[str, int]:
+    """Every space's width as the target's shapes state it (`shapes`: teacher parameter name ->
+    the target's shape of it). Raises GrowError where two axes ask one space for two widths."""
+    eqs = []
+    for (param, axis), layout in an.param_layouts.items():
+        shape = shapes.get(param)
+        if shape is None or axis >= len(shape):
+            continue
+        coef, fixed = _axis_terms(an, layout)
+        eqs.append((f"{param} axis {axis}", coef, fixed, shape[axis]))
+    known: dict[str, tuple[int, str]] = {}
+    progress = True
+    while progress:
+        progress = False
+        for where, coef, fixed, size in eqs:
+            rest = size - fixed - sum(c * known[n][0] for n, c in coef.items() if n in known)
+            free = [n for n in coef if n not in known]
+            if len(free) != 1:
+                continue
+            (name,) = free
+            if rest % coef[name] or rest <= 0:
+                raise GrowError(f"the target's size {size} of {where} is not a whole number of units of space "
+                                f"{name!r} ({coef[name]} positions per unit)", node=name, op="grow",
+                                fix="build the target with sizes the teacher's structure can reach")
+            known[name] = (rest // coef[name], where)
+            progress = True
+    for where, coef, fixed, size in eqs:
+        got = fixed + sum(c * known.get(n, (next(sp.width for sp in an.spaces if sp.name == n), ""))[0]
+                          for n, c in coef.items())
+        if got != size:
+            named = [f"{n} = {known[n][0]} (from {known[n][1]})" for n in coef if n in known]
+            raise GrowError(f"the target's size {size} of {where} disagrees with the widths its other parameters "
+                            f"ask for ({'; '.join(named) or 'unchanged'}): one space, two widths", node=where,
+                            op="grow", fix="build the target with one width per coupled set of axes")
+    return {name: w for name, (w, _) in known.items()}
+
+
+# ---------------------------------------------------------------- identity blocks
+def _reads(node: torch.fx.Node, gm: torch.nn.Module, prefix: str) -> list[str]:
+    """The parameters under `prefix` that a call reads (a module call: the module's own)."""
+    if node.op == "call_module":
+        if not str(node.target).startswith(prefix):
+            return []
+        return [f"{node.target}.{n}" for n, _ in gm.get_submodule(node.target).named_parameters()]
+    return [str(a.target) for a in node.all_input_nodes if a.op == "get_attr" and str(a.target).startswith(prefix)]
+
+
+def residual_zeros(gm: torch.fx.GraphModule, prefix: str, params: set[str], table: RuleTable) -> list[str]:
+    """Parameters of the block at `prefix` whose zeros make it the identity: for every residual
+    add x + f(x) in the block, those of the last op of f, found walking back from the add through
+    ops that map zeros to zeros (the table's tie_head 'pass': dropout, views, casts, ...)."""
+    prefix = prefix + "."
+    zeros: list[str] = []
+    for node in gm.graph.nodes:
+        if node.op not in ("call_function", "call_method") or table.lookup(node, gm) is None:
+            continue
+        if table.lookup(node, gm).name != "add":
+            continue
+        ends = [_branch_end(a, gm, prefix, params, table) for a in node.all_input_nodes[:2]]
+        found = [e for e in ends if e]
+        if len(found) != 1:
+            continue  # both operands computed in the block (a downsampling shortcut) or neither
+        norms = [(user, u) for user in node.users
+                 if (u := table.lookup(user, gm) if user.op != "output" else None) is not None
+                 and u.kind == "normalize" and _reads(user, gm, prefix)]
+        if norms and len(norms) == len(node.users):  # pre-norm sums also feed the next sum directly
+            user, u = norms[0]
+            raise GrowError(f"block {prefix[:-1]} is post-norm: its residual sum {node.name} feeds only {user.name} "
+                            f"({u.name}), so a zero branch gives norm(x), not x", node=node.name, op=u.name,
+                            fix="grow without new blocks here, or insert gated blocks with "
+                                "n2n_fx.deepen(block='gated')")
+        zeros += [p for p in found[0] if p not in zeros]
+    return zeros
+
+
+def _branch_end(node: torch.fx.Node, gm: torch.nn.Module, prefix: str, params: set[str],
+                table: RuleTable) -> list[str]:
+    """The parameters to zero at the end of the branch that computes `node`, or [] when `node` is
+    not computed by a zeroable op of the block (the residual operand)."""
+    while True:
+        spec = table.lookup(node, gm) if node.op in ("call_module", "call_function", "call_method") else None
+        if spec is None:
+            return []
+        read = [p for p in _reads(node, gm, prefix) if p in params]
+        if spec.kind == "attention" and node.op == "call_module":  # nn.MultiheadAttention: its out_proj
+            return [p for p in read if ".out_proj." in p]
+        if read and (spec.kind in ZEROING_KINDS or spec.options.get("tie_head") == "gain"):
+            if spec.kind == "channelwise" or spec.kind == "normalize":
+                read = [p for p in read if p.rsplit(".", 1)[-1] in ("weight", "bias")]
+            return read
+        if spec.options.get("tie_head") == "pass" or (spec.kind == "getitem" and node.op == "call_function"):
+            ins = node.all_input_nodes
+            if not ins:
+                return []
+            node = ins[0]
+            continue
+        return []
+
+
+# ---------------------------------------------------------------- grow
+def _meta(module: torch.nn.Module) -> bool:
+    return any(t.is_meta for t in module.state_dict(keep_vars=True).values())
+
+
+def _device_dtype(model: torch.nn.Module) -> tuple[torch.device, torch.dtype | None]:
+    floats = [p for p in model.parameters() if p.is_floating_point()]
+    device = next(iter(model.parameters()), torch.empty(0)).device
+    return device, (floats[0].dtype if floats else None)
+
+
+def grow(teacher: torch.nn.Module, target: torch.nn.Module, example_inputs: Any, *,
+         layer_map: str | dict[str, Sequence[int | None]] = "interleave", seed: int = 0, symmetry: str = "none",
+         frontend: str = "auto", mode: str = "eval", leaf_modules: Sequence[type] = (), rtol: float | None = None,
+         check: bool = True, dynamic_shapes: Any = None) -> torch.nn.Module:
+    """The teacher grown into `target`'s sizes and class: an instance of type(target), holding the
+    teacher's function (verified on example_inputs unless check=False).
+
+    `target` is a bigger model of the teacher's family (build it on the meta device: nothing of it
+    is read but its structure and shapes); it is not modified. Its parameter names must be the
+    teacher's, plus blocks its stacks have in addition (see the module docstring for layer_map).
+    Every space's width is read from the target's shapes; the plan is Net2WiderNet's with `seed`
+    and `symmetry`. New blocks copy a teacher block and zero the last op of each residual branch.
+    Raises GrowError (a shape no plan reaches, a parameter without a counterpart, a post-norm new
+    block), FrozenSpaceError / ConstraintError / WidthError from the plan (a frozen space the
+    target grows, with its reason; a shrink), NotPreservedError when the check fails.
+    """
+    for role, m in (("teacher", teacher), ("target", target)):
+        if not isinstance(m, torch.nn.Module):
+            raise GrowError(f"the {role} must be an nn.Module, got {type(m).__name__}", op="grow",
+                            fix="pass the model objects themselves")
+    inputs = as_inputs(example_inputs)
+    table = load_table()
+    stacks = find_stacks(teacher, target, layer_map)
+    t_state = teacher.state_dict(keep_vars=True)
+    g_state = target.state_dict(keep_vars=True)
+    name_of = {n: target_name(n, stacks) for n in t_state}
+    missing = [n for n, tn in name_of.items() if tn not in g_state]
+    if missing:
+        raise GrowError(f"the target has no counterpart of the teacher's {missing[:4]}"
+                        + (f" (+{len(missing) - 4} more)" if len(missing) > 4 else ""), node=missing[0], op="grow",
+                        fix="the target must be the teacher's family: the same parameter names, bigger sizes")
+
+    untie = any(len({_sid(g_state[name_of[n]]) for n in group}) > 1 for group in _tied_groups(teacher))
+    by_target = {tn: n for n, tn in name_of.items()}
+    for group in _tied_groups(target):
+        if len({_sid(t_state[by_target[k]]) for k in group if k in by_target}) > 1:
+            raise GrowError(f"the target ties {group}, which the teacher holds as separate tensors", node=group[0],
+                            op="grow", fix="build the target untied (tie_word_embeddings=False): two trained "
+                            "matrices cannot become one")
+    gm = trace(teacher, inputs, leaf_modules=leaf_modules, share_tensors=True, frontend=frontend, mode=mode,
+               dynamic_shapes=dynamic_shapes)
+    if untie:
+        untie_parameters(gm)
+    an = infer(gm)
+    widths = target_widths(an, {n: tuple(g_state[tn].shape) for n, tn in name_of.items()})
+    current = {sp.name: sp.width for sp in an.spaces}
+    asked = {n: w for n, w in widths.items() if w != current[n]}
+    plan = Plan(an, widths=asked, seed=seed, symmetry=symmetry)
+    student = Net2WiderNet(plan)(an.gm).graph_module if asked else an.gm
+    own_tensors(student, teacher)
+    s_state = student.state_dict(keep_vars=True)
+    wrong = [f"{tn}: grown {tuple(s_state[n].shape)}, target {tuple(g_state[tn].shape)}"
+             for n, tn in name_of.items() if n in s_state and tuple(s_state[n].shape) != tuple(g_state[tn].shape)]
+    if wrong:
+        raise GrowError(f"{len(wrong)} parameters do not reach the target's shape: {'; '.join(wrong[:4])}",
+                        node=wrong[0].split(":")[0], op="grow",
+                        fix="`n2n-fx explain` shows which spaces are frozen and why; build the target with those "
+                            "sizes unchanged")
+
+    state: dict[str, torch.Tensor] = {tn: s_state[n].detach() for n, tn in name_of.items() if n in s_state}
+    params = {n for n, _ in teacher.named_parameters(remove_duplicate=False)}
+    for st in stacks:
+        for j, src in enumerate(st.sources):
+            if src is not None:
+                continue
+            source = st.block(st.teacher, st.copies[j])
+            zeros = residual_zeros(an.gm, source, params, table)
+            if not zeros:
+                raise GrowError(f"new block {st.block(st.target, j)} copies {source}, which has no residual "
+                                f"branch ending in a linear, conv or norm: it cannot start as the identity",
+                                node=source, op="grow", fix="grow without new blocks in this stack, or insert "
+                                "identity layers with n2n_fx.deepen")
+            src_prefix, dst_prefix = source + ".", st.block(st.target, j) + "."
+            for n, tensor in s_state.items():
+                if n.startswith(src_prefix):
+                    new = tensor.detach().clone()
+                    if n in zeros:
+                        new.zero_()
+                    state[dst_prefix + n[len(src_prefix):]] = new
+    extra = [k for k in g_state if k not in state]
+    if extra:
+        raise GrowError(f"the target's {extra[:4]} have no counterpart in the teacher and no rule initialises them",
+                        node=extra[0], op="grow", fix="build the target from the teacher's family with only sizes "
+                        "and block counts changed")
+    model = _materialise(target, teacher, state, name_of)
+    if check:
+        report = verify(teacher, model, inputs, rtol=rtol, mode=mode)
+        if not report.ok:
+            raise NotPreservedError(f"the grown {type(model).__name__} does not compute the teacher's function: "
+                                    f"{report}", op="grow", fix="the report says why; if the models differ, report the model (each step of grow is checked)")
+        model.n2n_report = report  # type: ignore[attr-defined]
+    return model
+
+
+def _sid(t: torch.Tensor) -> int:
+    return id(t) if t.is_meta else t.untyped_storage().data_ptr()
+
+
+def _tied_groups(model: torch.nn.Module) -> list[list[str]]:
+    by: dict[int, list[str]] = {}
+    for n, p in model.state_dict(keep_vars=True).items():
+        by.setdefault(_sid(p), []).append(n)
+    return [g for g in by.values() if len(g) > 1]
+
+
+def _materialise(target: torch.nn.Module, teacher: torch.nn.Module, state: dict[str, torch.Tensor],
+                 name_of: dict[str, str]) -> torch.nn.Module:
+    """A copy of `target` holding `state` (allocated on the teacher's device and dtype if the
+    target is on the meta device); tensors outside the state_dict come from the teacher."""
+    device, dtype = _device_dtype(teacher)
+    model = copy.deepcopy(target)
+    ties = _tied_groups(model)
+    if _meta(model):
+        model = model.to_empty(device=device)  # allocates each tensor anew: ties are lost, restore them
+        for group in ties:
+            first = model.get_parameter(group[0]) if group[0] in dict(model.named_parameters()) else None
+            for name in group[1:] if first is not None else ():
+                owner, _, attr = name.rpartition(".")
+                setattr(model.get_submodule(owner), attr, first)
+    if dtype is not None:
+        model = model.to(dtype)
+    model.load_state_dict(state, strict=True)
+    keys = set(model.state_dict())
+    t_named = dict(teacher.named_buffers(remove_duplicate=False))
+    t_from_target = {tn: n for n, tn in name_of.items()}
+    for mod_name, mod in model.named_modules():
+        for b, value in list(mod._buffers.items()):
+            full = f"{mod_name}.{b}" if mod_name else b
+            if full in keys or value is None:
+                continue
+            src = t_named.get(t_from_target.get(full, full))
+            if src is None or src.shape != value.shape:
+                if value.is_meta or _meta(target):
+                    raise GrowError(f"the target's non-persistent buffer {full} has no counterpart of its shape in "
+                                    f"the teacher", node=full, op="grow",
+                                    fix="build the target on a real device (it then computes its own buffers)")
+                continue
+            if _meta(target):
+                mod._buffers[b] = src.detach().clone()
+        for attr, value in list(vars(mod).items()):  # plain tensor attributes (rotary caches)
+            if isinstance(value, torch.Tensor) and value.is_meta:
+                t_mod = dict(teacher.named_modules()).get(t_from_target.get(mod_name, mod_name))
+                src = getattr(t_mod, attr, None) if t_mod is not None else None
+                if not isinstance(src, torch.Tensor) or src.shape != value.shape:
+                    raise GrowError(f"the target's tensor attribute {mod_name}.{attr} has no counterpart in the "
+                                    f"teacher", node=f"{mod_name}.{attr}", op="grow",
+                                    fix="build the target on a real device")
+                setattr(mod, attr, src.detach().clone())
+    flags = {n: m.training for n, m in teacher.named_modules()}
+    for n, m in model.named_modules():
+        m.training = flags.get(n, teacher.training)
+    return model
+
+
+__all__ = ["GrowError", "LAYER_POLICIES", "Report", "Stack", "find_stacks", "grow", "residual_zeros",
+           "target_name", "target_widths"]

@@ -1,0 +1,240 @@
+"""grow: a teacher into a bigger model of its family, returned as the target's own class.
+
+Pairs: torchvision resnet18 -> resnet34 (new blocks), resnet50 -> wide_resnet50_2 (width),
+VisionTransformer with more heads, width and blocks, timm deit_tiny -> deit_small, Hugging Face
+Llama (heads and kv heads by a non-integer ratio, MLP to any width, more layers, tied and untied)
+saved and reloaded. Each: float64 exactness, the native-dtype check, the teacher untouched and
+independent, and the typed refusals.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import pytest
+import torch
+import torch.nn as nn
+import torchvision
+
+import n2n_fx
+from n2n_fx.growth import GrowError, find_stacks, residual_zeros
+from n2n_fx.spec import load_table
+from n2n_fx.testing import assert_independent, assert_untouched, fingerprint
+
+
+def _meta(build, *args, **kw) -> nn.Module:
+    with torch.device("meta"):
+        return build(*args, **kw)
+
+
+def _grown_ok(teacher: nn.Module, grown: nn.Module, x, rtol: float = 1e-10) -> n2n_fx.Report:
+    report = n2n_fx.verify(teacher, grown, x, rtol=rtol)
+    assert report.ok, report
+    assert_independent(teacher, grown)
+    return report
+
+
+def test_resnet18_grows_into_resnet34_with_identity_blocks() -> None:
+    torch.manual_seed(0)
+    teacher = torchvision.models.resnet18(num_classes=10).double().eval()
+    before = fingerprint(teacher)
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    grown = n2n_fx.grow(teacher, _meta(torchvision.models.resnet34, num_classes=10), x)
+    assert type(grown) is torchvision.models.ResNet and len(grown.layer3) == 6
+    assert_untouched(teacher, before)
+    _grown_ok(teacher, grown, x)
+    assert n2n_fx.verify(teacher, grown, x, mode="train").ok  # batch statistics: a zero BN gain still gives 0
+    # interleave: teacher blocks at 0 and floor(6 / 2) = 3; new blocks copy their structure-mates
+    assert torch.equal(grown.layer3[3].conv1.weight, teacher.layer3[1].conv1.weight)
+    assert torch.equal(grown.layer3[4].conv1.weight, teacher.layer3[1].conv1.weight)
+    assert not grown.layer3[4].bn2.weight.any() and not grown.layer3[4].bn2.bias.any()
+    assert grown.layer3[3].bn2.weight.abs().sum() > 0
+    # what a user does next: the state loads into a fresh resnet34
+    fresh = torchvision.models.resnet34(num_classes=10).double().eval()
+    fresh.load_state_dict(grown.state_dict())
+    assert torch.equal(fresh(x), grown(x))
+
+
+def test_resnet50_grows_into_wide_resnet50_2_in_float64_and_float32() -> None:
+    torch.manual_seed(0)
+    teacher = torchvision.models.resnet50(num_classes=10).eval()
+    x = torch.randn(1, 3, 32, 32)
+    grown = n2n_fx.grow(teacher, _meta(torchvision.models.wide_resnet50_2, num_classes=10), x)
+    assert grown.layer1[0].conv1.weight.shape == (128, 64, 1, 1) and grown.fc.weight.dtype == torch.float32
+    report = n2n_fx.verify(teacher, grown, x)  # float64 plan check and the float32 student as it runs
+    assert report.ok and report.native_ok, report
+
+
+def _vit(layers: int, heads: int, hidden: int, mlp: int) -> nn.Module:
+    return torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=layers, num_heads=heads,
+                                                hidden_dim=hidden, mlp_dim=mlp, num_classes=10)
+
+
+@pytest.mark.parametrize("layer_map", ["interleave", "append"])
+def test_vision_transformer_grows_heads_width_mlp_and_blocks(layer_map: str) -> None:
+    torch.manual_seed(0)
+    teacher = _vit(2, 4, 64, 96).double().eval()
+    nn.init.normal_(teacher.heads.head.weight)  # torchvision zero-initialises the head
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    grown = n2n_fx.grow(teacher, _meta(_vit, 5, 8, 128, 200), x, layer_map=layer_map)
+    _grown_ok(teacher, grown, x)
+    new = 4 if layer_map == "append" else 1
+    block = grown.encoder.layers[new]
+    assert not block.self_attention.out_proj.weight.any() and not block.mlp[3].weight.any()
+    assert block.self_attention.in_proj_weight.abs().sum() > 0  # copied, not zeroed: it trains
+    assert grown.encoder.layers[0].self_attention.num_heads == 8
+
+
+def test_timm_deit_tiny_grows_into_deit_small() -> None:
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    teacher = timm.create_model("deit_tiny_patch16_224", pretrained=False, num_classes=10, img_size=32).eval()
+    x = torch.randn(2, 3, 32, 32)
+    grown = n2n_fx.grow(teacher, _meta(timm.create_model, "deit_small_patch16_224", pretrained=False,
+                                       num_classes=10, img_size=32), x)
+    assert grown.embed_dim == 384 and grown.blocks[0].attn.num_heads == 6
+    report = n2n_fx.verify(teacher, grown, x)
+    assert report.ok and report.native_ok, report
+
+
+transformers = pytest.importorskip("transformers")
+
+
+def _llama(hidden: int, heads: int, kv: int, mlp: int, layers: int, tied: bool):
+    warnings.filterwarnings("ignore")
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    return transformers.LlamaConfig(vocab_size=64, hidden_size=hidden, intermediate_size=mlp,
+                                    num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv,
+                                    head_dim=16, max_position_embeddings=32, tie_word_embeddings=tied,
+                                    pad_token_id=0, bos_token_id=1, eos_token_id=2)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_llama_grows_into_a_bigger_config_saves_reloads_and_generates_alike(tied: bool, tmp_path) -> None:
+    from n2n_fx.hf import grow
+
+    torch.manual_seed(0)
+    teacher = transformers.LlamaForCausalLM(_llama(96, 6, 3, 96, 3, tied)).double().eval()
+    before = fingerprint(teacher)
+    ids = torch.randint(3, 64, (2, 7))
+    # heads 6 -> 8 and kv heads 3 -> 4 (x 4/3, whole heads copied), MLP 96 -> 160, 3 -> 5 layers
+    grown = grow(teacher, hidden_size=192, num_attention_heads=8, num_key_value_heads=4, intermediate_size=160,
+                 num_hidden_layers=5, example_inputs=(ids,), rtol=1e-6)
+    assert_untouched(teacher, before)
+    assert type(grown) is transformers.LlamaForCausalLM and grown.config.num_hidden_layers == 5
+    assert (grown.lm_head.weight is grown.model.embed_tokens.weight) == tied
+    # Llama's RMSNorm computes in float32 even in a float64 model: rounding there, not the plan
+    _grown_ok(teacher, grown, (ids,), rtol=1e-6)
+    grown.save_pretrained(tmp_path)
+    back = transformers.LlamaForCausalLM.from_pretrained(tmp_path, dtype=torch.float64).eval()
+    assert n2n_fx.verify(teacher, back, (ids,), rtol=1e-6).ok
+    kw = dict(max_new_tokens=5, do_sample=False, pad_token_id=0)
+    assert torch.equal(teacher.generate(ids, **kw), back.generate(ids, **kw))
+
+
+def test_llama_in_bfloat16_at_a_batch_of_one() -> None:
+    from n2n_fx.hf import grow
+
+    torch.manual_seed(0)
+    teacher = transformers.LlamaForCausalLM(_llama(96, 6, 3, 96, 2, True)).to(torch.bfloat16).eval()
+    ids = torch.randint(3, 64, (1, 6))
+    grown = grow(teacher, hidden_size=192, num_attention_heads=8, num_key_value_heads=4, intermediate_size=200,
+                 num_hidden_layers=3, example_inputs=(ids,))
+    assert grown.model.embed_tokens.weight.dtype == torch.bfloat16
+    report = n2n_fx.verify(teacher, grown, (ids,))
+    assert report.ok and report.native_ok, report
+
+
+# ---------------------------------------------------------------- refusals
+class Res(nn.Module):
+    def __init__(self, width: int = 8, hidden: int = 16, extra: bool = False) -> None:
+        super().__init__()
+        self.inp = nn.Linear(4, width)
+        self.blocks = nn.ModuleList(nn.Sequential(nn.Linear(width, hidden), nn.ReLU(), nn.Linear(hidden, width))
+                                    for _ in range(2))
+        self.out = nn.Linear(width, 3)
+        if extra:
+            self.gate = nn.Parameter(torch.ones(width))
+
+    def forward(self, x):
+        h = self.inp(x)
+        for b in self.blocks:
+            h = h + b(h)
+        return self.out(h * self.gate if hasattr(self, "gate") else h)
+
+
+def _res(**kw) -> nn.Module:
+    torch.manual_seed(0)
+    return Res(**kw).double().eval()
+
+
+def test_a_plain_module_with_a_longer_module_list_and_any_widths() -> None:
+    teacher, x = _res(), torch.randn(3, 4, dtype=torch.float64)
+    target = _meta(Res, width=13, hidden=29)
+    target.blocks.append(_meta(lambda: nn.Sequential(nn.Linear(13, 29), nn.ReLU(), nn.Linear(29, 13))))
+    grown = n2n_fx.grow(teacher, target, x, layer_map={"blocks": [0, None, 1]})
+    assert type(grown) is Res and len(grown.blocks) == 3
+    _grown_ok(teacher, grown, x)
+    assert not grown.blocks[1][2].weight.any() and torch.equal(grown.blocks[1][0].weight[:, :8][:16],
+                                                              grown.blocks[0][0].weight[:, :8][:16])
+    again = n2n_fx.grow(teacher, target, x, layer_map={"blocks": [0, None, 1]})
+    assert all(torch.equal(a, b) for a, b in zip(grown.state_dict().values(), again.state_dict().values()))
+    other = n2n_fx.grow(teacher, target, x, layer_map={"blocks": [0, None, 1]}, seed=1)
+    assert not all(torch.equal(a, b) for a, b in zip(grown.state_dict().values(), other.state_dict().values()))
+
+
+def test_refusals_are_typed_and_name_the_cause() -> None:
+    teacher, x = _res(), torch.randn(3, 4, dtype=torch.float64)
+    with pytest.raises(n2n_fx.WidthError, match="below its current width"):
+        n2n_fx.grow(teacher, _meta(Res, width=6), x)
+    with pytest.raises(GrowError, match="no counterpart in the teacher"):
+        n2n_fx.grow(teacher, _meta(Res, extra=True), x)
+    with pytest.raises(GrowError, match="in order"):
+        target = _meta(Res)
+        target.blocks.append(_meta(lambda: nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 8))))
+        n2n_fx.grow(teacher, target, x, layer_map={"blocks": [1, 0, None]})
+    with pytest.raises(GrowError, match="layer_map must be"):
+        n2n_fx.grow(teacher, _meta(Res), x, layer_map="random")
+    # a frozen space the target grows: the logits are a model output
+    wide_out = _meta(Res)
+    wide_out.out = _meta(nn.Linear, 8, 5)
+    with pytest.raises(n2n_fx.FrozenSpaceError, match="model_output"):
+        n2n_fx.grow(teacher, wide_out, x)
+    # a target whose coupled axes disagree: the residual stream asks for 8 and 10
+    odd = _meta(Res)
+    odd.blocks[1][2] = _meta(nn.Linear, 16, 10)
+    with pytest.raises(GrowError, match="one space, two widths"):
+        n2n_fx.grow(teacher, odd, x)
+
+
+def test_a_post_norm_block_is_refused_as_a_new_block() -> None:
+    torch.manual_seed(0)
+    cfg = dict(vocab_size=40, hidden_size=32, num_attention_heads=4, intermediate_size=48, max_position_embeddings=16)
+    teacher = transformers.BertForSequenceClassification(transformers.BertConfig(**cfg, num_hidden_layers=2)).double().eval()
+    ids = torch.randint(0, 40, (2, 6))
+    with pytest.raises(GrowError, match="post-norm"):
+        n2n_fx.grow(teacher, _meta(transformers.BertForSequenceClassification, transformers.BertConfig(**cfg, num_hidden_layers=3)),
+                    (ids,))
+    # the same family grows in width (uniform replication: post-LN keeps its statistics at 2x)
+    grown = n2n_fx.grow(teacher, _meta(transformers.BertForSequenceClassification, transformers.BertConfig(
+        **{**cfg, "hidden_size": 64, "num_attention_heads": 8, "intermediate_size": 96}, num_hidden_layers=2)), (ids,))
+    assert n2n_fx.verify(teacher, grown, (ids,)).ok
+
+
+def test_tying_two_separate_matrices_is_refused() -> None:
+    torch.manual_seed(0)
+    teacher = transformers.LlamaForCausalLM(_llama(48, 3, 3, 64, 1, False)).double().eval()
+    with pytest.raises(GrowError, match="ties"):
+        n2n_fx.grow(teacher, _meta(transformers.LlamaForCausalLM, _llama(96, 6, 6, 64, 1, True)),
+                    (torch.randint(0, 64, (1, 5)),), rtol=1e-6)
+
+
+def test_residual_zeros_finds_the_last_op_of_each_branch() -> None:
+    model = torchvision.models.resnet18().eval()
+    gm = n2n_fx.trace(model, torch.randn(1, 3, 32, 32))
+    params, table = {n for n, _ in model.named_parameters()}, load_table()
+    assert residual_zeros(gm, "layer1.1", params, table) == ["layer1.1.bn2.weight", "layer1.1.bn2.bias"]
+    assert residual_zeros(gm, "layer2.0", params, table) == []  # a downsampling shortcut is no identity
+    stacks = find_stacks(model, _meta(torchvision.models.resnet34), "append")
+    assert [(s.path, s.sources) for s in stacks][:2] == [("layer1", [0, 1, None]), ("layer2", [0, 1, None, None])]
