@@ -232,8 +232,8 @@ def residual_zeros(gm: torch.fx.GraphModule, prefix: str, params: set[str], tabl
     for node in gm.graph.nodes:
         if node.op not in ("call_function", "call_method") or table.lookup(node, gm) is None:
             continue
-        if table.lookup(node, gm).name != "add":
-            continue
+        if table.lookup(node, gm).name != "add" or len(node.all_input_nodes) != 2:
+            continue  # a residual sum adds two tensors (y + 1.0 is part of a branch)
         ends = [_branch_end(a, gm, prefix, params, table) for a in node.all_input_nodes[:2]]
         found = [e for e in ends if e]
         if len(found) != 1:
@@ -266,6 +266,8 @@ def _branch_end(node: torch.fx.Node, gm: torch.nn.Module, prefix: str, params: s
             if spec.kind == "channelwise" or spec.kind == "normalize":
                 read = [p for p in read if p.rsplit(".", 1)[-1] in ("weight", "bias")]
             return read
+        if spec.options.get("tie_head") == "gain":  # y * c with no parameter of the block: 0 * c = 0
+            return next((end for a in node.all_input_nodes if (end := _branch_end(a, gm, prefix, params, table))), [])
         if spec.options.get("tie_head") == "pass" or (spec.kind == "getitem" and node.op == "call_function"):
             ins = node.all_input_nodes
             if not ins:

@@ -515,3 +515,137 @@ def plan_signature(plan) -> list[tuple[str, int, int, tuple[str, ...]]]:
     """What a plan decides, without node names: each space's name, width, planned width and frozen
     reason codes. Two plans of one model at different batch sizes or sequence lengths must agree."""
     return sorted((p.name, p.width, p.new_width, tuple(r.code for r in p.reasons)) for p in plan.spaces)
+
+
+# ---------------------------------------------------------------- grow pairs
+BRANCH_ENDS = ("linear", "dropout", "scale", "layer_scale", "view", "bias_after")
+
+
+@dataclass(frozen=True)
+class StackSpec:
+    """A residual stack: in -> blocks (x + branch(norm(x))) -> final norm -> out. Each block is
+    (hidden width, branch end); `end` says how the branch leaves its last Linear: directly, through
+    dropout, a literal scale, a learned per-unit gain (layer scale), a reshape pair, or with a
+    constant added after it (then a zero Linear does not zero the branch: the block cannot start
+    as the identity and grow must say so). `hook` puts a forward hook scaling the first block's
+    branch by 0.5 (it runs in the teacher, so it must run in the grown model too)."""
+
+    d_in: int
+    width: int
+    blocks: tuple[tuple[int, str], ...]
+    norm: str  # "none" | "layer" | "rms"
+    act: str
+    hook: bool = False
+
+    def build(self, dtype: torch.dtype = torch.float64, seed: int = 0, device: str | None = None) -> nn.Module:
+        torch.manual_seed(seed)
+        if device == "meta":
+            with torch.device("meta"):
+                return StackNet(self).to(dtype).eval()
+        model = StackNet(self).to(dtype).eval()
+        with torch.no_grad():
+            for m in model.modules():  # trained-looking norms: the gains are not all one
+                if isinstance(m, (nn.LayerNorm, nn.RMSNorm)):
+                    m.weight.uniform_(0.5, 1.5)
+        return model
+
+
+class _Branch(nn.Module):
+    def __init__(self, width: int, hidden: int, end: str, norm: str, act: str) -> None:
+        super().__init__()
+        self.norm = {"none": nn.Identity, "layer": nn.LayerNorm, "rms": nn.RMSNorm}[norm](width) \
+            if norm != "none" else nn.Identity()
+        self.fc1, self.act, self.fc2 = nn.Linear(width, hidden), ACTIVATIONS[act](), nn.Linear(hidden, width)
+        self.end, self.drop = end, nn.Dropout(0.0)
+        if end == "layer_scale":
+            self.gamma = nn.Parameter(torch.rand(width) + 0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.fc2(self.act(self.fc1(self.norm(x))))
+        if self.end == "dropout":
+            return self.drop(y)
+        if self.end == "scale":
+            return y * 0.5
+        if self.end == "layer_scale":
+            return self.gamma * y
+        if self.end == "view":
+            return y.reshape(y.shape[0], -1).reshape(y.shape)
+        if self.end == "bias_after":
+            return y + 1.0
+        return y
+
+
+class StackNet(nn.Module):
+    def __init__(self, spec: StackSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        self.inp = nn.Linear(spec.d_in, spec.width)
+        self.blocks = nn.ModuleList(_Branch(spec.width, h, end, spec.norm, spec.act) for h, end in spec.blocks)
+        self.final = nn.LayerNorm(spec.width) if spec.norm == "layer" else \
+            nn.RMSNorm(spec.width) if spec.norm == "rms" else nn.Identity()
+        self.out = nn.Linear(spec.width, 3)
+        if spec.hook:
+            self.blocks[0].register_forward_hook(_half)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.inp(x)
+        for b in self.blocks:
+            h = h + b(h)
+        return self.out(self.final(h))
+
+
+def _half(module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
+    return out * 0.5
+
+
+@dataclass(frozen=True)
+class GrowPair:
+    teacher: StackSpec
+    target: StackSpec
+    layer_map: Any  # a policy name or {"blocks": [...]}
+
+    @property
+    def identity_possible(self) -> bool:
+        """Every new block copies a teacher block whose branch a zero Linear (or gain) switches off."""
+        order = _placement_preview(len(self.teacher.blocks), len(self.target.blocks), self.layer_map)
+        copied = [_copy_of(order, j) for j, src in enumerate(order) if src is None]
+        return all(self.teacher.blocks[i][1] != "bias_after" for i in copied)
+
+
+@st.composite
+def grow_pairs(draw) -> GrowPair:
+    """A random residual stack and a bigger one of its family: width (k-fold under a norm, any
+    without), per-block hidden widths, more blocks, placed by a policy or an explicit layer_map."""
+    norm = draw(st.sampled_from(["none", "layer", "rms"]))
+    width = draw(st.integers(2, 6))
+    n = draw(st.integers(1, 3))
+    blocks = tuple((draw(st.integers(1, 6)), draw(st.sampled_from(BRANCH_ENDS))) for _ in range(n))
+    teacher = StackSpec(draw(st.integers(1, 4)), width, blocks, norm, draw(st.sampled_from(["relu", "gelu", "tanh"])),
+                        draw(st.booleans()))
+    wide = width * draw(st.integers(1, 3)) if norm != "none" else width + draw(st.integers(0, 7))
+    grown = tuple((h + draw(st.integers(0, 5)), end) for h, end in blocks)
+    extra = draw(st.integers(0, 2))
+    layer_map: Any = draw(st.sampled_from(["interleave", "append", "explicit"]))
+    if layer_map == "explicit":
+        slots = sorted(draw(st.permutations(range(n + extra)))[:n])
+        layer_map = {"blocks": [slots.index(j) if j in slots else None for j in range(n + extra)]} if extra else "append"
+    # a new block copies its structure-mate's hidden width; all blocks here share one structure, so
+    # the target's new blocks take the hidden width of the teacher block they will copy
+    order = _placement_preview(n, n + extra, layer_map)
+    tgt_blocks = tuple(grown[src] if src is not None else grown[_copy_of(order, j)] for j, src in enumerate(order))
+    if order[0] != 0:  # a hook belongs to a module: only where teacher block 0 stays block 0
+        teacher = StackSpec(teacher.d_in, width, blocks, norm, teacher.act, False)
+    target = StackSpec(teacher.d_in, wide, tgt_blocks, norm, teacher.act, teacher.hook)
+    return GrowPair(teacher, target, layer_map)
+
+
+def _placement_preview(n: int, m: int, layer_map: Any) -> list[int | None]:
+    from .growth import _placement
+
+    return _placement(n, m, layer_map["blocks"] if isinstance(layer_map, dict) else layer_map, "blocks")
+
+
+def _copy_of(order: list[int | None], j: int) -> int:
+    before = [order[k] for k in range(j - 1, -1, -1) if order[k] is not None]
+    after = [order[k] for k in range(j + 1, len(order)) if order[k] is not None]
+    return (before + after)[0]

@@ -238,3 +238,30 @@ def test_residual_zeros_finds_the_last_op_of_each_branch() -> None:
     assert residual_zeros(gm, "layer2.0", params, table) == []  # a downsampling shortcut is no identity
     stacks = find_stacks(model, _meta(torchvision.models.resnet34), "append")
     assert [(s.path, s.sources) for s in stacks][:2] == [("layer1", [0, 1, None]), ("layer2", [0, 1, None, None])]
+
+
+# ---------------------------------------------------------------- property: random stacks and their next size
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from n2n_fx.testing import grow_pairs  # noqa: E402
+
+
+@settings(max_examples=40)
+@given(grow_pairs(), st.integers(1, 3))
+def test_random_stacks_grow_into_their_next_size(pair, batch: int) -> None:
+    teacher = pair.teacher.build()
+    target = pair.target.build(device="meta")
+    x = torch.randn(batch, pair.teacher.d_in, dtype=torch.float64)
+    before = fingerprint(teacher)
+    if not pair.identity_possible:  # a branch that a zero Linear does not switch off: refused, typed
+        with pytest.raises(GrowError, match="cannot start as the identity"):
+            n2n_fx.grow(teacher, target, x, layer_map=pair.layer_map)
+        assert_untouched(teacher, before)
+        return
+    grown = n2n_fx.grow(teacher, target, x, layer_map=pair.layer_map)
+    assert_untouched(teacher, before)
+    assert type(grown).__name__ == "StackNet" and len(grown.blocks) == len(pair.target.blocks)
+    _grown_ok(teacher, grown, x)
+    for name, t in target.state_dict().items():
+        assert grown.state_dict()[name].shape == t.shape, name
