@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from .checkpoint import CheckpointError, grow_checkpoint
 from .deeper import Net2DeeperNet
 from .errors import (
     ConstraintError,
@@ -135,15 +136,16 @@ def deepen(model: torch.nn.Module, example_inputs: Any, *, after: Sequence[str],
 
 # the stage functions re-exported here raise only N2NErrors too
 grow = typed("grow")(_grow)
+grow_checkpoint = typed("grow_checkpoint")(grow_checkpoint)
 trace = typed("trace")(trace)
 infer = typed("infer")(infer)
 verify = typed("verify")(verify)
 widen_optimizer = typed("widen_optimizer")(widen_optimizer)
 
 __all__ = [
-    "Analysis", "ConstraintError", "DeepenError", "FrozenSpaceError", "GrowError", "HookError", "InternalError", "N2NError", "Net2DeeperNet",
+    "Analysis", "CheckpointError", "ConstraintError", "DeepenError", "FrozenSpaceError", "GrowError", "HookError", "InternalError", "N2NError", "Net2DeeperNet",
     "Net2WiderNet", "NotPreservedError", "Plan", "Report", "Space", "SpecError", "TraceFailure",
-    "UnknownNodeError", "UnknownSpaceError", "WidthError", "apply_plan", "deepen", "grow", "infer", "load_table",
+    "UnknownNodeError", "UnknownSpaceError", "WidthError", "apply_plan", "deepen", "grow", "grow_checkpoint", "infer", "load_table",
     "widen_optimizer",
     "plan", "trace", "verify", "widen",
 ]

@@ -168,6 +168,11 @@ def target_config(config: Any, changes: dict[str, Any]) -> Any:
                            fix="use the config's own field names (e.g. hidden_size, intermediate_size, "
                                "num_attention_heads, num_key_value_heads, num_hidden_layers)")
         setattr(cfg, key, value)
+    try:  # the checks the family runs when it saves: catch a bad size now, not after the work
+        getattr(cfg, "validate", lambda: None)()
+    except Exception as exc:
+        raise N2NError(f"{type(config).__name__} refuses {changes}: {exc}", op="hf.grow",
+                       fix="choose sizes the family accepts") from exc
     return cfg
 
 

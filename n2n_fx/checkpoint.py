@@ -1,0 +1,413 @@
+"""Grow a checkpoint bigger than memory: plan on the meta device, stream the tensors one at a time.
+
+The model is built and traced on the meta device (no storage: the plan costs memory in proportion
+to the graph, not the weights). Each source tensor is then read lazily from its safetensors shard,
+remapped by the very maps `widen` uses (`wider.remap_tensor`), and written straight into its place
+in a student shard whose header was laid out beforehand from the planned shapes, so peak memory is
+a few tensors whatever the model's size. The student is built in `DST.partial/`: each shard is
+written as `*.tmp` and renamed when complete, and the directory is renamed to DST only when the
+index and config are in; a rerun with the same arguments keeps the complete shards and resumes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import struct
+import time
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import N2NError
+from .frontend import trace
+from .inference import Analysis, infer
+from .planning import Plan
+from .wider import TORCH, TorchArrays, remap_tensor
+
+INDEX = "model.safetensors.index.json"
+SINGLE = "model.safetensors"
+# safetensors dtype codes (the format's header spells them this way)
+DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+          torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+          torch.bool: "BOOL"}
+FROM_CODE = {v: k for k, v in DTYPES.items()}
+WIDTH_FIELDS = ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads")
+
+
+class CheckpointError(N2NError):
+    """A checkpoint directory that cannot be read or grown (missing files, unknown family)."""
+
+    code = "checkpoint"
+
+
+# ---------------------------------------------------------------- reading
+@dataclass
+class Source:
+    """A Hugging Face checkpoint directory: its config and which shard holds each tensor."""
+
+    path: Path
+    config: Any
+    weight_map: dict[str, str]
+
+    def specs(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        """Shape and dtype of every tensor, from the shard headers (nothing is loaded)."""
+        out = {}
+        for file in dict.fromkeys(self.weight_map.values()):
+            for name, (shape, dtype, _) in read_header(self.path / file).items():
+                out[name] = (shape, dtype)
+        return out
+
+
+def read_header(path: Path) -> dict[str, tuple[tuple[int, ...], torch.dtype, tuple[int, int]]]:
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n))
+    header.pop("__metadata__", None)
+    return {k: (tuple(v["shape"]), FROM_CODE[v["dtype"]], tuple(v["data_offsets"])) for k, v in header.items()}
+
+
+def read_source(src: str | os.PathLike) -> Source:
+    path = Path(src)
+    if not (path / "config.json").is_file():
+        raise CheckpointError(f"{path} has no config.json", op="grow_checkpoint",
+                              fix="pass a directory written by save_pretrained (config.json + safetensors shards)")
+    import transformers
+
+    config = transformers.AutoConfig.from_pretrained(path)
+    if (path / INDEX).is_file():
+        weight_map = json.loads((path / INDEX).read_text())["weight_map"]
+    elif (path / SINGLE).is_file():
+        weight_map = {k: SINGLE for k in read_header(path / SINGLE)}
+    else:
+        raise CheckpointError(f"{path} has no {INDEX} or {SINGLE}", op="grow_checkpoint",
+                              fix="save the model with safe_serialization (the default of save_pretrained)")
+    return Source(path, config, weight_map)
+
+
+def model_class(config: Any) -> type:
+    import transformers
+
+    names = getattr(config, "architectures", None) or []
+    cls = next((getattr(transformers, n) for n in names if hasattr(transformers, n)), None)
+    if cls is None:
+        raise CheckpointError(f"config.json names no transformers class ({names})", op="grow_checkpoint",
+                              fix="save the checkpoint with a transformers model (its config lists architectures)")
+    return cls
+
+
+# ---------------------------------------------------------------- planning on the meta device
+def scaled_config(config: Any, factor: float) -> dict[str, int]:
+    """The config changes `factor` means for a Hugging Face family: every width field scaled, the
+    head size kept (heads grow in number)."""
+    alias = getattr(config, "attribute_map", {}) or {}
+    changes: dict[str, int] = {}
+    for key in WIDTH_FIELDS:
+        value = getattr(config, alias.get(key, key), None)
+        if type(value) is int and value > 0:
+            changes[key] = max(value, math.floor(value * factor + 0.5))
+    heads = getattr(config, alias.get("num_attention_heads", "num_attention_heads"), None)
+    hidden = getattr(config, alias.get("hidden_size", "hidden_size"), None)
+    head_dim = getattr(config, "head_dim", None) or (hidden // heads if heads and hidden else None)
+    if head_dim and hasattr(config, "head_dim"):
+        changes["head_dim"] = head_dim
+    return changes
+
+
+class _ShapeArrays(TorchArrays):
+    """remap_tensor on meta tensors: the gathers give the student's shapes, scales change nothing."""
+
+    @staticmethod
+    def take(x: torch.Tensor, axis: int, index: torch.Tensor) -> torch.Tensor:
+        return x.index_select(axis, index.to(x.device))
+
+    @staticmethod
+    def scale(x: torch.Tensor, axis: int, factor: torch.Tensor, fresh: bool) -> torch.Tensor:
+        return x
+
+
+@dataclass
+class StreamPlan:
+    """What every student tensor is: from which source tensor, through which maps, zeroed or not."""
+
+    plan: Plan | None
+    analysis: Analysis
+    config: Any  # the student's config
+    entries: list[tuple[str, str, bool]]  # (student name, source name, zero it)
+    shapes: dict[str, tuple[tuple[int, ...], torch.dtype]]  # student name -> (shape, dtype)
+
+    @cached_property
+    def _maps(self) -> tuple[dict[str, str], dict[str, list[int]], dict[str, Any]]:
+        an = self.analysis
+        alias_of = {a: main for main, names in an.aliases.items() for a in names}
+        return alias_of, an.axes_by_param(), {g.param: g for g in an.grouped}
+
+    def student_tensor(self, source_name: str, t: torch.Tensor) -> torch.Tensor:
+        """The student's tensor computed from the source's (the pass's own remap_tensor; a meta
+        tensor gives the student's shape)."""
+        alias_of, axes, grouped = self._maps
+        main = alias_of.get(source_name, source_name)
+        if self.plan is None or not axes.get(main):
+            return t
+        arrays = _ShapeArrays() if t.is_meta else TORCH
+        return remap_tensor(t, main, axes[main], self.plan, arrays, grouped.get(main))
+
+
+def plan_stream(source: Source, changes: dict[str, Any], *, seed: int = 0, symmetry: str = "none",
+                layer_map: Any = "interleave", example_inputs: Any = None) -> StreamPlan:
+    """Trace teacher and target on the meta device and lay out every student tensor."""
+    from .growth import find_stacks, residual_zeros, target_name, target_widths
+    from .hf import target_config
+
+    cls = model_class(source.config)
+    cfg = target_config(source.config, changes)
+    specs = source.specs()
+    dtype = next((d for _, d in specs.values() if d.is_floating_point), torch.float32)
+    with torch.device("meta"):
+        teacher = cls(source.config).to(dtype).eval()
+        target = cls(cfg).to(dtype).eval()
+    if example_inputs is None:
+        vocab = getattr(source.config, "vocab_size", 8) or 8
+        example_inputs = (torch.randint(0, vocab, (2, 8), generator=torch.Generator().manual_seed(seed)),)
+    stacks = find_stacks(teacher, target, layer_map)
+    gm = trace(teacher, example_inputs, share_tensors=True)
+    an = infer(gm)
+    t_state, g_state = teacher.state_dict(), target.state_dict()
+    name_of = {n: target_name(n, stacks) for n in t_state}
+    widths = target_widths(an, {n: tuple(g_state[tn].shape) for n, tn in name_of.items() if tn in g_state})
+    current = {sp.name: sp.width for sp in an.spaces}
+    asked = {n: w for n, w in widths.items() if w != current[n]}
+    plan = Plan(an, widths=asked, seed=seed, symmetry=symmetry) if asked else None
+    stream = StreamPlan(plan, an, cfg, [], {})
+    missing = [k for k in source.weight_map if k not in t_state]
+    if missing:
+        raise CheckpointError(f"the checkpoint holds {missing[:3]}, which {cls.__name__}(config) does not have",
+                              node=missing[0], op="grow_checkpoint", fix="the checkpoint and its config.json disagree")
+    params = {n for n, _ in teacher.named_parameters(remove_duplicate=False)}
+    copies: dict[str, list[tuple[str, list[str]]]] = {}  # source block prefix -> [(new block prefix, zeros)]
+    for st in stacks:
+        for j, src in enumerate(st.sources):
+            if src is None:
+                source_block = st.block(st.teacher, st.copies[j])
+                zeros = residual_zeros(an.gm, source_block, params, load_table_cached())
+                if not zeros:
+                    raise CheckpointError(f"new block {st.block(st.target, j)} copies {source_block}, whose residual "
+                                          f"branch a zero does not switch off", node=source_block, op="grow_checkpoint",
+                                          fix="grow the checkpoint in width only")
+                copies.setdefault(source_block + ".", []).append((st.block(st.target, j) + ".", zeros))
+    for name in source.weight_map:  # the source's keys: a tied head saved once stays saved once
+        shape, dt = specs[name]
+        new = stream.student_tensor(name, torch.empty(shape, dtype=dt, device="meta"))
+        out = name_of.get(name, name)
+        stream.entries.append((out, name, False))
+        stream.shapes[out] = (tuple(new.shape), dt)
+        for prefix, blocks in copies.items():
+            if name.startswith(prefix):
+                for dst_prefix, zeros in blocks:
+                    copy_name = dst_prefix + name[len(prefix):]
+                    stream.entries.append((copy_name, name, name in zeros))
+                    stream.shapes[copy_name] = (tuple(new.shape), dt)
+    wrong = [n for n, (shape, _) in stream.shapes.items() if n in g_state and tuple(g_state[n].shape) != shape]
+    if wrong:
+        raise CheckpointError(f"{len(wrong)} tensors do not reach the target's shape ({wrong[:3]})", node=wrong[0],
+                              op="grow_checkpoint", fix="`n2n-fx explain` shows which spaces are frozen and why")
+    return stream
+
+
+def load_table_cached():
+    from .spec import load_table
+
+    return load_table()
+
+
+# ---------------------------------------------------------------- writing
+def parse_size(size: int | str) -> int:
+    if isinstance(size, int):
+        return size
+    units = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "B": 1}
+    text = size.strip().upper()
+    for unit, scale in sorted(units.items(), key=lambda kv: -len(kv[0])):
+        if text.endswith(unit):
+            return int(float(text[: -len(unit)]) * scale)
+    return int(text)
+
+
+def _nbytes(shape: tuple[int, ...], dtype: torch.dtype) -> int:
+    return math.prod(shape) * torch.empty(0, dtype=dtype).element_size()
+
+
+def shard_layout(entries: list[tuple[str, str, bool]], shapes: dict[str, tuple[tuple[int, ...], torch.dtype]],
+                 max_shard_size: int) -> list[list[str]]:
+    """Student tensors in order, cut into shards of at most max_shard_size bytes (a bigger
+    tensor gets a shard of its own)."""
+    shards: list[list[str]] = [[]]
+    used = 0
+    for name, _, _ in entries:
+        size = _nbytes(*shapes[name])
+        if shards[-1] and used + size > max_shard_size:
+            shards.append([])
+            used = 0
+        shards[-1].append(name)
+        used += size
+    return shards
+
+
+def _header(names: list[str], shapes: dict[str, tuple[tuple[int, ...], torch.dtype]]) -> bytes:
+    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for name in names:
+        shape, dtype = shapes[name]
+        size = _nbytes(shape, dtype)
+        header[name] = {"dtype": DTYPES[dtype], "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # the format aligns the data to 8 bytes
+    return struct.pack("<Q", len(raw)) + raw
+
+
+def _write_bytes(f: Any, t: torch.Tensor) -> None:
+    flat = t.detach().contiguous().reshape(-1)
+    f.write(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
+
+
+class _Progress:
+    """tqdm over bytes when it is installed, else a line every few seconds."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.total, self.done, self.enabled, self.t0, self.last = total, 0, enabled, time.time(), 0.0
+        self.bar = None
+        if enabled:
+            try:
+                from tqdm.auto import tqdm
+
+                self.bar = tqdm(total=total, unit="B", unit_scale=True, desc="grow-checkpoint")
+            except ImportError:
+                pass
+
+    def update(self, n: int, tensors: int) -> None:
+        self.done += n
+        if self.bar is not None:
+            self.bar.update(n)
+            self.bar.set_postfix(tensors=tensors, refresh=False)
+        elif self.enabled and time.time() - self.last > 5:
+            self.last = time.time()
+            rate = self.done / max(self.last - self.t0, 1e-9)
+            print(f"grow-checkpoint: {tensors} tensors, {self.done / 1e9:.2f} of {self.total / 1e9:.2f} GB, "
+                  f"ETA {(self.total - self.done) / max(rate, 1):.0f} s", flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _fingerprint(source: Source, args: dict[str, Any]) -> str:
+    """What a partial student was made from: the source's index and sizes, and the arguments."""
+    text = json.dumps({"weight_map": source.weight_map, "args": args,
+                       "sizes": {f: (source.path / f).stat().st_size for f in set(source.weight_map.values())}},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def grow_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, factor: float | None = None,
+                    seed: int = 0, symmetry: str = "none", layer_map: Any = "interleave",
+                    max_shard_size: int | str = "2GB", progress: bool = True, overwrite: bool = False,
+                    example_inputs: Any = None, **config_changes: Any) -> Path:
+    """Grow the Hugging Face checkpoint in `src` into `dst` (loadable with from_pretrained),
+    reading and writing one tensor at a time.
+
+    Give `factor` (every width field of the config scaled, head size kept) or config changes
+    (`hidden_size=960, num_hidden_layers=32`, ...; new layers start as the identity, as in
+    `n2n_fx.grow`). The maps are the ones `n2n_fx.hf.grow` draws for the same seed. Peak memory is a
+    few tensors; the output appears at `dst` only when complete, and a rerun resumes."""
+    source = read_source(src)
+    if factor is not None and config_changes:
+        raise CheckpointError("pass factor or config changes, not both", op="grow_checkpoint",
+                              fix="grow_checkpoint(src, dst, factor=2.0) or grow_checkpoint(src, dst, hidden_size=...)")
+    changes = scaled_config(source.config, factor) if factor is not None else dict(config_changes)
+    if not changes:
+        raise CheckpointError("nothing to grow: give factor= or config changes", op="grow_checkpoint",
+                              fix="e.g. factor=2.0, or hidden_size=..., num_hidden_layers=...")
+    dst = Path(dst)
+    if dst.exists() and not overwrite:
+        raise CheckpointError(f"{dst} exists", op="grow_checkpoint", fix="choose a new directory or pass overwrite=True")
+    stream = plan_stream(source, changes, seed=seed, symmetry=symmetry, layer_map=layer_map,
+                         example_inputs=example_inputs)
+    limit = parse_size(max_shard_size)
+    shards = shard_layout(stream.entries, stream.shapes, limit)
+    names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))] \
+        if len(shards) > 1 else [SINGLE]
+    partial = dst.parent / (dst.name + ".partial")
+    stamp = _fingerprint(source, {"changes": changes, "seed": seed, "symmetry": symmetry, "layer_map": layer_map,
+                                  "max_shard_size": limit})
+    manifest = partial / "n2n_manifest.json"
+    if partial.exists() and (not manifest.is_file() or json.loads(manifest.read_text()).get("stamp") != stamp):
+        shutil.rmtree(partial)  # left by a run with other arguments: start over
+    partial.mkdir(parents=True, exist_ok=True)
+    manifest.write_text(json.dumps({"stamp": stamp, "shards": dict(zip(names, shards))}))
+    by_name = {out: (src_name, zero) for out, src_name, zero in stream.entries}
+    todo = [(file, group) for file, group in zip(names, shards) if not (partial / file).is_file()]
+    bar = _Progress(sum(_nbytes(*stream.shapes[n]) for _, g in todo for n in g), progress)
+    readers = _Readers(source)
+    written = 0
+    try:
+        for file, group in todo:
+            tmp = partial / (file + ".tmp")
+            with open(tmp, "wb") as f:
+                f.write(_header(group, stream.shapes))
+                for name in group:
+                    src_name, zero = by_name[name]
+                    t = stream.student_tensor(src_name, readers.get(src_name))
+                    if zero:
+                        t = torch.zeros_like(t)
+                    if tuple(t.shape) != stream.shapes[name][0]:  # pragma: no cover - planned on meta
+                        raise CheckpointError(f"{name}: computed {tuple(t.shape)}, planned {stream.shapes[name][0]}",
+                                              node=name, op="grow_checkpoint", fix="report this: a bug")
+                    _write_bytes(f, t.to(stream.shapes[name][1]))
+                    written += 1
+                    bar.update(_nbytes(*stream.shapes[name]), written)
+            os.replace(tmp, partial / file)
+    finally:
+        bar.close()
+        readers.close()
+    weight_map = {n: file for file, group in zip(names, shards) for n in group}
+    total = sum(_nbytes(*stream.shapes[n]) for n in weight_map)
+    if len(names) > 1:
+        (partial / INDEX).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map},
+                                                indent=2))
+    stream.config.save_pretrained(partial)
+    for extra in source.path.iterdir():  # tokenizer, generation config, ...: the student's too
+        if extra.is_file() and extra.name not in {INDEX, "config.json", *source.weight_map.values()}:
+            shutil.copy2(extra, partial / extra.name)
+    manifest.unlink()
+    if dst.exists():
+        shutil.rmtree(dst)
+    os.replace(partial, dst)
+    return dst
+
+
+class _Readers:
+    """One lazy reader per source shard (safetensors' safe_open maps the file; get_tensor reads one)."""
+
+    def __init__(self, source: Source) -> None:
+        self.source, self.open = source, {}
+
+    def get(self, name: str) -> torch.Tensor:
+        from safetensors import safe_open
+
+        file = self.source.weight_map[name]
+        if file not in self.open:
+            self.open[file] = safe_open(self.source.path / file, framework="pt")
+        return self.open[file].get_tensor(name)
+
+    def close(self) -> None:
+        self.open.clear()
+
+
+__all__ = ["CheckpointError", "StreamPlan", "grow_checkpoint", "plan_stream", "read_source", "scaled_config"]
+

@@ -1,0 +1,113 @@
+"""grow_checkpoint: a sharded safetensors checkpoint grown tensor by tensor, planned on the meta
+device; the result loads with from_pretrained, equals the in-memory grow, never looks complete
+before it is, and resumes."""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+
+import pytest
+import torch
+
+import n2n_fx
+from n2n_fx.checkpoint import CheckpointError, grow_checkpoint, read_header, read_source, scaled_config
+
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("safetensors")
+
+
+def _llama(tied: bool, **kw) -> transformers.LlamaForCausalLM:
+    warnings.filterwarnings("ignore")
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    torch.manual_seed(0)
+    cfg = dict(vocab_size=80, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+               num_key_value_heads=2, head_dim=16, tie_word_embeddings=tied, max_position_embeddings=32)
+    return transformers.LlamaForCausalLM(transformers.LlamaConfig(**{**cfg, **kw})).eval()
+
+
+CHANGES = dict(hidden_size=128, intermediate_size=150, num_attention_heads=8, num_key_value_heads=4,
+               num_hidden_layers=3)
+
+
+def _same_state(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_streamed_growth_equals_in_memory_growth_and_reloads(tied: bool, tmp_path) -> None:
+    teacher = _llama(tied)
+    teacher.save_pretrained(tmp_path / "src", max_shard_size="60KB")
+    assert len(read_source(tmp_path / "src").weight_map) > 1
+    out = grow_checkpoint(tmp_path / "src", tmp_path / "dst", max_shard_size="100KB", progress=False, **CHANGES)
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    files = set(index["weight_map"].values())
+    assert len(files) > 2 and not (tmp_path / "dst.partial").exists()
+    for f in files:  # each shard within the bound unless one tensor is bigger by itself
+        tensors = read_header(out / f)
+        size = sum(end - begin for _, _, (begin, end) in tensors.values())
+        assert size <= 100_000 or len(tensors) == 1, (f, size)
+    student = transformers.LlamaForCausalLM.from_pretrained(out).eval()
+    assert student.config.num_hidden_layers == 3 and student.config.tie_word_embeddings == tied
+    ids = torch.randint(3, 80, (2, 7))
+    report = n2n_fx.verify(teacher, student, (ids,), rtol=1e-6)  # HF RMSNorm computes in float32
+    assert report.ok and report.native_ok, report
+    from n2n_fx.hf import grow
+
+    inputs = (torch.randint(0, 80, (2, 8), generator=torch.Generator().manual_seed(0)),)
+    assert _same_state(grow(teacher, example_inputs=inputs, rtol=1e-6, **CHANGES), student)
+
+
+def test_factor_scales_every_width_field_and_keeps_the_head_size(tmp_path) -> None:
+    teacher = _llama(False).to(torch.bfloat16)
+    teacher.save_pretrained(tmp_path / "src")
+    assert scaled_config(teacher.config, 2.0) == dict(hidden_size=128, intermediate_size=192, num_attention_heads=8,
+                                                      num_key_value_heads=4, head_dim=16)
+    out = grow_checkpoint(tmp_path / "src", tmp_path / "dst", factor=2.0, progress=False)
+    student = transformers.LlamaForCausalLM.from_pretrained(out, dtype=torch.bfloat16).eval()
+    assert student.model.embed_tokens.weight.dtype == torch.bfloat16
+    report = n2n_fx.verify(teacher, student, (torch.randint(3, 80, (1, 6)),))
+    assert report.ok and report.native_ok, report
+
+
+def test_an_interrupted_run_leaves_nothing_that_looks_complete_and_resumes(tmp_path, monkeypatch) -> None:
+    import n2n_fx.checkpoint as ck
+
+    _llama(False).save_pretrained(tmp_path / "src")
+    calls, real = {"n": 0}, ck._write_bytes
+
+    def failing(f, t):
+        calls["n"] += 1
+        if calls["n"] == 12:
+            raise KeyboardInterrupt
+        real(f, t)
+
+    monkeypatch.setattr(ck, "_write_bytes", failing)
+    with pytest.raises(KeyboardInterrupt):
+        grow_checkpoint(tmp_path / "src", tmp_path / "dst", max_shard_size="100KB", progress=False, **CHANGES)
+    assert not (tmp_path / "dst").exists()
+    done = sorted(p.name for p in (tmp_path / "dst.partial").glob("*.safetensors"))
+    assert done and any(p.name.endswith(".tmp") for p in (tmp_path / "dst.partial").iterdir())  # the cut shard
+    stamps = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "dst.partial").glob("*.safetensors")}
+    monkeypatch.setattr(ck, "_write_bytes", real)
+    out = grow_checkpoint(tmp_path / "src", tmp_path / "dst", max_shard_size="100KB", progress=False, **CHANGES)
+    assert all((out / name).stat().st_mtime_ns == ns for name, ns in stamps.items())  # kept, not rewritten
+    fresh = grow_checkpoint(tmp_path / "src", tmp_path / "again", max_shard_size="100KB", progress=False, **CHANGES)
+    a = transformers.LlamaForCausalLM.from_pretrained(out)
+    b = transformers.LlamaForCausalLM.from_pretrained(fresh)
+    assert _same_state(a, b)
+
+
+def test_bad_requests_are_typed(tmp_path) -> None:
+    with pytest.raises(CheckpointError, match="config.json"):
+        grow_checkpoint(tmp_path, tmp_path / "dst", factor=2.0)
+    _llama(False).save_pretrained(tmp_path / "src")
+    with pytest.raises(CheckpointError, match="nothing to grow"):
+        grow_checkpoint(tmp_path / "src", tmp_path / "dst")
+    with pytest.raises(n2n_fx.N2NError, match="refuses"):
+        grow_checkpoint(tmp_path / "src", tmp_path / "dst", hidden_size=90, progress=False)
+    (tmp_path / "dst").mkdir()
+    with pytest.raises(CheckpointError, match="exists"):
+        grow_checkpoint(tmp_path / "src", tmp_path / "dst", factor=2.0)
