@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.fx
 
 from .errors import N2NError
 from .frontend import trace
@@ -409,5 +410,164 @@ class _Readers:
         self.open.clear()
 
 
-__all__ = ["CheckpointError", "StreamPlan", "grow_checkpoint", "plan_stream", "read_source", "scaled_config"]
+# ---------------------------------------------------------------- checking without loading
+class _Lazy:
+    """A parameter the graph reads, by name: loaded from disk at each use, dropped after it."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+class _LazyRun(torch.fx.Interpreter):
+    def __init__(self, gm: torch.fx.GraphModule, fetch: Any, stored: set[str]) -> None:
+        super().__init__(gm)
+        self.fetch, self.stored = fetch, stored
+
+    def get_attr(self, target: Any, args: Any, kwargs: Any) -> Any:
+        if str(target) in self.stored:  # a weight: read when an op needs it
+            return _Lazy(str(target))
+        return super().get_attr(target, args, kwargs)  # a submodule of a higher-order op, a constant
+
+    def fetch_args_kwargs_from_env(self, n: torch.fx.Node) -> tuple[Any, Any]:
+        args, kwargs = super().fetch_args_kwargs_from_env(n)
+        load = lambda v: self.fetch(v.name) if isinstance(v, _Lazy) else v  # noqa: E731
+        return torch.fx.node.map_aggregate(args, load), torch.fx.node.map_aggregate(kwargs, load)
+
+
+@dataclass
+class StreamReport:
+    """The streamed check: the plan (float64 twins) and the student as it runs (native dtype)."""
+
+    ok: bool
+    max_rel_err: float
+    rtol: float
+    native_rel_err: float
+    teacher_native_rel_err: float
+    native_rtol: float
+    dtype: torch.dtype
+
+    def __str__(self) -> str:
+        verdict = "preserved" if self.ok else "NOT preserved"
+        return (f"{verdict} (streamed): max rel err {self.max_rel_err:.3e} in float64 (rtol {self.rtol:g}); in "
+                f"{str(self.dtype).removeprefix('torch.')}: student {self.native_rel_err:.3e}, teacher "
+                f"{self.teacher_native_rel_err:.3e} (rtol {self.native_rtol:.1e})")
+
+
+class _Streamed:
+    """A checkpoint directory as a traced meta graph whose parameters come from disk."""
+
+    def __init__(self, path: str | os.PathLike, inputs: tuple) -> None:
+        self.source = read_source(path)
+        cls = model_class(self.source.config)
+        specs = self.source.specs()
+        self.dtype = next((d for _, d in specs.values() if d.is_floating_point), torch.float32)
+        with torch.device("meta"):
+            model = cls(self.source.config).to(self.dtype).eval()
+        self.gm = trace(model, inputs)
+        _to_cpu(self.gm)
+        self.alias: dict[str, str] = {}
+        groups: dict[int, list[str]] = {}
+        for name, t in [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]:
+            groups.setdefault(id(t), []).append(name)
+        for names in groups.values():  # a tied head saved once under one of its names
+            saved = next((n for n in names if n in self.source.weight_map), None)
+            for n in names:
+                if saved is not None:
+                    self.alias[n] = saved
+        self.extras = self._computed_buffers(model)
+        self.readers = _Readers(self.source)
+
+    def _computed_buffers(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        """Buffers outside the checkpoint (rotary frequencies): the owning module built for real."""
+        out = {}
+        for mod_name, mod in model.named_modules():
+            names = [b for b, v in mod._buffers.items() if v is not None and f"{mod_name}.{b}".lstrip(".")
+                     not in self.alias]
+            if not names:
+                continue
+            try:
+                real = type(mod)(self.source.config)
+            except Exception as exc:
+                raise CheckpointError(f"{mod_name} ({type(mod).__name__}) holds buffers the checkpoint does not "
+                                      f"({names}) and cannot be rebuilt from the config", node=mod_name,
+                                      op="verify_checkpoint", fix="load the model instead") from exc
+            for b in names:
+                out[f"{mod_name}.{b}".lstrip(".")] = getattr(real, b).to(self.dtype)
+        return out
+
+    def run(self, inputs: tuple, dtype: torch.dtype) -> torch.Tensor:
+        from .verification import retarget_dtypes
+
+        gm = self.gm
+        if dtype != self.dtype:
+            import copy
+
+            gm = copy.deepcopy(self.gm)
+            retarget_dtypes(gm, dtype, self.dtype)
+
+        def fetch(name: str) -> torch.Tensor:
+            t = self.extras[name] if name in self.extras else self.readers.get(self.alias.get(name, name))
+            return t.to(dtype) if t.is_floating_point() else t
+
+        with torch.no_grad():
+            out = _LazyRun(gm, fetch, set(self.alias) | set(self.extras)).run(*inputs)
+        return _first_tensor(out).to(torch.float64)
+
+
+def _to_cpu(gm: torch.nn.Module) -> None:
+    """A graph exported on the meta device pins it (`_assert_tensor_metadata(device=meta)`, factory
+    `device=` arguments): make those the CPU, where the streamed run computes."""
+    meta = torch.device("meta")
+
+    def fix(v: Any) -> Any:
+        return torch.device("cpu") if isinstance(v, torch.device) and v == meta else v
+
+    for m in gm.modules():
+        if isinstance(m, torch.fx.GraphModule):
+            for node in m.graph.nodes:
+                node.args = torch.fx.node.map_aggregate(node.args, fix)
+                node.kwargs = torch.fx.node.map_aggregate(node.kwargs, fix)
+            m.recompile()
+
+
+def _first_tensor(out: Any) -> torch.Tensor:
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, dict):
+        return _first_tensor(next(iter(out.values())))
+    if isinstance(out, (list, tuple)):
+        return _first_tensor(out[0])
+    return _first_tensor(out.logits)
+
+
+def verify_checkpoint(teacher_dir: str | os.PathLike, student_dir: str | os.PathLike, example_inputs: Any = None, *,
+                      rtol: float | None = None, seed: int = 0) -> StreamReport:
+    """Does the student checkpoint compute the teacher checkpoint's function? Both run from disk,
+    graph node by graph node, each parameter read when an op needs it and dropped after (neither
+    model is resident): once in float64 (the plan; rtol as verify's: 1e-10 for float64
+    checkpoints, else max(1e-5, eps/4)) and once in the checkpoints' dtype (the student against
+    NATIVE_C times the teacher's own rounding error). example_inputs: two sequences of eight token
+    ids by default."""
+    from .verification import native_rtol
+
+    teacher_cfg = read_source(teacher_dir).config
+    if example_inputs is None:
+        vocab = getattr(teacher_cfg, "vocab_size", 8) or 8
+        example_inputs = (torch.randint(0, vocab, (2, 8), generator=torch.Generator().manual_seed(seed)),)
+    inputs = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+    teacher, student = _Streamed(teacher_dir, inputs), _Streamed(student_dir, inputs)
+    native = student.dtype
+    if rtol is None:
+        rtol = 1e-10 if native == torch.float64 else max(1e-5, torch.finfo(native).eps / 4)
+    ref = teacher.run(inputs, torch.float64)
+    scale = ref.abs().max().clamp_min(1e-300)
+    plan_err = float((student.run(inputs, torch.float64) - ref).abs().max() / scale)
+    s_err = float((student.run(inputs, native) - ref).abs().max() / scale)
+    t_err = float((teacher.run(inputs, native) - ref).abs().max() / scale)
+    tol = native_rtol(native, t_err) if native != torch.float64 else rtol
+    return StreamReport(plan_err <= rtol and s_err <= tol, plan_err, rtol, s_err, t_err, tol, native)
+
+
+__all__ = ["CheckpointError", "StreamPlan", "StreamReport", "grow_checkpoint", "plan_stream", "read_source",
+           "scaled_config", "verify_checkpoint"]
 

@@ -111,3 +111,21 @@ def test_bad_requests_are_typed(tmp_path) -> None:
     (tmp_path / "dst").mkdir()
     with pytest.raises(CheckpointError, match="exists"):
         grow_checkpoint(tmp_path / "src", tmp_path / "dst", factor=2.0)
+
+
+def test_the_streamed_check_runs_both_checkpoints_from_disk_and_catches_a_wrong_tensor(tmp_path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    from n2n_fx.checkpoint import verify_checkpoint
+
+    _llama(True).to(torch.bfloat16).save_pretrained(tmp_path / "src", max_shard_size="60KB")
+    out = grow_checkpoint(tmp_path / "src", tmp_path / "dst", max_shard_size="100KB", progress=False, **CHANGES)
+    report = verify_checkpoint(tmp_path / "src", out)
+    assert report.ok and report.dtype == torch.bfloat16, report
+    index = json.loads((out / "model.safetensors.index.json").read_text())["weight_map"]
+    name = "model.layers.1.mlp.down_proj.weight"  # a teacher block's, not a new block's zeros
+    state = load_file(out / index[name])
+    state[name] = state[name] * 1.05
+    save_file(state, out / index[name], metadata={"format": "pt"})
+    broken = verify_checkpoint(tmp_path / "src", out)
+    assert not broken.ok and broken.max_rel_err > report.max_rel_err, broken
