@@ -1,0 +1,177 @@
+"""Growing a checkpoint bigger than memory: grow_checkpoint against the I/O floor, side by side.
+
+    python benchmarks/bench_checkpoint.py [--hidden 3072 --layers 26 --intermediate 8192]  # ~3B, bf16
+    python benchmarks/bench_checkpoint.py --hidden 256 --layers 2 --intermediate 512 --check  # seconds
+
+Generates a random Llama-family checkpoint in bfloat16 (streamed to disk: it is never in memory),
+then, each in its own process so peak RSS (VmHWM) is the operation's own:
+  * floor: read every source tensor once and write the student's bytes once (the I/O any tool must do);
+  * grow_checkpoint 2x (hidden, heads, MLP);
+  * optionally (--check) the streamed check of the result, and (--in-memory, small models) hf.grow.
+Prints seconds, the ratio to the floor, peak RSS, and bytes; nothing downloads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+
+def _config(args: argparse.Namespace):
+    import transformers
+
+    return transformers.LlamaConfig(vocab_size=args.vocab, hidden_size=args.hidden,
+                                    intermediate_size=args.intermediate, num_hidden_layers=args.layers,
+                                    num_attention_heads=args.heads, num_key_value_heads=args.heads,
+                                    head_dim=args.hidden // args.heads, tie_word_embeddings=False,
+                                    architectures=["LlamaForCausalLM"])
+
+
+def generate(args: argparse.Namespace, path: Path) -> int:
+    """A random checkpoint written tensor by tensor (the model is built on the meta device)."""
+    import transformers
+
+    from n2n_fx.checkpoint import INDEX, _header, _write_bytes, shard_layout
+
+    cfg = _config(args)
+    with torch.device("meta"):
+        model = transformers.LlamaForCausalLM(cfg)
+    specs = {k: (tuple(v.shape), torch.bfloat16) for k, v in model.state_dict().items()
+             if "rotary" not in k}
+    entries = [(k, k, False) for k in specs]
+    shards = shard_layout(entries, specs, 2 * 10**9)
+    names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    path.mkdir(parents=True)
+    gen = torch.Generator().manual_seed(0)
+    for file, group in zip(names, shards):
+        with open(path / file, "wb") as f:
+            f.write(_header(group, specs))
+            for k in group:
+                t = torch.randn(specs[k][0], generator=gen) * (0.02 if specs[k][0][-1] > 1 else 1.0)
+                if k.endswith("norm.weight"):
+                    t = 1.0 + 0.1 * t
+                _write_bytes(f, t.to(torch.bfloat16))
+    (path / INDEX).write_text(json.dumps({"metadata": {}, "weight_map": {k: f for f, g in zip(names, shards)
+                                                                         for k in g}}))
+    cfg.save_pretrained(path)
+    return sum(p.stat().st_size for p in path.glob("*.safetensors"))
+
+
+def _status(key: str) -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(key + ":"))
+
+
+def child(what: str, src: Path, dst: Path) -> dict:
+    warnings.filterwarnings("ignore")
+    from n2n_fx.checkpoint import (
+        _header,
+        _Readers,
+        _write_bytes,
+        grow_checkpoint,
+        plan_stream,
+        read_source,
+        scaled_config,
+        shard_layout,
+        verify_checkpoint,
+    )
+
+    t0 = time.perf_counter()
+    out: dict = {}
+    if what == "floor":
+        source = read_source(src)
+        stream = plan_stream(source, scaled_config(source.config, 2.0))  # the student's sizes, to write them
+        planned = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        readers = _Readers(source)
+        for name in source.weight_map:
+            readers.get(name)
+        dst.mkdir(parents=True)
+        for i, group in enumerate(shard_layout(stream.entries, stream.shapes, 2 * 10**9)):
+            with open(dst / f"{i}.bin", "wb") as f:
+                f.write(_header(group, stream.shapes))
+                for name in group:
+                    _write_bytes(f, torch.empty(stream.shapes[name][0], dtype=stream.shapes[name][1]))
+        out["plan_seconds"] = planned
+    elif what == "grow":
+        grow_checkpoint(src, dst, factor=2.0, progress=False)
+    elif what == "check":
+        report = verify_checkpoint(src, dst)
+        out["report"] = str(report)
+    elif what == "memory":
+        import transformers
+
+        from n2n_fx.hf import grow
+
+        teacher = transformers.LlamaForCausalLM.from_pretrained(src, dtype=torch.bfloat16).eval()
+        t0 = time.perf_counter()
+        big = grow(teacher, **scaled_config(teacher.config, 2.0))
+        out["grow_seconds"] = time.perf_counter() - t0
+        big.save_pretrained(dst)
+    out["seconds"] = time.perf_counter() - t0
+    out["peak_rss"] = _status("VmHWM")
+    return out
+
+
+def _run(what: str, src: Path, dst: Path) -> dict:
+    res = subprocess.run([sys.executable, __file__, "--child", what, str(src), str(dst)], capture_output=True,
+                         text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    if res.returncode:
+        raise SystemExit(f"{what} failed:\n{res.stderr[-3000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--hidden", type=int, default=3072)
+    ap.add_argument("--intermediate", type=int, default=8192)
+    ap.add_argument("--heads", type=int, default=24)
+    ap.add_argument("--layers", type=int, default=26)
+    ap.add_argument("--vocab", type=int, default=32000)
+    ap.add_argument("--dir", default=None, help="scratch directory (default: a temporary one)")
+    ap.add_argument("--check", action="store_true", help="also run the streamed check (reads the student 2x)")
+    ap.add_argument("--in-memory", action="store_true", help="also grow in memory with hf.grow (small models)")
+    ap.add_argument("--child", nargs=3, default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(child(args.child[0], Path(args.child[1]), Path(args.child[2]))))
+        return
+    root = Path(args.dir or tempfile.mkdtemp(prefix="n2n_bench_ckpt_"))
+    src = root / "src"
+    t0 = time.perf_counter()
+    src_bytes = generate(args, src)
+    print(f"source: {src_bytes / 1e9:.2f} GB bf16 ({src_bytes / 2 / 1e9:.2f}B parameters), generated in "
+          f"{time.perf_counter() - t0:.0f} s")
+    rows = []
+    floor = _run("floor", src, root / "floor")
+    shutil.rmtree(root / "floor")
+    grown = _run("grow", src, root / "dst")
+    dst_bytes = sum(p.stat().st_size for p in (root / "dst").glob("*.safetensors"))
+    rows.append(("I/O floor (read source, write student)", floor))
+    rows.append(("grow_checkpoint 2x", grown))
+    if args.in_memory:
+        rows.append(("hf.grow in memory + save", _run("memory", src, root / "mem")))
+    print(f"student: {dst_bytes / 1e9:.2f} GB")
+    print(f"{'':40s} {'seconds':>8s} {'x floor':>8s} {'peak RSS':>9s}")
+    for name, r in rows:
+        print(f"{name:40s} {r['seconds']:8.1f} {r['seconds'] / floor['seconds']:8.2f} {r['peak_rss'] / 2**30:8.2f}G")
+    print(f"(planning on the meta device, in the floor's process: {floor['plan_seconds']:.1f} s)")
+    if args.check:
+        check = _run("check", src, root / "dst")
+        print(f"streamed check ({check['seconds']:.0f} s, peak RSS {check['peak_rss'] / 2**30:.2f}G): {check['report']}")
+    if not args.dir:
+        shutil.rmtree(root)
+
+
+if __name__ == "__main__":
+    main()
