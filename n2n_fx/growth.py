@@ -320,6 +320,7 @@ def grow(teacher: torch.nn.Module, target: torch.nn.Module, example_inputs: Any,
                         + (f" (+{len(missing) - 4} more)" if len(missing) > 4 else ""), node=missing[0], op="grow",
                         fix="the target must be the teacher's family: the same parameter names, bigger sizes")
 
+    _check_head_dims(teacher, target, stacks)
     untie = any(len({_sid(g_state[name_of[n]]) for n in group}) > 1 for group in _tied_groups(teacher))
     by_target = {tn: n for n, tn in name_of.items()}
     for group in _tied_groups(target):
@@ -380,6 +381,25 @@ def grow(teacher: torch.nn.Module, target: torch.nn.Module, example_inputs: Any,
                                     f"{report}", op="grow", fix="the report says why; if the models differ, report the model (each step of grow is checked)")
         model.n2n_report = report  # type: ignore[attr-defined]
     return model
+
+
+def _check_head_dims(teacher: torch.nn.Module, target: torch.nn.Module, stacks: list[Stack]) -> None:
+    """Attention grows by whole heads: a target whose heads are wider (a different `head_dim`
+    attribute on a module, or in a Hugging Face config) is refused before any work."""
+    t_cfg, g_cfg = getattr(teacher, "config", None), getattr(target, "config", None)
+    pairs = [("config", t_cfg, g_cfg)] if t_cfg is not None and g_cfg is not None else []
+    modules = dict(target.named_modules())
+    for name, mod in teacher.named_modules():
+        other = modules.get(target_name(name + ".", stacks)[:-1] if name else name)
+        if other is not None:
+            pairs.append((name or "<root>", mod, other))
+    for name, a, b in pairs:
+        ha, hb = getattr(a, "head_dim", None), getattr(b, "head_dim", None)
+        if type(ha) is int and type(hb) is int and ha != hb:
+            raise GrowError(f"{name}.head_dim is {ha} in the teacher and {hb} in the target: n2n_fx grows attention "
+                            f"by whole heads (a wider head changes the 1/sqrt(head_dim) scale and rotary "
+                            f"frequencies)", node=name, op="attention",
+                            fix=f"keep head_dim = {ha} in the target and grow the number of heads instead")
 
 
 def _sid(t: torch.Tensor) -> int:
