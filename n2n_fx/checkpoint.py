@@ -161,12 +161,13 @@ class StreamPlan:
 
 
 def plan_stream(source: Source, changes: dict[str, Any], *, seed: int = 0, symmetry: str = "none",
-                layer_map: Any = "interleave", example_inputs: Any = None) -> StreamPlan:
-    """Trace teacher and target on the meta device and lay out every student tensor."""
+                layer_map: Any = "interleave", example_inputs: Any = None, cls: type | None = None) -> StreamPlan:
+    """Trace teacher and target on the meta device and lay out every student tensor (`cls`: the
+    model class, by default the one config.architectures names)."""
     from .growth import find_stacks, residual_zeros, target_name, target_widths
     from .hf import target_config
 
-    cls = model_class(source.config)
+    cls = cls or model_class(source.config)
     cfg = target_config(source.config, changes)
     specs = source.specs()
     dtype = next((d for _, d in specs.values() if d.is_floating_point), torch.float32)
