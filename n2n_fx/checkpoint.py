@@ -394,21 +394,34 @@ def grow_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, factor: f
 
 
 class _Readers:
-    """One lazy reader per source shard (safetensors' safe_open maps the file; get_tensor reads one)."""
+    """Reads one tensor at a time with plain file reads at the offsets the shard's header gives (no
+    memory map: mapped shard pages would stay resident and count towards the process's memory)."""
 
     def __init__(self, source: Source) -> None:
-        self.source, self.open = source, {}
+        self.source = source
+        self.headers: dict[str, tuple[int, dict[str, Any]]] = {}
+
+    def _header(self, file: str) -> tuple[int, dict[str, Any]]:
+        if file not in self.headers:
+            with open(self.source.path / file, "rb") as f:
+                (n,) = struct.unpack("<Q", f.read(8))
+            self.headers[file] = (8 + n, read_header(self.source.path / file))
+        return self.headers[file]
 
     def get(self, name: str) -> torch.Tensor:
-        from safetensors import safe_open
-
         file = self.source.weight_map[name]
-        if file not in self.open:
-            self.open[file] = safe_open(self.source.path / file, framework="pt")
-        return self.open[file].get_tensor(name)
+        start, header = self._header(file)
+        shape, dtype, (begin, end) = header[name]
+        buf = bytearray(end - begin)
+        with open(self.source.path / file, "rb") as f:
+            f.seek(start + begin)
+            f.readinto(buf)
+        if not buf:
+            return torch.empty(shape, dtype=dtype)
+        return torch.frombuffer(buf, dtype=dtype).reshape(shape)
 
     def close(self) -> None:
-        self.open.clear()
+        self.headers.clear()
 
 
 # ---------------------------------------------------------------- checking without loading
