@@ -25,7 +25,7 @@ import torch
 import torch.fx
 
 from . import spaces as S
-from .errors import N2NError, NotPreservedError
+from .errors import FrozenSpaceError, HookError, N2NError, NotPreservedError
 from .frontend import as_inputs, own_tensors, trace
 from .inference import Analysis, infer
 from .planning import Plan
@@ -159,6 +159,17 @@ def target_name(name: str, stacks: list[Stack]) -> str:
     return name
 
 
+def source_name(name: str, stacks: list[Stack]) -> str:
+    """The teacher name a target name starts from: a moved block's own, a new block's copy source's."""
+    for st in stacks:
+        for j in range(len(st.target)):
+            prefix = st.block(st.target, j)
+            if name == prefix or name.startswith(prefix + "."):
+                src = st.sources[j] if st.sources[j] is not None else st.copies[j]
+                return st.block(st.teacher, src) + name[len(prefix):]
+    return name
+
+
 # ---------------------------------------------------------------- widths from the target's shapes
 def _axis_terms(an: Analysis, layout: Any) -> tuple[dict[str, int], int]:
     """new size = sum(coef[space] * width[space]) + fixed, for one bound axis."""
@@ -196,6 +207,12 @@ def target_widths(an: Analysis, shapes: dict[str, tuple[int, ...]]) -> dict[str,
             if len(free) != 1:
                 continue
             (name,) = free
+            sp = next(sp for sp in an.spaces if sp.name == name)
+            if sp.frozen and rest != coef[name] * sp.width:
+                r = sp.reasons[0]
+                raise FrozenSpaceError(f"the target's size {size} of {where} widens space {name!r}, which cannot be "
+                                       f"widened: {r}", node=r.node, op=r.op,
+                                       fix=f"build the target with {where} of size {fixed + coef[name] * sp.width}")
             if rest % coef[name] or rest <= 0:
                 raise GrowError(f"the target's size {size} of {where} is not a whole number of units of space "
                                 f"{name!r} ({coef[name]} positions per unit)", node=name, op="grow",
@@ -304,10 +321,7 @@ def grow(teacher: torch.nn.Module, target: torch.nn.Module, example_inputs: Any,
     block), FrozenSpaceError / ConstraintError / WidthError from the plan (a frozen space the
     target grows, with its reason; a shrink), NotPreservedError when the check fails.
     """
-    for role, m in (("teacher", teacher), ("target", target)):
-        if not isinstance(m, torch.nn.Module):
-            raise GrowError(f"the {role} must be an nn.Module, got {type(m).__name__}", op="grow",
-                            fix="pass the model objects themselves")
+    _check_arguments(teacher, target, layer_map, seed, symmetry, rtol)
     inputs = as_inputs(example_inputs)
     table = load_table()
     stacks = find_stacks(teacher, target, layer_map)
@@ -319,8 +333,8 @@ def grow(teacher: torch.nn.Module, target: torch.nn.Module, example_inputs: Any,
         raise GrowError(f"the target has no counterpart of the teacher's {missing[:4]}"
                         + (f" (+{len(missing) - 4} more)" if len(missing) > 4 else ""), node=missing[0], op="grow",
                         fix="the target must be the teacher's family: the same parameter names, bigger sizes")
-
     _check_head_dims(teacher, target, stacks)
+    _check_hooks(teacher, target, stacks)
     untie = any(len({_sid(g_state[name_of[n]]) for n in group}) > 1 for group in _tied_groups(teacher))
     by_target = {tn: n for n, tn in name_of.items()}
     for group in _tied_groups(target):
@@ -340,16 +354,25 @@ def grow(teacher: torch.nn.Module, target: torch.nn.Module, example_inputs: Any,
     student = Net2WiderNet(plan)(an.gm).graph_module if asked else an.gm
     own_tensors(student, teacher)
     s_state = student.state_dict(keep_vars=True)
+    for n, t in t_state.items():  # unused by the traced forward (an aux head in eval): no plan covers it
+        if n not in s_state:
+            if tuple(t.shape) != tuple(g_state[name_of[n]].shape):
+                raise GrowError(f"{n} is not used by the traced forward, so no plan sizes it, but the target "
+                                f"wants {tuple(g_state[name_of[n]].shape)} for it (the teacher's is {tuple(t.shape)})",
+                                node=n, op="grow", fix="trace in the mode that uses it (mode='train'), or keep its "
+                                "size in the target")
+            s_state[n] = t.detach().clone()
     wrong = [f"{tn}: grown {tuple(s_state[n].shape)}, target {tuple(g_state[tn].shape)}"
-             for n, tn in name_of.items() if n in s_state and tuple(s_state[n].shape) != tuple(g_state[tn].shape)]
+             for n, tn in name_of.items() if tuple(s_state[n].shape) != tuple(g_state[tn].shape)]
     if wrong:
         raise GrowError(f"{len(wrong)} parameters do not reach the target's shape: {'; '.join(wrong[:4])}",
                         node=wrong[0].split(":")[0], op="grow",
                         fix="`n2n-fx explain` shows which spaces are frozen and why; build the target with those "
                             "sizes unchanged")
 
-    state: dict[str, torch.Tensor] = {tn: s_state[n].detach() for n, tn in name_of.items() if n in s_state}
+    state: dict[str, torch.Tensor] = {tn: s_state[n].detach() for n, tn in name_of.items()}
     params = {n for n, _ in teacher.named_parameters(remove_duplicate=False)}
+    new_blocks = []
     for st in stacks:
         for j, src in enumerate(st.sources):
             if src is not None:
@@ -361,6 +384,7 @@ def grow(teacher: torch.nn.Module, target: torch.nn.Module, example_inputs: Any,
                                 f"branch ending in a linear, conv or norm: it cannot start as the identity",
                                 node=source, op="grow", fix="grow without new blocks in this stack, or insert "
                                 "identity layers with n2n_fx.deepen")
+            new_blocks.append(st.block(st.target, j))
             src_prefix, dst_prefix = source + ".", st.block(st.target, j) + "."
             for n, tensor in s_state.items():
                 if n.startswith(src_prefix):
@@ -373,14 +397,101 @@ def grow(teacher: torch.nn.Module, target: torch.nn.Module, example_inputs: Any,
         raise GrowError(f"the target's {extra[:4]} have no counterpart in the teacher and no rule initialises them",
                         node=extra[0], op="grow", fix="build the target from the teacher's family with only sizes "
                         "and block counts changed")
-    model = _materialise(target, teacher, state, name_of)
+    model = _materialise(target, teacher, state, stacks)
     if check:
+        _check_identity_blocks(model, new_blocks, inputs)
         report = verify(teacher, model, inputs, rtol=rtol, mode=mode)
         if not report.ok:
             raise NotPreservedError(f"the grown {type(model).__name__} does not compute the teacher's function: "
-                                    f"{report}", op="grow", fix="the report says why; if the models differ, report the model (each step of grow is checked)")
+                                    f"{report}", op="grow", fix="the report says why; a target whose settings "
+                                    "(not sizes) differ from the teacher's computes another function")
         model.n2n_report = report  # type: ignore[attr-defined]
     return model
+
+
+def _check_arguments(teacher: Any, target: Any, layer_map: Any, seed: Any, symmetry: Any, rtol: Any) -> None:
+    for role, m in (("teacher", teacher), ("target", target)):
+        if not isinstance(m, torch.nn.Module):
+            raise GrowError(f"the {role} must be an nn.Module, got {type(m).__name__}", op="grow",
+                            fix="pass the model objects themselves")
+    if _meta(teacher):
+        raise GrowError("the teacher is on the meta device: it holds no weights to grow", op="grow",
+                        fix="load the teacher's weights; for checkpoints bigger than memory use grow_checkpoint")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise GrowError(f"seed must be an int, got {seed!r}", op="grow", fix="pass seed=0 (or any int)")
+    if symmetry == "noise":
+        raise GrowError("symmetry='noise' does not preserve the function, and grow promises that it does", op="grow",
+                        fix="use symmetry='none' or 'split' (exact), or widen(symmetry='noise') and check nothing")
+    if rtol is not None and (isinstance(rtol, bool) or not isinstance(rtol, (int, float))
+                             or not math.isfinite(rtol) or rtol <= 0):
+        raise GrowError(f"rtol must be a positive number, got {rtol!r}", op="grow", fix="pass rtol=1e-6 or leave it out")
+    if isinstance(layer_map, dict):
+        for path, entries in layer_map.items():
+            if not isinstance(entries, (list, tuple)) or any(
+                    e is not None and (isinstance(e, bool) or not isinstance(e, int)) for e in entries):
+                raise GrowError(f"layer_map[{path!r}] must be a list of teacher block indices and None, got "
+                                f"{entries!r}", node=str(path), op="layer_map", fix="e.g. {'layers': [0, None, 1]}")
+    elif not isinstance(layer_map, str):
+        raise GrowError(f"layer_map must be a policy name or a dict of stack path -> list, got {layer_map!r}",
+                        op="layer_map", fix="layer_map='interleave', 'append' or {'layers': [0, None, 1]}")
+
+
+def _check_hooks(teacher: torch.nn.Module, target: torch.nn.Module, stacks: list[Stack]) -> None:
+    """The result is the target's object: a hook the teacher has and the target lacks would stop
+    running (a side effect lost silently, or an output changed)."""
+    modules = dict(target.named_modules())
+    for name, mod in teacher.named_modules():
+        hooks = len(mod._forward_hooks) + len(mod._forward_pre_hooks)
+        other = modules.get(target_name(name + ".", stacks)[:-1] if name else "")
+        if hooks and (other is None or len(other._forward_hooks) + len(other._forward_pre_hooks) != hooks):
+            raise HookError(f"the teacher's module {name or '<root>'} has {hooks} forward hook(s) that the target's "
+                            f"does not: the grown model is the target's object, where they would not run",
+                            node=name or "<root>", op="hook",
+                            fix="register the same hooks on the target before growing (or on the result after)")
+
+
+def _first(value: Any) -> torch.Tensor | None:
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, (list, tuple)):
+        return next((t for v in value if (t := _first(v)) is not None), None)
+    if isinstance(value, dict):
+        return next((t for v in value.values() if (t := _first(v)) is not None), None)
+    return None
+
+
+def _check_identity_blocks(model: torch.nn.Module, blocks: list[str], inputs: tuple) -> None:
+    """Each new block must give back its input (or zeros, when it is the branch of a sum in its
+    parent): run the grown model once and compare, so a misread residual (x + x + f(x)) is named
+    here rather than reported as a wrong model."""
+    if not blocks:
+        return
+    seen: dict[str, float] = {}
+    handles = []
+    for name in blocks:
+        def hook(mod, args, kwargs, out, name=name):
+            x, y = _first(args) if args else _first(kwargs), _first(out)
+            if x is not None and y is not None and x.shape == y.shape:
+                # a block holding its residual sum gives x back; a block that is the branch (the sum
+                # is in its parent's forward) gives zeros
+                scale = float(x.abs().max()) or 1.0
+                seen[name] = min(float((y.double() - x.double()).abs().max()), float(y.abs().max())) / scale
+        handles.append(model.get_submodule(name).register_forward_hook(hook, with_kwargs=True))
+    flags = {n: m.training for n, m in model.named_modules()}
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(*inputs[:-1], **inputs[-1]) if inputs and isinstance(inputs[-1], dict) else model(*inputs)
+    finally:
+        for h in handles:
+            h.remove()
+        for n, m in model.named_modules():
+            m.training = flags[n]
+    for name, err in seen.items():
+        if err > 1e-6:
+            raise GrowError(f"new block {name} is not the identity (rel change {err:.2e}): its residual branches "
+                            f"are not switched off by zeroing their last op", node=name, op="grow",
+                            fix="grow without new blocks in this stack, or insert identity layers with n2n_fx.deepen")
 
 
 def _check_head_dims(teacher: torch.nn.Module, target: torch.nn.Module, stacks: list[Stack]) -> None:
@@ -414,53 +525,67 @@ def _tied_groups(model: torch.nn.Module) -> list[list[str]]:
 
 
 def _materialise(target: torch.nn.Module, teacher: torch.nn.Module, state: dict[str, torch.Tensor],
-                 name_of: dict[str, str]) -> torch.nn.Module:
-    """A copy of `target` holding `state` (allocated on the teacher's device and dtype if the
-    target is on the meta device); tensors outside the state_dict come from the teacher."""
-    device, dtype = _device_dtype(teacher)
+                 stacks: list[Stack]) -> torch.nn.Module:
+    """A copy of `target` holding `state` (each tensor keeps the grown dtype and device); tensors
+    outside the state_dict are the target's own (rebuilt from the config for a meta target of a
+    Hugging Face family, else the teacher's), training flags and requires_grad the teacher's."""
+    device, _ = _device_dtype(teacher)
     model = copy.deepcopy(target)
     ties = _tied_groups(model)
-    if _meta(model):
-        model = model.to_empty(device=device)  # allocates each tensor anew: ties are lost, restore them
-        for group in ties:
-            first = model.get_parameter(group[0]) if group[0] in dict(model.named_parameters()) else None
-            for name in group[1:] if first is not None else ():
-                owner, _, attr = name.rpartition(".")
-                setattr(model.get_submodule(owner), attr, first)
-    if dtype is not None:
-        model = model.to(dtype)
-    model.load_state_dict(state, strict=True)
-    keys = set(model.state_dict())
-    t_named = dict(teacher.named_buffers(remove_duplicate=False))
-    t_from_target = {tn: n for n, tn in name_of.items()}
+    was_meta = _meta(model)
+    model = model.to_empty(device=device) if was_meta else model.to(device)
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict(keep_vars=True).items()}
+    bad = [f"{k}: {tuple(v.shape)} for {shapes[k]}" for k, v in state.items() if shapes.get(k) != tuple(v.shape)]
+    if bad:
+        raise GrowError(f"the target's blocks differ in shape from the ones they start from: {bad[:3]}",
+                        node=bad[0].split(":")[0], op="grow", fix="give new blocks the sizes of the teacher block "
+                        "they copy (grown), or place them with an explicit layer_map")
+    model.load_state_dict(state, strict=True, assign=True)
+    named = dict(model.named_parameters(remove_duplicate=False))
+    for group in ties:  # one tensor under several names, as in the target
+        first = named.get(group[0])
+        for name in group[1:] if first is not None else ():
+            owner, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(owner), attr, first)
+    keys = set(state)
+    t_modules = dict(teacher.named_modules())
+    config = getattr(model, "config", None)
     for mod_name, mod in model.named_modules():
-        for b, value in list(mod._buffers.items()):
-            full = f"{mod_name}.{b}" if mod_name else b
-            if full in keys or value is None:
-                continue
-            src = t_named.get(t_from_target.get(full, full))
-            if src is None or src.shape != value.shape:
-                if value.is_meta or _meta(target):
-                    raise GrowError(f"the target's non-persistent buffer {full} has no counterpart of its shape in "
-                                    f"the teacher", node=full, op="grow",
-                                    fix="build the target on a real device (it then computes its own buffers)")
-                continue
-            if _meta(target):
-                mod._buffers[b] = src.detach().clone()
-        for attr, value in list(vars(mod).items()):  # plain tensor attributes (rotary caches)
-            if isinstance(value, torch.Tensor) and value.is_meta:
-                t_mod = dict(teacher.named_modules()).get(t_from_target.get(mod_name, mod_name))
-                src = getattr(t_mod, attr, None) if t_mod is not None else None
-                if not isinstance(src, torch.Tensor) or src.shape != value.shape:
-                    raise GrowError(f"the target's tensor attribute {mod_name}.{attr} has no counterpart in the "
-                                    f"teacher", node=f"{mod_name}.{attr}", op="grow",
-                                    fix="build the target on a real device")
-                setattr(mod, attr, src.detach().clone())
-    flags = {n: m.training for n, m in teacher.named_modules()}
+        # to_empty left a meta target's non-persistent buffers uninitialised memory
+        metas = [b for b, v in mod._buffers.items() if v is not None and (was_meta or v.is_meta)
+                 and f"{mod_name}.{b}".lstrip(".") not in keys]
+        metas += [a for a, v in vars(mod).items() if isinstance(v, torch.Tensor) and v.is_meta]
+        if not metas:
+            continue
+        rebuilt = None
+        if config is not None:  # a Hugging Face module computes them from the config (rotary frequencies)
+            try:
+                rebuilt = type(mod)(config).to(device)
+            except Exception:
+                rebuilt = None
+        source = rebuilt if rebuilt is not None else t_modules.get(source_name(mod_name, stacks))
+        for attr in metas:
+            value = getattr(source, attr, None) if source is not None else None
+            if not isinstance(value, torch.Tensor) or value.shape != getattr(mod, attr).shape:
+                raise GrowError(f"the target's {mod_name}.{attr} is computed at construction and the meta device "
+                                f"left it empty; no counterpart of its shape was found", node=f"{mod_name}.{attr}",
+                                op="grow", fix="build the target on a real device (it then computes its own)")
+            like = getattr(t_modules.get(source_name(mod_name, stacks)), attr, None)
+            value = value.detach().clone().to(like.dtype if isinstance(like, torch.Tensor) else value.dtype)
+            if attr in mod._buffers:
+                mod._buffers[attr] = value
+            else:
+                setattr(mod, attr, value)
     for n, m in model.named_modules():
-        m.training = flags.get(n, teacher.training)
+        src = t_modules.get(source_name(n, stacks))
+        m.training = src.training if src is not None else teacher.training
+    t_params = dict(teacher.named_parameters(remove_duplicate=False))
+    for n, p in model.named_parameters(remove_duplicate=False):
+        src = t_params.get(source_name(n, stacks))
+        if src is not None:
+            p.requires_grad_(src.requires_grad)
     return model
 
 
 __all__ = ["GrowError", "LAYER_POLICIES", "Report", "Stack", "find_stacks", "grow", "residual_zeros",
-           "target_name", "target_widths"]
+           "source_name", "target_name", "target_widths"]

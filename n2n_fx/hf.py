@@ -157,23 +157,74 @@ def rebuild(teacher: torch.nn.Module, student: torch.nn.Module, example_inputs: 
                         "size): choose widths= that keep them, or use the GraphModule student as is"))
 
 
+LAYER_KEYS = ("num_hidden_layers",)  # depth; its per-layer lists (layer_types, ...) follow it
+
+
+def _field(config: Any, key: str) -> str:
+    return (getattr(config, "attribute_map", {}) or {}).get(key, key)
+
+
+def _size_fields(config: Any) -> set[str]:
+    """The fields grow may change: widths, head size (checked later), depth, per-layer lists."""
+    names = {_field(config, k) for k in (*WIDTH_KEYS, *LAYER_KEYS)} | set(WIDTH_KEYS) | set(LAYER_KEYS)
+    layers = getattr(config, _field(config, "num_hidden_layers"), None)
+    names |= {k for k, v in vars(config).items() if isinstance(v, list) and layers and len(v) == layers}
+    alias = getattr(config, "attribute_map", {}) or {}
+    return names | {k for k, v in alias.items() if v in names}
+
+
 def target_config(config: Any, changes: dict[str, Any]) -> Any:
     """The teacher's config with `changes` applied (names through its attribute_map: n_embd works
-    for GPT-2 as hidden_size does); an unknown field is an error, not a silent no-op."""
-    cfg = copy.deepcopy(config)
-    alias = getattr(cfg, "attribute_map", {}) or {}
-    for key, value in changes.items():
-        if not hasattr(cfg, alias.get(key, key)):
+    for GPT-2 as hidden_size does). Only sizes may change (widths, heads, depth and the per-layer
+    lists that go with depth): any other field changes what the model computes, which growing does
+    not. A per-layer list (layer_types) not given is recomputed by the config for the new depth."""
+    fields = _size_fields(config)
+    for key in changes:
+        if not hasattr(config, _field(config, key)):
             raise N2NError(f"{type(config).__name__} has no field {key!r}", op="hf.grow",
                            fix="use the config's own field names (e.g. hidden_size, intermediate_size, "
                                "num_attention_heads, num_key_value_heads, num_hidden_layers)")
-        setattr(cfg, key, value)
-    try:  # the checks the family runs when it saves: catch a bad size now, not after the work
-        getattr(cfg, "validate", lambda: None)()
+        if key not in fields:
+            raise N2NError(f"{key!r} is not a size: growing keeps the function, and {key} changes it",
+                           node=key, op="hf.grow", fix="grow with sizes only, then change other settings (and "
+                           "retrain)")
+    depth = _field(config, "num_hidden_layers")
+    values = config.to_dict()
+    if depth in {_field(config, k) for k in changes} or "num_hidden_layers" in changes:
+        old = getattr(config, depth, None)
+        for k, v in list(values.items()):  # stale per-layer lists: let the config derive them anew
+            if isinstance(v, list) and old and len(v) == old and k not in changes:
+                values.pop(k)
+    try:
+        cfg = type(config).from_dict({**values, **{_field(config, k): v for k, v in changes.items()}})
+        getattr(cfg, "validate", lambda: None)()  # the checks the family runs when it saves
     except Exception as exc:
         raise N2NError(f"{type(config).__name__} refuses {changes}: {exc}", op="hf.grow",
                        fix="choose sizes the family accepts") from exc
     return cfg
+
+
+def _check_layer_types(model: torch.nn.Module, target: torch.nn.Module, layer_map: Any) -> None:
+    """A teacher block placed on a layer of another kind (sliding vs full attention) would compute
+    another function on long inputs: refuse the placement."""
+    from .growth import GrowError, find_stacks
+
+    base, cfg = model.config, target.config
+    layers = getattr(base, _field(base, "num_hidden_layers"), None)
+    lists = {k: v for k, v in vars(base).items() if isinstance(v, list) and layers and len(v) == layers}
+    if not lists:
+        return
+    for st in find_stacks(model, target, layer_map):
+        if len(st.teacher) != layers:
+            continue
+        for key, kinds in lists.items():
+            new = getattr(cfg, key, None)
+            for j, i in enumerate(st.sources):
+                if i is not None and isinstance(new, list) and new[j] != kinds[i]:
+                    raise GrowError(f"layer_map puts teacher block {i} ({key} {kinds[i]!r}) at block {j}, whose "
+                                    f"{key} is {new[j]!r}", node=st.block(st.target, j), op="layer_map",
+                                    fix=f"give {key} for the new depth so each teacher block keeps its kind, or pass "
+                                        f"an explicit layer_map (layer_map='append' keeps the first blocks in place)")
 
 
 def grow(model: torch.nn.Module, config: Any = None, example_inputs: Any = None, *, seed: int = 0,
@@ -183,7 +234,8 @@ def grow(model: torch.nn.Module, config: Any = None, example_inputs: Any = None,
     verified to compute the teacher's function, ready for save_pretrained.
 
     The target is built on the meta device (no memory for its weights until they are computed);
-    example_inputs default to two sequences of eight random token ids (seeded)."""
+    example_inputs default to two sequences of random token ids (seeded), as long as the model's
+    positions allow up to 64, so settings that act on long inputs are exercised."""
     from .growth import grow as grow_into
 
     base = getattr(model, "config", None)
@@ -200,13 +252,16 @@ def grow(model: torch.nn.Module, config: Any = None, example_inputs: Any = None,
     except Exception as exc:  # the family's own validation (hidden size not divisible by heads, ...)
         raise N2NError(f"{type(model).__name__} refuses the target config: {exc}", op="hf.grow",
                        fix="choose sizes the family accepts") from exc
+    _check_layer_types(model, target, layer_map)
     if example_inputs is None:
         vocab = getattr(base, "vocab_size", None)
         if not isinstance(vocab, int):
             raise N2NError(f"{type(base).__name__} has no vocab_size to draw example tokens from", op="hf.grow",
                            fix="pass example_inputs")
+        length = min(64, getattr(base, _field(base, "max_position_embeddings"), None) or 64)
         gen = torch.Generator().manual_seed(seed)
-        example_inputs = (torch.randint(0, vocab, (2, 8), generator=gen),)
+        example_inputs = (torch.randint(0, vocab, (2, length), generator=gen),)
     grown = grow_into(model, target, example_inputs, seed=seed, layer_map=layer_map, rtol=rtol)
-    grown.config = cfg
+    if getattr(model, "generation_config", None) is not None:
+        grown.generation_config = copy.deepcopy(model.generation_config)
     return grown

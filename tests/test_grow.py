@@ -275,3 +275,94 @@ def test_wider_heads_are_refused_before_any_work() -> None:
     with pytest.raises(GrowError, match="config.head_dim"):
         n2n_fx.grow(llama, _meta(transformers.LlamaForCausalLM, transformers.LlamaConfig(
             **{**llama.config.to_dict(), "head_dim": 32})), (torch.randint(0, 64, (1, 5)),))
+
+
+# ---------------------------------------------------------------- found by an adversarial audit
+def test_blocks_keep_their_layer_kind_and_only_sizes_may_change() -> None:
+    from n2n_fx.hf import grow
+
+    torch.manual_seed(0)
+    cfg = transformers.Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=48, num_attention_heads=4,
+                                   num_key_value_heads=2, use_sliding_window=True, sliding_window=12,
+                                   num_hidden_layers=2, layer_types=["full_attention", "sliding_attention"])
+    teacher = transformers.Qwen2ForCausalLM(cfg).double().eval()
+    kinds = ["full_attention", "sliding_attention"] * 2
+    with pytest.raises(GrowError, match="sliding_attention"):  # interleave: teacher block 1 onto a full layer
+        grow(teacher, num_hidden_layers=4, layer_types=kinds)
+    grown = grow(teacher, num_hidden_layers=4, layer_types=kinds, layer_map="append")
+    long = (torch.randint(0, 64, (2, 30)),)  # longer than the window
+    assert n2n_fx.verify(teacher, grown, long).ok
+    assert grown.config.layer_types == kinds
+    with pytest.raises(n2n_fx.N2NError, match="not a size"):
+        grow(teacher, sliding_window=4)
+    with pytest.raises(n2n_fx.N2NError, match="not a size"):
+        grow(teacher, rope_parameters={"rope_type": "linear", "factor": 4.0, "rope_theta": 10000.0})
+    with pytest.raises(GrowError, match="layer_types"):  # derived anew for 3 layers: block 1 becomes full
+        grow(teacher, num_hidden_layers=3, layer_map="append")
+
+
+def test_flags_requires_grad_dtypes_and_unused_parameters_follow_the_teacher() -> None:
+    torch.manual_seed(0)
+    teacher = torchvision.models.resnet18(num_classes=5).double().train()
+    for m in teacher.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.eval()  # fine-tuning with frozen statistics
+    teacher.layer1[0].conv1.weight.requires_grad_(False)
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    grown = n2n_fx.grow(teacher, _meta(torchvision.models.resnet34, num_classes=5), x)
+    # interleave puts teacher layer3[1] at layer3[3]; new blocks copy a block of their structure
+    assert grown.layer3[3].bn1.training is False and grown.layer3[3].conv1.training is True
+    assert grown.layer1[2].bn1.training is False and grown.training is True
+    assert grown.layer1[0].conv1.weight.requires_grad is False and grown.layer1[1].conv1.weight.requires_grad
+    with torch.no_grad():
+        assert torch.equal(teacher(x), grown(x))  # both in their own modes
+    class Mixed(Res):
+        def forward(self, x):
+            h = self.inp(x)
+            for b in self.blocks:
+                h = h + b(h)
+            return self.out(h.double())
+
+    teacher = Mixed().float()
+    teacher.out.double()
+    teacher.spare = nn.Linear(2, 2)  # never called: copied as it is
+    target = _meta(Mixed, width=16)
+    target.spare = _meta(nn.Linear, 2, 2)
+    x = torch.randn(3, 4)
+    grown = n2n_fx.grow(teacher, target, x, check=False)  # verify casts a model to one dtype
+    assert grown.out.weight.dtype == torch.float64 and grown.inp.weight.dtype == torch.float32
+    with torch.no_grad():
+        assert torch.allclose(grown(x), teacher(x), rtol=1e-5, atol=1e-6)
+    assert torch.equal(grown.spare.weight, teacher.spare.weight)
+
+
+def test_hooks_and_misread_residuals_are_refused_by_name() -> None:
+    teacher, x = _res(), torch.randn(3, 4, dtype=torch.float64)
+    teacher.blocks[0].register_forward_hook(lambda m, a, o: o * 2)
+    with pytest.raises(n2n_fx.HookError, match="blocks.0"):
+        n2n_fx.grow(teacher, _meta(Res, width=16), x)
+
+    class Twice(Res):  # x + x + f(x): zeroing f leaves 2x
+        def forward(self, x):
+            h = self.inp(x)
+            for b in self.blocks:
+                h = h + h + b(h)
+            return self.out(h)
+
+    target = _meta(Twice)
+    target.blocks.append(_meta(lambda: nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 8))))
+    torch.manual_seed(0)
+    with pytest.raises((GrowError, n2n_fx.NotPreservedError)):
+        n2n_fx.grow(Twice().double().eval(), target, x)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(seed="a"), "seed"), (dict(rtol=float("nan")), "rtol"), (dict(rtol=-1.0), "rtol"),
+    (dict(symmetry="noise"), "noise"), (dict(layer_map=[0, 1]), "layer_map"),
+    (dict(layer_map={"blocks": None}), "layer_map"), (dict(layer_map={"blocks": [0.0, 1.0]}), "layer_map"),
+])
+def test_bad_arguments_are_grow_errors(kwargs: dict, match: str) -> None:
+    with pytest.raises(GrowError, match=match):
+        n2n_fx.grow(_res(), _meta(Res, width=16), torch.randn(2, 4, dtype=torch.float64), **kwargs)
+    with pytest.raises(GrowError, match="meta device"):
+        n2n_fx.grow(_meta(Res), _meta(Res, width=16), torch.randn(2, 4))
