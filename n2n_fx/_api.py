@@ -1,10 +1,5 @@
-"""n2n_fx: Net2Net (Chen, Goodfellow, Shlens, ICLR 2016) for any traceable PyTorch model.
-
-    plan = n2n_fx.plan(model, example_inputs)           # spaces: .name .width .frozen
-    student = n2n_fx.widen(model, example_inputs, factor=2.0, seed=0)
-    student = n2n_fx.deepen(model, example_inputs, after=["layer.name"], seed=0)
-    report = n2n_fx.verify(teacher, student, example_inputs)   # .ok .max_abs_err .max_rel_err
-"""
+"""The public API, imported by `n2n_fx` on first use (so that `import n2n_fx`, and the pytest
+plugin it registers, do not import torch)."""
 
 from __future__ import annotations
 
@@ -38,8 +33,6 @@ from .spec import load_table
 from .tied import untie_parameters
 from .verification import Report, verify
 from .wider import Net2WiderNet
-
-__version__ = "0.1.0"
 
 
 @typed("plan")

@@ -1,0 +1,68 @@
+"""n2n_fx: Net2Net (Chen, Goodfellow, Shlens, ICLR 2016) for any traceable PyTorch model.
+
+    plan = n2n_fx.plan(model, example_inputs)           # spaces: .name .width .frozen
+    student = n2n_fx.widen(model, example_inputs, factor=2.0, seed=0)
+    student = n2n_fx.deepen(model, example_inputs, after=["layer.name"], seed=0)
+    report = n2n_fx.verify(teacher, student, example_inputs)   # .ok .max_abs_err .max_rel_err
+
+The names are imported on first use (n2n_fx._api): `import n2n_fx` alone does not import torch,
+so the pytest plugin the package registers costs nothing in test runs that do not use it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Analysis", "ConstraintError", "DeepenError", "FrozenSpaceError", "HookError", "InternalError", "N2NError",
+    "Net2DeeperNet", "Net2WiderNet", "NotPreservedError", "Plan", "Report", "Space", "SpecError", "TraceFailure",
+    "UnknownNodeError", "UnknownSpaceError", "WidthError", "apply_plan", "deepen", "infer", "load_table",
+    "plan", "trace", "verify", "widen", "widen_optimizer",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        value = getattr(importlib.import_module("._api", __name__), name)
+        globals()[name] = value  # later lookups skip this hook
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:  # what type checkers and IDEs see
+    from ._api import (
+        Analysis,
+        ConstraintError,
+        DeepenError,
+        FrozenSpaceError,
+        HookError,
+        InternalError,
+        N2NError,
+        Net2DeeperNet,
+        Net2WiderNet,
+        NotPreservedError,
+        Plan,
+        Report,
+        Space,
+        SpecError,
+        TraceFailure,
+        UnknownNodeError,
+        UnknownSpaceError,
+        WidthError,
+        apply_plan,
+        deepen,
+        infer,
+        load_table,
+        plan,
+        trace,
+        verify,
+        widen,
+        widen_optimizer,
+    )
