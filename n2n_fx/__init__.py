@@ -4,6 +4,7 @@
     student = n2n_fx.widen(model, example_inputs, factor=2.0, seed=0)
     student = n2n_fx.deepen(model, example_inputs, after=["layer.name"], seed=0)
     report = n2n_fx.verify(teacher, student, example_inputs)   # .ok .max_abs_err .max_rel_err
+    n2n_fx.save(student, "student.pt", recipe=[...]); student = n2n_fx.load("student.pt")
 
 The names are imported on first use (n2n_fx._api): `import n2n_fx` alone does not import torch,
 so the pytest plugin the package registers costs nothing in test runs that do not use it.
@@ -19,8 +20,8 @@ __version__ = "0.1.0"
 __all__ = [
     "Analysis", "ConstraintError", "DeepenError", "FrozenSpaceError", "HookError", "InternalError", "N2NError",
     "Net2DeeperNet", "Net2WiderNet", "NotPreservedError", "Plan", "Report", "Space", "SpecError", "TraceFailure",
-    "UnknownNodeError", "UnknownSpaceError", "WidthError", "apply_plan", "deepen", "infer", "load_table",
-    "plan", "trace", "verify", "widen", "widen_optimizer",
+    "UnknownNodeError", "UnknownSpaceError", "WidthError", "apply_plan", "deepen", "infer", "load", "load_table",
+    "plan", "save", "trace", "verify", "widen", "widen_optimizer",
 ]
 
 
@@ -59,8 +60,10 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
         apply_plan,
         deepen,
         infer,
+        load,
         load_table,
         plan,
+        save,
         trace,
         verify,
         widen,

@@ -29,6 +29,7 @@ from .frontend import as_inputs, own_tensors, trace
 from .inference import Analysis, Space, infer
 from .optim import widen_optimizer
 from .planning import Plan
+from .saving import load, save  # noqa: F401 (re-exported)
 from .spec import load_table
 from .tied import untie_parameters
 from .verification import Report, verify
@@ -134,5 +135,5 @@ __all__ = [
     "Net2WiderNet", "NotPreservedError", "Plan", "Report", "Space", "SpecError", "TraceFailure",
     "UnknownNodeError", "UnknownSpaceError", "WidthError", "apply_plan", "deepen", "infer", "load_table",
     "widen_optimizer",
-    "plan", "trace", "verify", "widen",
+    "load", "plan", "save", "trace", "verify", "widen",
 ]
