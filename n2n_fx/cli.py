@@ -524,7 +524,7 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message, op="cli", fix=f"see {self.prog} --help")
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def _common(p: argparse.ArgumentParser, frontend: bool = True) -> None:
     p.add_argument("--input-shape", action="append", help="shape of an example input, e.g. 2,3,32,32 (repeatable)")
     p.add_argument("--input-dtype", action="append",
                    help="dtype of the example inputs: float32 (default), float64, bfloat16, int64, ... (one for all, "
@@ -533,8 +533,10 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--int-range", help="integer inputs in [LO, HI), given as LO,HI")
     p.add_argument("--float64", action="store_true", help="cast the model(s) and floating inputs to float64")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--frontend", choices=["auto", "fx", "export"], default="auto",
-                   help="fx: symbolic_trace; export: torch.export, for models that only export; auto: fx, else export")
+    if frontend:
+        p.add_argument("--frontend", choices=["auto", "fx", "export"], default="auto",
+                       help="fx: symbolic_trace; export: torch.export, for models that only export; auto: fx, "
+                            "else export")
 
 
 def _gate(p: argparse.ArgumentParser) -> None:
@@ -542,9 +544,10 @@ def _gate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="on an error, print the full traceback")
 
 
-def _model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="module:factory or file.py:factory returning a model or (model, inputs)")
-    _common(p)
+def _model_args(p: argparse.ArgumentParser, teacher: bool = False) -> None:
+    p.add_argument("model", metavar="TEACHER" if teacher else "MODEL",
+                   help="module:factory or file.py:factory returning a model or (model, inputs)")
+    _common(p, frontend=not teacher)  # verify traces nothing: a saved student brings its own front end
     _gate(p)
 
 
@@ -593,8 +596,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=["eval", "train"], default="eval")
     p.set_defaults(func=cmd_check)
     p = command("verify", "gate: does STUDENT compute TEACHER's function? (any student, grown by n2n_fx or not)")
-    _model_args(p)
-    p.add_argument("student", help="a file (n2n_fx.save / widen --out, or a state_dict of the teacher's "
+    _model_args(p, teacher=True)
+    p.add_argument("student", metavar="STUDENT", help="a file (n2n_fx.save / widen --out, or a state_dict of the teacher's "
                                    "architecture), or a factory module:fn / file.py:fn")
     p.add_argument("--mode", choices=["eval", "train"], default="eval")
     p.add_argument("--rtol", type=float, default=None, help="tolerance (default 1e-10 for float64 students, else 1e-5)")
