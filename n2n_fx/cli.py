@@ -649,7 +649,9 @@ def main(argv: list[str] | None = None) -> int:
         args = make_parser().parse_args(argv)
         args.argv, args.result = argv, result
         result.update(command=args.command, model=getattr(args, "model", None))
-        with quiet(), _no_hub_bars():  # no Hugging Face progress bars (a factory's from_pretrained)
+        # no Hugging Face progress bars (a factory's from_pretrained); with --json, whatever the
+        # user's code prints goes to stderr: stdout is the JSON object alone
+        with quiet(), _no_hub_bars(), contextlib.redirect_stdout(sys.stderr) if want_json else contextlib.nullcontext():
             code = args.func(args)
     except (Exception, KeyboardInterrupt) as raw:
         if isinstance(raw, KeyboardInterrupt):

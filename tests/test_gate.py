@@ -52,6 +52,11 @@ def linear_only():
     return nn.Linear(4, 2), torch.randn(3, 4)
 
 
+def chatty():
+    print("building the teacher ...")
+    return mlp()
+
+
 def boom():
     raise ValueError("bad config")
 
@@ -95,6 +100,12 @@ def test_verify_exit_codes_for_students_n2n_fx_did_not_grow(models, capsys):
     assert main(["verify", models("mlp"), models("perturbed"), "--json"]) == 1
     result = strict_json(capsys.readouterr().out)
     assert result["exit_code"] == 1 and not result["preserved"] and result["max_rel_err"] > 1e-6
+
+
+def test_json_stdout_is_the_object_alone(models, capsys):
+    assert main(["check", models("chatty"), "--json"]) == 0
+    captured = capsys.readouterr()
+    assert strict_json(captured.out)["preserved"] and "building the teacher" in captured.err
 
 
 def test_json_is_strict_when_the_student_raises(models, capsys):
