@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import textwrap
 
 import pytest
 import torch
@@ -330,3 +331,29 @@ def test_library_shape_errors_are_one_line_without_a_printed_traceback(capsys):
         n2n_fx.plan(model, torch.randn(3, 5), frontend="fx")
     assert "\n" not in str(err.value) and "mat1 and mat2 shapes cannot be multiplied (3x5 and 4x8)" in str(err.value)
     assert capsys.readouterr().err == ""
+
+
+def test_token_ids_are_redrawn_for_the_comparison(models, tmp_path, capsys):
+    """verify redraws floating inputs only; drawn token ids get three more draws, so a student that
+    is wrong on an id the first draw missed fails."""
+    draws = []
+    for seed in range(4):
+        torch.manual_seed(seed)
+        draws.append(set(torch.randint(0, 10, (1, 3)).flatten().tolist()))
+    row = next(r for r in range(10) if r not in draws[0] and any(r in d for d in draws[1:]))
+    student = tmp_path / "gate_token_student.py"
+    student.write_text(textwrap.dedent(f"""
+        import torch
+        from {models('tokens').split(':')[0].rsplit('/', 1)[1][:-3]} import tokens
+
+        def build():
+            model = tokens()
+            with torch.no_grad():
+                model[0].weight[{row}] += 1.0
+            return model
+    """))
+    assert main(["verify", models("tokens"), models("tokens"), "--input-shape", "1,3", "--vocab", "10"]) == 0
+    capsys.readouterr()
+    assert main(["verify", models("tokens"), f"{student}:build", "--input-shape", "1,3", "--vocab", "10",
+                 "--json"]) == 1
+    assert strict_json(capsys.readouterr().out)["inputs"] == 7  # the example, 3 Gaussian (ids repeat), 3 redraws
