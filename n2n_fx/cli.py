@@ -35,7 +35,7 @@ import torch
 from . import apply_plan, deepen, infer, trace, verify
 from . import plan as make_plan
 from .errors import N2NError, quiet
-from .frontend import Inputs, as_inputs, call, map_inputs
+from .frontend import Inputs, _set_training, as_inputs, call, map_inputs
 from .planning import Plan
 from .spec import load_table
 from .verification import _float_dtype, prepare
@@ -260,7 +260,7 @@ def build(args: argparse.Namespace) -> tuple[torch.nn.Module, Inputs]:
     if args.float64:
         model = model.double()
         inputs = map_inputs(inputs, lambda x: x.double() if isinstance(x, torch.Tensor) and x.is_floating_point() else x)
-    model = model.eval()
+    _set_training(model, False)  # flags: an exported module refuses .eval()
     check_runs(model, inputs)
     return model, inputs
 
@@ -462,7 +462,8 @@ def load_student(spec: str, args: argparse.Namespace, teacher: torch.nn.Module) 
         student, _ = make_model(spec, args.seed)
     if args.float64:
         student = student.double()
-    return student.eval()
+    _set_training(student, False)  # flags: an exported module refuses .eval()
+    return student
 
 
 def cmd_verify(args: argparse.Namespace) -> int:

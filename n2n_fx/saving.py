@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from .errors import N2NError
+from .frontend import _set_training
 
 FORMAT, VERSION = "n2n_fx.student", 1
 
@@ -91,7 +92,8 @@ def from_payload(payload: dict, path: Any) -> torch.nn.Module:
         raise N2NError(f"the weights in {path} do not fit the student its recipe grows: {str(exc).splitlines()[0]}",
                        op="load", fix="the teacher's factory changed since the student was saved: restore it, or "
                                       "load the state_dict by hand") from exc
-    return student.eval()
+    _set_training(student, False)  # flags: a GraphModule from torch.export's module() refuses .eval()
+    return student
 
 
 def _state_dict(obj: Any) -> dict[str, torch.Tensor] | None:

@@ -357,3 +357,12 @@ def test_token_ids_are_redrawn_for_the_comparison(models, tmp_path, capsys):
     assert main(["verify", models("tokens"), f"{student}:build", "--input-shape", "1,3", "--vocab", "10",
                  "--json"]) == 1
     assert strict_json(capsys.readouterr().out)["inputs"] == 7  # the example, 3 Gaussian (ids repeat), 3 redraws
+
+
+def test_deepened_students_save_and_load(models, tmp_path, capsys):
+    path = tmp_path / "deeper.pt"
+    assert main(["deepen", models("mlp"), "--after", "1", "--frontend", "export", "--out", str(path)]) == 0
+    student = n2n_fx.load(path)
+    assert len(torch.load(path)["state_dict"]) == 6  # two Linears and the identity layer
+    assert main(["verify", models("mlp"), str(path), "--json"]) == 0
+    assert student.meta.get("n2n_frontend") == "export"
