@@ -682,9 +682,7 @@ def main(argv: list[str] | None = None) -> int:
         # user's code prints goes to stderr: stdout is the JSON object alone
         with quiet(), _no_hub_bars(), contextlib.redirect_stdout(sys.stderr) if want_json else contextlib.nullcontext():
             code = args.func(args)
-    except (Exception, KeyboardInterrupt) as raw:
-        if isinstance(raw, KeyboardInterrupt):
-            raise
+    except Exception as raw:  # usage, unsupported model, the user's code, or a bug: exit 2, one line
         exc, code = _error(raw), ERROR
         if debug:
             traceback.print_exception(raw)
