@@ -458,6 +458,9 @@ def load_student(spec: str, args: argparse.Namespace, teacher: torch.nn.Module) 
         from .saving import load_student_file
 
         student = load_student_file(path, teacher, allow_pickle=args.allow_pickle)
+    elif ":" not in spec:
+        raise UsageError(f"no student file {spec}", op="cli",
+                         fix="give an existing checkpoint file, or a factory module:fn / file.py:fn")
     else:
         student, _ = make_model(spec, args.seed)
     if args.float64:

@@ -130,6 +130,7 @@ def test_nothing_widened_is_exit_3(models, capsys):
     (["check", "no_such_module_xyz:build"], "usage"),
     (["check", "{bare}", "--input-shape", "3,5"], "usage"),
     (["verify", "{mlp}", "{missing}"], "usage"),
+    (["verify", "{mlp}", "no_such_student.pt"], "usage"),
 ])
 def test_exit_2_prints_json_and_one_line(models, capsys, argv, code):
     argv = [a.format(mlp=models("mlp"), boom=models("boom"), bare=models("bare"), missing=models("missing"))
