@@ -5,147 +5,74 @@
     student = n2n_fx.deepen(model, example_inputs, after=["layer.name"], seed=0)
     report = n2n_fx.verify(teacher, student, example_inputs)   # .ok .max_abs_err .max_rel_err
     big = n2n_fx.grow(teacher, target, example_inputs)  # into a bigger model of the family: type(target)
+    n2n_fx.grow_checkpoint(src_dir, dst_dir, factor=2.0)  # sharded safetensors, a few tensors in memory
+    n2n_fx.save(student, "student.pt", recipe=[...]); student = n2n_fx.load("student.pt")
+
+The names are imported on first use (n2n_fx._api): `import n2n_fx` alone does not import torch,
+so the pytest plugin the package registers costs nothing in test runs that do not use it.
 """
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Sequence
-from typing import Any
-
-import torch
-
-from .checkpoint import CheckpointError, grow_checkpoint
-from .deeper import Net2DeeperNet
-from .errors import (
-    ConstraintError,
-    DeepenError,
-    FrozenSpaceError,
-    HookError,
-    InternalError,
-    N2NError,
-    NotPreservedError,
-    SpecError,
-    TraceFailure,
-    UnknownNodeError,
-    UnknownSpaceError,
-    WidthError,
-    typed,
-)
-from .frontend import as_inputs, own_tensors, trace
-from .growth import GrowError
-from .growth import grow as _grow
-from .inference import Analysis, Space, infer
-from .optim import widen_optimizer
-from .planning import Plan
-from .spec import load_table
-from .tied import untie_parameters
-from .verification import Report, verify
-from .wider import Net2WiderNet
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-
-@typed("plan")
-def plan(model: torch.nn.Module, example_inputs: Any, *, factor: float | None = None,
-         widths: dict[str, int] | None = None, seed: int = 0, symmetry: str = "none",
-         noise_std: float = 0.01, leaf_modules: Sequence[type] = (), replication: str = "random",
-         frontend: str = "auto", mode: str = "eval", untie: bool = False, dynamic_shapes: Any = None) -> Plan:
-    """Trace `model`, infer its spaces and plan their widths (current widths unless asked).
-
-    untie=True gives every tied parameter (one tensor under two names, e.g. a token embedding that
-    is also the LM head) its own copy before planning, so a space frozen by the tie
-    (param_role_conflict) widens exactly; the trade-off: the student stores the matrix twice and
-    its copies are no longer tied (they drift apart under training).
-
-    replication='uniform' copies every unit k times (integer factors): what an exact optimizer
-    hand-over needs (see widen_optimizer). frontend='export' traces with torch.export (models that
-    only export; the graph is ATen-level and specialised to the example shapes); 'auto' (the
-    default) uses symbolic_trace where it traces and torch.export where it does not. The model is traced
-    in `mode` semantics ('eval' unless asked), whatever mode the teacher is in. dynamic_shapes
-    (torch.export's, or "auto"; see trace) keeps an exported graph's batch and sequence dims
-    dynamic; the plan is the same as without it."""
-    return _plan(model, example_inputs, factor, widths, seed, symmetry, noise_std, leaf_modules, False, replication,
-                 frontend, mode, untie, dynamic_shapes)
-
-
-def _plan(model, example_inputs, factor, widths, seed, symmetry, noise_std, leaf_modules, share: bool,
-          replication: str = "random", frontend: str = "auto", mode: str = "eval", untie: bool = False,
-          dynamic_shapes: Any = None) -> Plan:
-    gm = trace(model, example_inputs, leaf_modules=leaf_modules, share_tensors=share, frontend=frontend, mode=mode,
-               dynamic_shapes=dynamic_shapes)
-    if untie:
-        untie_parameters(gm)  # on the private trace: the teacher keeps its tie
-    return Plan(infer(gm), factor=factor, widths=widths, seed=seed, symmetry=symmetry, noise_std=noise_std,
-                replication=replication)
-
-
-@typed("widen")
-def widen(model: torch.nn.Module, example_inputs: Any, *, factor: float | None = None,
-          widths: dict[str, int] | None = None, seed: int = 0, symmetry: str = "none",
-          noise_std: float = 0.01, leaf_modules: Sequence[type] = (), replication: str = "random",
-          frontend: str = "auto", mode: str = "eval", untie: bool = False,
-          dynamic_shapes: Any = None) -> torch.fx.GraphModule:
-    """Net2WiderNet: a wider student computing the teacher's function (symmetry 'none'/'split').
-
-    Give `factor` (a real >= 1, applied to every widenable space) or `widths` ({space: units});
-    with neither, every widenable space doubles. The teacher is not modified. untie=True: see plan
-    (tied parameters become separate copies in the student, which then widens the tied space).
-    dynamic_shapes (torch.export's, or "auto" for every input dim; see trace): an exported student
-    then runs at other batch sizes and sequence lengths; without it (the default) it is specialised
-    to the example shapes and refuses others.
-    """
-    if factor is None and not widths:
-        factor = 2.0
-    # the traced graph shares the teacher's tensors (no deep copy); the pass replaces the ones it
-    # widens, and own_tensors clones the rest, so the teacher is never touched
-    p = _plan(model, example_inputs, factor, widths, seed, symmetry, noise_std, leaf_modules, True, replication,
-              frontend, mode, untie, dynamic_shapes)
-    student = Net2WiderNet(p)(p.analysis.gm).graph_module
-    own_tensors(student, model)
-    return student
-
-
-@typed("apply_plan")
-def apply_plan(p: Plan) -> torch.fx.GraphModule:
-    """Run the Net2WiderNet pass on a copy of the plan's graph (the plan stays reusable)."""
-    return Net2WiderNet(p)(copy.deepcopy(p.analysis.gm)).graph_module
-
-
-@typed("deepen")
-def deepen(model: torch.nn.Module, example_inputs: Any, *, after: Sequence[str], seed: int = 0,
-           activation: str | None = "auto", batch_norm: bool = False, bn_mode: str = "eval",
-           kernel_size: int = 3, leaf_modules: Sequence[type] = (), frontend: str = "auto",
-           block: str = "identity", hidden: int | None = None, mode: str = "eval",
-           dynamic_shapes: Any = None) -> torch.fx.GraphModule:
-    """Net2DeeperNet: insert an identity layer after each named node or module.
-
-    block='identity' is the paper's identity layer (refused after a non-idempotent activation);
-    block='residual' inserts x + W2 phi(W1 x) with W2 = 0, exact after any activation (`seed`
-    draws W1; `hidden` is its width, default the feature width); block='gated' inserts a post-LN
-    block x + alpha (LN(x + W2 phi(W1 x)) - x) behind a zero gate alpha. dynamic_shapes: see trace.
-    """
-    if isinstance(after, str):
-        after = [after]
-    inputs = as_inputs(example_inputs)
-    gm = trace(model, inputs, leaf_modules=leaf_modules, frontend=frontend, mode=mode, dynamic_shapes=dynamic_shapes)
-    deeper = Net2DeeperNet(after, inputs, activation=activation, batch_norm=batch_norm, bn_mode=bn_mode,
-                           kernel_size=kernel_size, block=block, hidden=hidden, seed=seed)
-    return deeper(gm).graph_module
-
-
-# the stage functions re-exported here raise only N2NErrors too
-grow = typed("grow")(_grow)
-grow_checkpoint = typed("grow_checkpoint")(grow_checkpoint)
-trace = typed("trace")(trace)
-infer = typed("infer")(infer)
-verify = typed("verify")(verify)
-widen_optimizer = typed("widen_optimizer")(widen_optimizer)
-
 __all__ = [
-    "Analysis", "CheckpointError", "ConstraintError", "DeepenError", "FrozenSpaceError", "GrowError", "HookError", "InternalError", "N2NError", "Net2DeeperNet",
-    "Net2WiderNet", "NotPreservedError", "Plan", "Report", "Space", "SpecError", "TraceFailure",
-    "UnknownNodeError", "UnknownSpaceError", "WidthError", "apply_plan", "deepen", "grow", "grow_checkpoint", "infer", "load_table",
+    "Analysis", "CheckpointError", "ConstraintError", "DeepenError", "FrozenSpaceError", "GrowError", "HookError",
+    "InternalError", "N2NError", "Net2DeeperNet", "Net2WiderNet", "NotPreservedError", "Plan", "Report", "Space",
+    "SpecError", "TraceFailure", "UnknownNodeError", "UnknownSpaceError", "WidthError", "apply_plan", "deepen",
+    "grow", "grow_checkpoint", "infer", "load", "load_table", "plan", "save", "trace", "verify", "widen",
     "widen_optimizer",
-    "plan", "trace", "verify", "widen",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        value = getattr(importlib.import_module("._api", __name__), name)
+        globals()[name] = value  # later lookups skip this hook
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:  # what type checkers and IDEs see
+    from ._api import (
+        Analysis,
+        CheckpointError,
+        ConstraintError,
+        DeepenError,
+        FrozenSpaceError,
+        GrowError,
+        HookError,
+        InternalError,
+        N2NError,
+        Net2DeeperNet,
+        Net2WiderNet,
+        NotPreservedError,
+        Plan,
+        Report,
+        Space,
+        SpecError,
+        TraceFailure,
+        UnknownNodeError,
+        UnknownSpaceError,
+        WidthError,
+        apply_plan,
+        deepen,
+        grow,
+        grow_checkpoint,
+        infer,
+        load,
+        load_table,
+        plan,
+        save,
+        trace,
+        verify,
+        widen,
+        widen_optimizer,
+    )

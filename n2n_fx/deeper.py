@@ -115,12 +115,43 @@ def _find_node(gm: torch.fx.GraphModule, name: str) -> torch.fx.Node:
     if len(by_module) > 1:
         raise UnknownNodeError(f"module {name!r} is called {len(by_module)} times", node=name, op="call_module",
                                fix=f"name one call by its node name: {[n.name for n in by_module]}")
-    inside = [n for n in gm.graph.nodes if name in n.meta.get("nn_module_stack", {})]
-    if inside:  # a container module (traced through): deepen after its last node, i.e. its output
+    inside = [n for n in gm.graph.nodes if name in _module_names(n)]
+    if inside:  # a module traced through (a container, or any module under torch.export): its last node, its output
         return inside[-1]
-    names = [n.target if n.op == "call_module" else n.name for n in gm.graph.nodes if n.op not in ("output",)]
+    names = deepen_targets(gm)
     raise UnknownNodeError(f"no node or module named {name!r}", node=name, op="deepen",
-                           fix=f"use a module name or FX node name, e.g. {names[-6:]}")
+                           fix=f"use a module name (`n2n-fx explain` lists them) or an FX node name, e.g. {names[-6:]}")
+
+
+def _module_names(node: torch.fx.Node) -> set[str]:
+    """The qualified names of the modules a node was traced inside: nn_module_stack's keys under
+    symbolic_trace, its values' paths under torch.export (whose keys are L__self__... ids)."""
+    stack = node.meta.get("nn_module_stack") or {}
+    out = set(stack)
+    for value in stack.values():
+        if isinstance(value, tuple) and value and isinstance(value[0], str):
+            out.add(value[0])
+    return out
+
+
+def deepen_targets(gm: torch.fx.GraphModule) -> list[str]:
+    """The module names `after=` takes in this graph (both front ends), in graph order: modules
+    whose output (their last node) is a floating tensor with a feature or channel axis."""
+    order = {n: i for i, n in enumerate(gm.graph.nodes)}
+    last: dict[str, torch.fx.Node] = {}
+    for n in gm.graph.nodes:
+        for name in _module_names(n) | ({n.target} if n.op == "call_module" else set()):
+            if name and not name.startswith("L__self__"):
+                last[name] = n
+    out = []
+    for name, node in sorted(last.items(), key=lambda kv: (order[kv[1]], -kv[0].count("."))):
+        try:
+            if _find_node(gm, name) is node:
+                _check_insertable(gm, node)
+                out.append(name)
+        except (UnknownNodeError, DeepenError):
+            continue
+    return out
 
 
 def _check_insertable(gm: torch.fx.GraphModule, node: torch.fx.Node) -> None:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 
@@ -97,15 +99,35 @@ _PACKAGE = os.path.dirname(os.path.abspath(__file__))
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Hugging Face progress bars off (transformers' and huggingface_hub's) while n2n_fx works,
+    restored afterwards; nothing to do when transformers was never imported."""
+    hf_logging = getattr(getattr(sys.modules.get("transformers"), "utils", None), "logging", None)
+    if hf_logging is None or not hasattr(hf_logging, "is_progress_bar_enabled"):
+        yield
+        return
+    was = hf_logging.is_progress_bar_enabled()
+    if was:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
+
+
 def typed(api: str) -> Callable[[F], F]:
     """Decorate a public entry point: every exception that is not an N2NError leaves it as an
-    InternalError naming the stage (module, function, line) where it was raised."""
+    InternalError naming the stage (module, function, line) where it was raised; Hugging Face
+    progress bars stay off while it runs (see quiet)."""
 
     def wrap(fn: F) -> F:
         @functools.wraps(fn)
         def call(*args: Any, **kwargs: Any) -> Any:
             try:
-                return fn(*args, **kwargs)
+                with quiet():
+                    return fn(*args, **kwargs)
             except N2NError:
                 raise
             except Exception as exc:

@@ -445,9 +445,14 @@ def propagate_shapes(gm: torch.fx.GraphModule, inputs: Inputs) -> None:
             except Exception:  # no meta kernel, data-dependent shapes, plain tensor attributes...
                 # a real run on clones: a forward that writes into a buffer (a counter, a cache)
                 # must not write into the teacher's, which the graph may share
-                _shape_prop(gm, inputs, {k: v.clone() for k, v in _named_tensors(gm)})
+                with contextlib.redirect_stderr(io.StringIO()):
+                    _shape_prop(gm, inputs, {k: v.clone() for k, v in _named_tensors(gm)})
     except Exception as exc:
-        raise N2NError(f"the model does not run on the example inputs: {exc}", op="forward",
+        cause = exc
+        while cause.__cause__ is not None:  # ShapeProp wraps the op's error in its own, pages long
+            cause = cause.__cause__
+        text = (str(cause).strip().splitlines() or [""])[0]
+        raise N2NError(f"the model does not run on the example inputs: {type(cause).__name__}: {text}", op="forward",
                        fix="pass example_inputs with the shapes and dtypes the model expects") from exc
     finally:
         for name, m in gm.named_modules():

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from .errors import N2NError
+from .errors import N2NError, quiet
 from .verification import verify
 
 # the common names of fields that size hidden spaces; a config's attribute_map renames them
@@ -106,6 +106,14 @@ def _untied(config: Any, teacher: dict[str, torch.Tensor], student: dict[str, to
 
 def rebuild(teacher: torch.nn.Module, student: torch.nn.Module, example_inputs: Any,
             rtol: float | None = None) -> torch.nn.Module:
+    """`type(teacher)` built with the config that fits `student` and loaded with its weights (no
+    Hugging Face progress bars while it works; see _rebuild)."""
+    with quiet():
+        return _rebuild(teacher, student, example_inputs, rtol)
+
+
+def _rebuild(teacher: torch.nn.Module, student: torch.nn.Module, example_inputs: Any,
+             rtol: float | None) -> torch.nn.Module:
     """`type(teacher)` built with the config that fits `student` and loaded with its weights.
 
     Candidates are checked for shapes on the meta device (cheap), then for function against the

@@ -129,3 +129,15 @@ def test_the_streamed_check_runs_both_checkpoints_from_disk_and_catches_a_wrong_
     save_file(state, out / index[name], metadata={"format": "pt"})
     broken = verify_checkpoint(tmp_path / "src", out)
     assert not broken.ok and broken.max_rel_err > report.max_rel_err, broken
+
+
+def test_the_cli_grows_a_checkpoint_and_checks_it(tmp_path, capsys) -> None:
+    from n2n_fx.cli import main
+
+    _llama(False).save_pretrained(tmp_path / "src")
+    code = main(["grow-checkpoint", str(tmp_path / "src"), str(tmp_path / "dst"), "--set", "hidden_size=128",
+                 "--set", "num_attention_heads=8", "--set", "num_key_value_heads=4", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0 and out["ok"] and out["verdict"] == "preserved", out
+    assert main(["grow-checkpoint", str(tmp_path / "src"), str(tmp_path / "x"), "--set", "hidden=1"]) == 2
+    assert main(["grow-checkpoint", str(tmp_path / "src"), str(tmp_path / "dst"), "--factor", "2"]) == 2  # exists

@@ -1,4 +1,5 @@
-"""The command line: demo, explain, widen, deepen, check, with exit codes 0 / 1 / 2."""
+"""The command line: demo, explain, widen, deepen, check, with exit codes 0 / 1 / 2 / 3 (tests/test_gate.py: verify,
+saving, the gate's exit codes and JSON)."""
 
 from __future__ import annotations
 
@@ -26,11 +27,15 @@ def test_explain_and_rules(capsys):
 
 
 def test_widen_saves_a_loadable_student(tmp_path, capsys):
+    import n2n_fx
+
     path = tmp_path / "student.pt"
     assert main(["widen", SPEC, "--float64", "--factor", "1.5", "--symmetry", "split", "--out", str(path)]) == 0
     assert "preserved" in capsys.readouterr().out
-    student = torch.load(path, weights_only=False)
+    assert torch.load(path)["state_dict"]["fc1.weight"].shape[0] == 48  # weights_only=True reads it
+    student = n2n_fx.load(path)
     assert student.fc1.out_features == 48
+    assert [p.name for p in tmp_path.iterdir()] == ["student.pt"]  # no temporary left behind
 
 
 def test_deepen(capsys):
@@ -84,9 +89,10 @@ def test_export_frontend_and_residual_block(tmp_path, capsys):
     assert main(["check", f"{spec}:build", "--frontend", "export", "--float64", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["preserved"] and result["widened"] >= 2  # residual stream and MLP through torch.export
-    assert main(["check", f"{spec}:build", "--float64", "--json"]) == 0  # fx keeps the encoder opaque
+    # fx keeps the encoder opaque: nothing widens, which the gate reports as exit 3, not success
+    assert main(["check", f"{spec}:build", "--float64", "--json"]) == 3
     opaque = json.loads(capsys.readouterr().out)
-    assert opaque["widened"] < result["widened"] and "unknown_op" in json.dumps(opaque["frozen"])
+    assert opaque["widened"] == 0 and opaque["preserved"] and "unknown_op" in json.dumps(opaque["frozen"])
     assert main(["deepen", f"{spec}:build", "--frontend", "export", "--float64", "--after", "linear_2",
                  "--block", "residual"]) == 0
     assert "preserved" in capsys.readouterr().out

@@ -351,7 +351,7 @@ def test_student_keeps_the_teachers_training_flags():
 @pytest.mark.parametrize("target,call", [
     ("n2n_fx.frontend.propagate_shapes", "widen"), ("n2n_fx.inference.Inference.run", "widen"),
     ("n2n_fx.planning.Plan.__init__", "plan"), ("n2n_fx.wider.Net2WiderNet.call", "widen"),
-    ("n2n_fx.own_tensors", "widen"), ("n2n_fx.wider.Net2WiderNet.call", "apply_plan"),
+    ("n2n_fx._api.own_tensors", "widen"), ("n2n_fx.wider.Net2WiderNet.call", "apply_plan"),
     ("n2n_fx.deeper.Net2DeeperNet.call", "deepen"), ("n2n_fx.inference.Inference.run", "infer"),
     ("n2n_fx.frontend._symbolic_trace", "trace"), ("n2n_fx.verification.prepare", "verify"),
 ])
