@@ -275,7 +275,8 @@ def _header(names: list[str], shapes: dict[str, tuple[tuple[int, ...], torch.dty
 
 def _write_bytes(f: Any, t: torch.Tensor) -> None:
     flat = t.detach().contiguous().reshape(-1)
-    f.write(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
+    if flat.numel():
+        f.write(flat.view(torch.uint8).numpy())  # the tensor's own bytes, not a copy of them
 
 
 class _Progress:

@@ -20,6 +20,10 @@ class TorchArrays:
 
     @staticmethod
     def take(x: torch.Tensor, axis: int, index: torch.Tensor) -> torch.Tensor:
+        n = x.shape[axis]
+        if index.numel() > n and torch.equal(index[:n], torch.arange(n)):
+            # g(j) = j for the old units: they are copied whole (a block copy, not a gather)
+            return torch.cat([x, x.index_select(axis, index[n:])], dim=axis)
         return x.index_select(axis, index)
 
     @staticmethod
