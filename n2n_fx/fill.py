@@ -142,8 +142,18 @@ class SpaceFill:
 
 def solve(an: Analysis, space: Space, new_width: int, fill: Fill | None = None) -> SpaceFill:
     """The fill plan of one space (raises ConstraintError where fill cannot be exact). `fill`: the
-    producers' fill; by default MEAN if a LayerNorm reads the space, else ZERO."""
-    return _Solver(an, space, new_width, fill).run()
+    producers' fill; by default MEAN if a LayerNorm reads the space, else ZERO, and the other one
+    when that fails (a LayerNorm written out); the error is the first choice's."""
+    if fill is not None:
+        return _Solver(an, space, new_width, fill).run()
+    first = producer_fill(an, space)
+    try:
+        return _Solver(an, space, new_width, first).run()
+    except ConstraintError as exc:
+        try:
+            return _Solver(an, space, new_width, Fill.ZERO if first is Fill.MEAN else Fill.MEAN).run()
+        except ConstraintError:
+            raise exc from None
 
 
 def producer_fill(an: Analysis, space: Space) -> Fill:
@@ -158,10 +168,10 @@ def producer_fill(an: Analysis, space: Space) -> Fill:
 
 
 class _Solver:
-    def __init__(self, an: Analysis, space: Space, q: int, fill: Fill | None) -> None:
+    def __init__(self, an: Analysis, space: Space, q: int, fill: Fill) -> None:
         self.an, self.space, self.q = an, space, q
         self.root = S.find(space.atom)
-        self.fill = fill if fill is not None else producer_fill(an, space)
+        self.fill = fill
         self.states: dict[int, Any] = {}
         self.axes: dict[ParamAxis, AxisFill] = {}
         # gains whose tied head needs its input at s**-1 (the table is produced at s): s**-2
@@ -262,6 +272,8 @@ class _Solver:
                 continue
             if ev is None:
                 self.refuse("an op the table does not know reads a filled or rescaled value")
+            if ev.spec.kind == "shape_query":
+                continue  # reads sizes and metadata, not values (the sizes are the analysis's business)
             if isinstance(ev.out, Val) and ev.out.param_axes and any(p is not None for p in ev.out.param_axes):
                 continue  # a view of a parameter (W.t()): the op that reads it decides
             if not ev.spec.fill:
