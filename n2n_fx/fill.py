@@ -262,6 +262,8 @@ class _Solver:
                             self.refuse("a filled or rescaled value is a model output")
                 continue
             ev = an.events.get(node.name)
+            if ev is not None and ev.spec.kind == "getitem" and isinstance(ev.bound.get("input"), (list, tuple)):
+                continue  # a tuple's element keeps its state (a Bad one is refused where it is used)
             operands = [v for v in _walk(ev.bound if ev is not None else
                                          [an.vals.get(a.name) for a in node.all_input_nodes]) if isinstance(v, Val)]
             states = [self.get(v) for v in operands]
@@ -467,6 +469,8 @@ class _Solver:
         if isinstance(ys, On) and not isinstance(xs, On):
             x, y, xs, ys = y, x, ys, xs
         if isinstance(xs, On):
+            if ys is PARAM and self.param_axis(y) is None:
+                ys = EXACT  # a parameter not on the space (a scalar): one factor for every unit
             if isinstance(ys, Stat):  # a per-row factor: commutes with the mean, keeps zeros
                 self.set(out, On(xs.fill, xs.power + ys.power))
             elif xs.fill is not Fill.ZERO:
@@ -478,8 +482,6 @@ class _Solver:
                 self.set(out, On(Fill.ZERO, xs.power + ys.power))
             else:  # a per-unit gain of a zero-filled value; a tied head's gain also takes s**-2
                 k = self.param_axis(y)
-                if k is None:
-                    self.refuse("a parameter not on the space multiplies a filled value")
                 g = -2 if y.param_axes[k] in self.tied else 0
                 self.treat(y, k, gain(g))
                 self.set(out, On(Fill.ZERO, xs.power + g))
@@ -487,7 +489,7 @@ class _Solver:
             if self.param_axis(x if xs is PARAM else y) is not None:
                 self.refuse(f"{spec.name} of a parameter on the space by a statistic")
             other = xs if ys is PARAM else ys
-            self.set(out, Stat(other.power))
+            self.set(out, EXACT if other is PARAM else Stat(other.power))
         else:
             self._stats(spec, xs, ys, out, power=xs.power + ys.power)
 

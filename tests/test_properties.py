@@ -60,6 +60,8 @@ def grow(arch: Arch, req: WidenRequest, built=None):
 @example(SHUFFLE2, WidenRequest(2.0, None, "none", 0))
 @example(DW_CHUNKS, WidenRequest(1.5, None, "none", 0))
 @example(NORM, WidenRequest(2.0, None, "none", 0))
+@example(NORM, WidenRequest(None, (0.5,), "none", 0, True))  # LayerNorm-bound 4 -> 9 by fill
+@example(NORM, WidenRequest(None, (0.5,), "split", 1, True))
 @example(NARROW_WREAD, WidenRequest(2.0, None, "none", 0))
 @example(DW_CHUNKS, WidenRequest(None, (1.0, 0.0), "split", 3))
 @example(FUSED, WidenRequest(2.0, None, "none", 0))
@@ -153,6 +155,10 @@ def test_invalid_plans_raise_typed_errors(arch, kind):
     try:
         student = n2n_fx.widen(model, x, **request)
     except n2n_fx.N2NError:
+        assert_unchanged(model, snap)
+        return
+    if kind == "not_uniform":  # fill grew the normalised space: allowed only where exact
+        assert n2n_fx.verify(model, student, x, n_random=1).ok, (arch, request)
         assert_unchanged(model, snap)
         return
     raise AssertionError(f"{kind} {request} returned a student: {student}")
