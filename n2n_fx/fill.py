@@ -123,6 +123,15 @@ class _Param:
 PARAM = _Param()
 
 
+@dataclass(frozen=True, eq=False)
+class Lift:
+    """A parameter on the space broadcast or viewed (a class token expanded over the batch): the op
+    that meets it with filled values decides its axis `axis`'s treatment."""
+
+    param: Val
+    axis: int
+
+
 @dataclass
 class SpaceFill:
     """A normalised space grown by fill: n -> q units, the producers' fill, and the AxisFill of
@@ -215,7 +224,7 @@ class _Solver:
         st = self.state(v)
         if isinstance(st, Bad):
             self.refuse(f"{st.why} (from {st.node})")
-        return st
+        return PARAM if isinstance(st, Lift) else st  # a view of a parameter reads as the parameter
 
     def set(self, out: Any, st: Any) -> None:
         if isinstance(out, Val):
@@ -342,6 +351,8 @@ class _Solver:
                 self.refuse("a grouped or depthwise conv on the space")
             self._contract(x, w, 1, x.ndim - (w.ndim - 2) - 1)
             self._produce(w, 0, a.get("bias"), out)
+        elif kind == "attention":
+            self._attention(spec, a, out)
         elif kind == "embedding":
             w = a.get(spec.operands.get("weight", "weight"))
             self._produce(w, 1, None, out)
@@ -349,15 +360,48 @@ class _Solver:
             return  # a tuple's element keeps the state it has
         elif kind in ("permute", "reshape", "getitem", "expand", "concat", "split"):
             tensors = [v for v in _walk(a.get("tensors", a.get("input"))) if isinstance(v, Val)]
-            states = {self.get(v) for v in tensors}
-            if PARAM in states and any(self._hits(v) for v in tensors):
-                self.refuse(f"{spec.name} of a parameter on the space meets the filled values")
-            states.discard(PARAM)
+            lifts = [self._lift(v) for v in tensors]
+            lifts = [lift for lift in lifts if lift is not None]
+            if lifts and len(tensors) == 1 and kind != "concat":  # a view of a parameter on the space
+                self.states[id(out)] = lifts[0] if isinstance(out, Val) else self.refuse("a split parameter")
+                return
+            states = {self.get(v) for v in tensors if self._lift(v) is None} - {PARAM}
             if len(states) != 1:
                 self.refuse(f"{spec.name} joins values in different fill states")
-            self.set(out, states.pop())
+            st = states.pop()
+            if lifts:  # cat([class token, stream]): the token is one more produced row
+                if not isinstance(st, On):
+                    self.refuse(f"{spec.name} of a parameter on the space and values that are not on it")
+                for lift in lifts:
+                    self.treat(lift.param, lift.axis, produce(st.fill, st.power))
+            self.set(out, st)
         else:
             self.refuse(f"{spec.name}: kind {kind} has no fill rule")
+
+    def _lift(self, v: Any) -> Lift | None:
+        """A parameter (or a view of one) on the space, as a Lift; None otherwise."""
+        st = self.state(v)
+        if isinstance(st, Lift):
+            return st
+        if st is PARAM and isinstance(v, Val) and (k := self.on_axis(v)) is not None:
+            return Lift(v, k)
+        return None
+
+    def _attention(self, spec: Any, a: dict[str, Any], out: Any) -> None:
+        """nn.MultiheadAttention: the packed projection contracts query, key and value (one state),
+        the output projection produces the space; the averaged weights are not followed."""
+        op = lambda name: a.get(spec.operands.get(name, name))  # noqa: E731
+        q, k, v, w_in, w_out = op("query"), op("key"), op("value"), op("in_weight"), op("out_weight")
+        if len({self.get(t) for t in (q, k, v)}) != 1:
+            self.refuse("query, key and value in different fill states")
+        for t in (q, k, v):
+            self._contract(t, w_in, 1, t.ndim - 1)
+        first = out[0] if isinstance(out, (list, tuple)) else out
+        self._produce(w_out, 0, op("out_bias"), first)
+        if isinstance(out, (list, tuple)):
+            for o in out[1:]:
+                if isinstance(o, Val):
+                    self.states[id(o)] = Bad(self.node, "attention weights of a filled space")
 
     # ------------------------------------------------------------------ norms and statistics
     def _norm(self, need: Fill, spec: Any, a: dict[str, Any], out: Any) -> None:
@@ -417,7 +461,11 @@ class _Solver:
         return x, y, self.get(x), self.get(y)
 
     def rule_identity(self, spec: Any, a: dict[str, Any], out: Any) -> None:
-        st = self.get(a.get("input"))
+        x = a.get("input")
+        if (lift := self._lift(x)) is not None and isinstance(out, Val):
+            self.states[id(out)] = lift  # a cast of a parameter on the space: still that parameter
+            return
+        st = self.get(x)
         if st is PARAM:
             self.refuse(f"{spec.name} of a parameter on the space")
         self.set(out, st)
@@ -437,10 +485,10 @@ class _Solver:
                                 f"{ys.fill.value}-filled one at s^{ys.power}{post}")
                 self.set(out, xs)
             elif ys is PARAM:  # a per-unit addend (a bias, position embeddings): scaled and filled
-                k = self.param_axis(y)
-                if k is None:
+                lift = self._lift(y)
+                if lift is None:
                     self.refuse("a parameter not on the space is added to a filled value")
-                self.treat(y, k, produce(xs.fill, xs.power))
+                self.treat(lift.param, lift.axis, produce(xs.fill, xs.power))
                 self.set(out, xs)
             elif centre and xs.fill is Fill.MEAN and ys.of == id(x):
                 self.set(out, On(Fill.ZERO, xs.power))  # x - mean(x): the new units hold m - m
@@ -469,7 +517,7 @@ class _Solver:
         if isinstance(ys, On) and not isinstance(xs, On):
             x, y, xs, ys = y, x, ys, xs
         if isinstance(xs, On):
-            if ys is PARAM and self.param_axis(y) is None:
+            if ys is PARAM and self._lift(y) is None:
                 ys = EXACT  # a parameter not on the space (a scalar): one factor for every unit
             if isinstance(ys, Stat):  # a per-row factor: commutes with the mean, keeps zeros
                 self.set(out, On(xs.fill, xs.power + ys.power))
@@ -481,9 +529,9 @@ class _Solver:
                     self.refuse(f"{spec.name} of a zero-filled and a mean-filled value")
                 self.set(out, On(Fill.ZERO, xs.power + ys.power))
             else:  # a per-unit gain of a zero-filled value; a tied head's gain also takes s**-2
-                k = self.param_axis(y)
-                g = -2 if y.param_axes[k] in self.tied else 0
-                self.treat(y, k, gain(g))
+                lift = self._lift(y)
+                g = -2 if lift.param.param_axes[lift.axis] in self.tied else 0
+                self.treat(lift.param, lift.axis, gain(g))
                 self.set(out, On(Fill.ZERO, xs.power + g))
         elif xs is PARAM or ys is PARAM:
             if self.param_axis(x if xs is PARAM else y) is not None:

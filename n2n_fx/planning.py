@@ -404,7 +404,9 @@ def format_plan(plan: Plan) -> str:
         w = f"{p.width}" if p.new_width == p.width else f"{p.width} -> {p.new_width}"
         prod = p.space.producers or p.space.carriers
         note = f"{p.reasons[0].code} at {p.reasons[0].node}" if p.reasons else ""
-        if not note and p.space.uniform and p.new_width == p.width:
+        if not note and p.name in plan.fills:
+            note = f"(filled: {plan.fills[p.name].fill.value}, not a multiple)"
+        elif not note and p.space.uniform and p.new_width == p.width:
             note = f"(integer factors only: normalised at {p.space.uniform})"
         elif not note and p.space.attention and p.new_width == p.width:
             note = f"(embed width = heads x head_dim at {p.space.attention})"

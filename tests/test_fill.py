@@ -238,6 +238,45 @@ def test_unjustified_ops_are_refused(mixed: bool, node: str, why: str) -> None:
     assert info.value.node == node
 
 
+class MHANet(nn.Module):
+    """A pre-LN block around nn.MultiheadAttention (embed 8 = 2 heads x 4), a layer-scale scalar."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.ln, self.lnf, self.head = nn.Linear(3, 8), nn.LayerNorm(8), nn.LayerNorm(8), nn.Linear(8, 2)
+        self.att = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.scale = nn.Parameter(torch.tensor(0.7))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a(x)
+        y = self.ln(h)
+        h = h + self.scale * self.att(y, y, y, need_weights=False)[0]
+        return self.head(self.lnf(h))
+
+
+@pytest.mark.parametrize("frontend", ["fx", "export"])
+def test_multihead_attention_block_grows_by_whole_heads_and_fill(frontend: str) -> None:
+    model, x = MHANet().double().eval(), torch.randn(2, 5, 3, dtype=torch.float64)
+    plan = n2n_fx.plan(model, x, widths={"a": 12}, frontend=frontend)  # 8 -> 12: one head more, not a multiple
+    assert set(plan.fills) == {"a"}
+    assert n2n_fx.verify(model, n2n_fx.widen(model, x, widths={"a": 12}, frontend=frontend), x, rtol=1e-10).ok
+
+
+@pytest.mark.parametrize("frontend", ["fx", "export"])
+def test_vision_transformer_class_token_and_positions(frontend: str) -> None:
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    model = torchvision.models.VisionTransformer(image_size=32, patch_size=16, num_layers=2, num_heads=2,
+                                                 hidden_dim=8, mlp_dim=16, num_classes=5).double().eval()
+    with torch.no_grad():  # a class token, position embeddings and norms off their init
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    student = n2n_fx.widen(model, x, widths={"conv_proj": 12}, frontend=frontend)
+    report = n2n_fx.verify(model, student, x, rtol=1e-10)
+    assert report.ok, report
+
+
 # ---------------------------------------------------------------- Hugging Face
 transformers = pytest.importorskip("transformers")
 IDS = torch.randint(0, 50, (2, 7), generator=torch.Generator().manual_seed(0))
