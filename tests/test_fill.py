@@ -317,6 +317,19 @@ def test_llama_hidden_grows_to_a_non_multiple(tied: bool, width: int, monkeypatc
     assert report.ok, report
 
 
+def test_filled_llama_rebuilds_as_its_family_with_the_configs_eps() -> None:
+    """What n2n_fx.grow needs: the filled student is a LlamaForCausalLM of hidden 96 whose norms keep
+    the config's rms_norm_eps (fill changes no eps), and stays tied."""
+    from n2n_fx.hf import rebuild
+
+    model = _llama(True)
+    student = n2n_fx.widen(model, (IDS,), widths={"model.embed_tokens#2": 96})
+    rebuilt = rebuild(model, student, (IDS,), rtol=1e-6)
+    assert type(rebuilt) is type(model) and rebuilt.config.hidden_size == 96
+    assert rebuilt.config.rms_norm_eps == model.config.rms_norm_eps and rebuilt.config.tie_word_embeddings
+    assert n2n_fx.verify(model, rebuilt, (IDS,), rtol=1e-6).ok
+
+
 @pytest.mark.parametrize("tied", [False, True])
 def test_gpt2_hidden_grows_to_a_non_multiple(tied: bool) -> None:
     torch.manual_seed(0)
