@@ -180,7 +180,8 @@ class Plan:
 
     def _apply_uniform(self, targets: dict[str, int], requested: set[str], factor: float | None) -> None:
         """Spaces under a LayerNorm/RMSNorm grow by one integer k: k = floor(factor), or the one k
-        their requested widths imply."""
+        their requested widths imply. A requested width that is not a multiple (or, with norm_fill,
+        a factor's) grows by fill instead (fill.py; replication='uniform' keeps the old refusal)."""
         for node, spaces in self.uniform_groups():
             live = [sp for sp in spaces if not sp.frozen]
             ks = set()
@@ -188,7 +189,7 @@ class Plan:
             if not fill and self.norm_fill and factor is not None and len(live) == 1 and live[0].name not in requested \
                     and (q := scaled_width(live[0].width, factor)) % live[0].width:
                 fill = {live[0].name: q}  # opt-in: a factor's exact width by fill, not floor(factor)
-            if fill:
+            if fill and self.replication != "uniform":
                 if len(live) != 1:
                     raise ConstraintError(
                         f"spaces {[sp.name for sp in live]} are normalised together at {node}: fill (for a "
