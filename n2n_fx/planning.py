@@ -126,6 +126,7 @@ class Plan:
         requested one that cannot be filled exactly is an error; one that norm_fill asked of a
         factor falls back to k = floor(factor) replication (the default behaviour)."""
         by_name = {sp.name: sp for sp in self.analysis.spaces}
+        fell_back = False
         for name, q in self._fill_wanted.items():
             if targets[name] != q:
                 continue  # another constraint (attention, grouped conv) kept its width
@@ -135,6 +136,10 @@ class Plan:
                 if name in requested:
                     raise
                 targets[name] = by_name[name].width * max(1, math.floor((factor or 1) + 1e-9))
+                fell_back = True
+        if fell_back:  # the widths that followed the fill width (attention heads, conv groups) follow again
+            self._apply_links(targets, requested)
+            self._settle_ties(targets, requested)
 
     def _settle_ties(self, targets: dict[str, int], requested: set[str]) -> None:
         """A norm on one piece of a grouped conv (k = floor(factor)) can pull that piece off the

@@ -262,6 +262,25 @@ def test_multihead_attention_block_grows_by_whole_heads_and_fill(frontend: str) 
     assert n2n_fx.verify(model, n2n_fx.widen(model, x, widths={"a": 12}, frontend=frontend), x, rtol=1e-10).ok
 
 
+class TanhStream(MHANet):
+    """A nonlinearity on the stream: fill is refused; with norm_fill a factor falls back to floor(factor)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a(x)
+        y = self.ln(h)
+        return self.head(self.lnf(torch.tanh(h + self.att(y, y, y, need_weights=False)[0])))
+
+
+def test_norm_fill_falls_back_to_replication_where_fill_is_refused() -> None:
+    model, x = TanhStream().double().eval(), torch.randn(2, 5, 3, dtype=torch.float64)
+    plan = n2n_fx.plan(model, x, factor=1.5, norm_fill=True)
+    assert not plan.fills and {p.name: p.new_width for p in plan.spaces}["att.heads"] == 2  # heads follow back
+    assert n2n_fx.verify(model, n2n_fx.widen(model, x, factor=1.5, norm_fill=True), x, rtol=1e-10).ok
+    with pytest.raises(n2n_fx.ConstraintError, match="tanh") as info:  # asked for explicitly: refused
+        n2n_fx.plan(model, x, widths={"a": 12})
+    assert info.value.node == "tanh"
+
+
 @pytest.mark.parametrize("frontend", ["fx", "export"])
 def test_vision_transformer_class_token_and_positions(frontend: str) -> None:
     torchvision = pytest.importorskip("torchvision")
