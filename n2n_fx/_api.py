@@ -44,7 +44,8 @@ from .wider import Net2WiderNet
 def plan(model: torch.nn.Module, example_inputs: Any, *, factor: float | None = None,
          widths: dict[str, int] | None = None, seed: int = 0, symmetry: str = "none",
          noise_std: float = 0.01, leaf_modules: Sequence[type] = (), replication: str = "random",
-         frontend: str = "auto", mode: str = "eval", untie: bool = False, dynamic_shapes: Any = None) -> Plan:
+         frontend: str = "auto", mode: str = "eval", untie: bool = False, dynamic_shapes: Any = None,
+         norm_fill: bool = False) -> Plan:
     """Trace `model`, infer its spaces and plan their widths (current widths unless asked).
 
     untie=True gives every tied parameter (one tensor under two names, e.g. a token embedding that
@@ -58,20 +59,24 @@ def plan(model: torch.nn.Module, example_inputs: Any, *, factor: float | None = 
     default) uses symbolic_trace where it traces and torch.export where it does not. The model is traced
     in `mode` semantics ('eval' unless asked), whatever mode the teacher is in. dynamic_shapes
     (torch.export's, or "auto"; see trace) keeps an exported graph's batch and sequence dims
-    dynamic; the plan is the same as without it."""
+    dynamic; the plan is the same as without it.
+
+    A LayerNorm/RMSNorm-bound space asked (in `widths`) for a width that is not a multiple of its
+    own grows by fill (see n2n_fx.fill): exact, eps unchanged; multiples keep uniform replication.
+    A factor gives such spaces k = floor(factor) unless norm_fill=True (then fill, where it is exact)."""
     return _plan(model, example_inputs, factor, widths, seed, symmetry, noise_std, leaf_modules, False, replication,
-                 frontend, mode, untie, dynamic_shapes)
+                 frontend, mode, untie, dynamic_shapes, norm_fill)
 
 
 def _plan(model, example_inputs, factor, widths, seed, symmetry, noise_std, leaf_modules, share: bool,
           replication: str = "random", frontend: str = "auto", mode: str = "eval", untie: bool = False,
-          dynamic_shapes: Any = None) -> Plan:
+          dynamic_shapes: Any = None, norm_fill: bool = False) -> Plan:
     gm = trace(model, example_inputs, leaf_modules=leaf_modules, share_tensors=share, frontend=frontend, mode=mode,
                dynamic_shapes=dynamic_shapes)
     if untie:
         untie_parameters(gm)  # on the private trace: the teacher keeps its tie
     return Plan(infer(gm), factor=factor, widths=widths, seed=seed, symmetry=symmetry, noise_std=noise_std,
-                replication=replication)
+                replication=replication, norm_fill=norm_fill)
 
 
 @typed("widen")
@@ -79,7 +84,7 @@ def widen(model: torch.nn.Module, example_inputs: Any, *, factor: float | None =
           widths: dict[str, int] | None = None, seed: int = 0, symmetry: str = "none",
           noise_std: float = 0.01, leaf_modules: Sequence[type] = (), replication: str = "random",
           frontend: str = "auto", mode: str = "eval", untie: bool = False,
-          dynamic_shapes: Any = None) -> torch.fx.GraphModule:
+          dynamic_shapes: Any = None, norm_fill: bool = False) -> torch.fx.GraphModule:
     """Net2WiderNet: a wider student computing the teacher's function (symmetry 'none'/'split').
 
     Give `factor` (a real >= 1, applied to every widenable space) or `widths` ({space: units});
@@ -87,14 +92,15 @@ def widen(model: torch.nn.Module, example_inputs: Any, *, factor: float | None =
     (tied parameters become separate copies in the student, which then widens the tied space).
     dynamic_shapes (torch.export's, or "auto" for every input dim; see trace): an exported student
     then runs at other batch sizes and sequence lengths; without it (the default) it is specialised
-    to the example shapes and refuses others.
+    to the example shapes and refuses others. norm_fill: see plan (normalised spaces at a width
+    that is not a multiple grow by fill).
     """
     if factor is None and not widths:
         factor = 2.0
     # the traced graph shares the teacher's tensors (no deep copy); the pass replaces the ones it
     # widens, and own_tensors clones the rest, so the teacher is never touched
     p = _plan(model, example_inputs, factor, widths, seed, symmetry, noise_std, leaf_modules, True, replication,
-              frontend, mode, untie, dynamic_shapes)
+              frontend, mode, untie, dynamic_shapes, norm_fill)
     student = Net2WiderNet(p)(p.analysis.gm).graph_module
     own_tensors(student, model)
     return student

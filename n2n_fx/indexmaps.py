@@ -75,3 +75,9 @@ def gather_scale(parts: Sequence[tuple[torch.Tensor, int]]) -> torch.Tensor:
     """Concatenate per-unit scales (scale, inner), each unit's factor repeated over its block."""
     out = [s.repeat_interleave(inner) if inner > 1 else s for s, inner in parts]
     return torch.cat(out) if out else torch.empty(0, dtype=torch.float64)
+
+
+def fill_factor(ratio, power: int, sqrt):
+    """s**power for s = sqrt(ratio), ratio = new / old width (fill; see fill.py), in the number
+    type of `ratio` and `sqrt` (floats for the pass, sympy for the proofs): even powers stay rational."""
+    return ratio ** (power // 2) * sqrt(ratio) ** (power % 2)

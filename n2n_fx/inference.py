@@ -91,6 +91,16 @@ class TiedHead:
 
 
 @dataclass
+class Event:
+    """One call the rules handled: its table entry, bound operands and result (the very Val
+    objects of the analysis, so a later pass can follow values by identity: fill.py)."""
+
+    spec: OpSpec
+    bound: dict[str, Any]
+    out: Any
+
+
+@dataclass
 class Space:
     """A set of units widened by one g: what the user sees in the plan."""
 
@@ -125,6 +135,7 @@ class Analysis:
     links: list[HeadLink] = field(default_factory=list)
     aliases: dict[str, list[str]] = field(default_factory=dict)  # tied: parameter -> its other names
     tied_heads: list[TiedHead] = field(default_factory=list)
+    events: dict[str, Event] = field(default_factory=dict)  # node name -> the call as the rules saw it
 
     def axes_by_param(self) -> dict[str, list[int]]:
         """The bound axes of every parameter or buffer, in binding order."""
@@ -187,6 +198,7 @@ class Inference:
         self.sizes: list[tuple[Layout, Scalar, Reason]] = []  # computed view sizes of spaced axes
         self.contractors: dict[ParamAxis, list[torch.fx.Node]] = {}  # the calls that contract each axis
         self.tied_heads: list[TiedHead] = []
+        self.events: dict[str, Event] = {}
 
     # ------------------------------------------------------------------ helpers
     def reason(self, code: str, detail: str = "") -> Reason:
@@ -287,7 +299,7 @@ class Inference:
                     sp.attention = link.node
         return Analysis(self.gm, self.vals, self.param_layouts, self.roles, self.grouped, self.ties,
                         self.rewrites, self.module_attrs, spaces, self.ops, self.uniform, self.links,
-                        self.aliases, self.tied_heads)
+                        self.aliases, self.tied_heads, self.events)
 
     def call(self, node: torch.fx.Node) -> Any:
         args, kwargs = self.value(node.args), self.value(node.kwargs)
@@ -317,6 +329,7 @@ class Inference:
             return self.stop(args, kwargs, self.reason("unsupported_op", spec.reason))
         self._roled = set()
         out = self._apply(spec, bound)
+        self.events[node.name] = Event(spec, bound, out)
         # these move axes or read sizes, not values; so does a view or broadcast that keeps a parameter's axes
         if spec.kind not in ("permute", "shape_query") and not (isinstance(out, Val) and out.param_axes):
             for v in _walk(bound):

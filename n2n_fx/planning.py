@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
+from . import fill as F
 from . import indexmaps as im
 from . import spaces as S
 from .errors import ConstraintError, FrozenSpaceError, UnknownSpaceError, WidthError
@@ -60,7 +61,7 @@ class Plan:
 
     def __init__(self, analysis: Analysis, *, factor: float | None = None,
                  widths: dict[str, int] | None = None, seed: int = 0, symmetry: str = "none",
-                 noise_std: float = 0.01, replication: str = "random") -> None:
+                 noise_std: float = 0.01, replication: str = "random", norm_fill: bool = False) -> None:
         if symmetry not in SYMMETRY_MODES:
             raise WidthError(f"symmetry must be one of {SYMMETRY_MODES}, got {symmetry!r}",
                              fix="use symmetry='none' (exact), 'split' (exact) or 'noise' (the paper's)")
@@ -68,7 +69,9 @@ class Plan:
             raise WidthError(f"replication must be one of {REPLICATION_MODES}, got {replication!r}",
                              fix="use replication='random' (the paper's g) or 'uniform' (every unit k times)")
         self.analysis, self.seed, self.symmetry, self.noise_std = analysis, seed, symmetry, noise_std
-        self.replication = replication
+        self.replication, self.norm_fill = replication, norm_fill
+        self.fills: dict[str, F.SpaceFill] = {}  # normalised spaces grown to a non-multiple (fill.py)
+        self._fill_wanted: dict[str, int] = {}
         targets = self._targets(factor, widths or {})
         if replication == "uniform":
             for sp in analysis.spaces:
@@ -77,10 +80,12 @@ class Plan:
                                      f"needs a multiple of {sp.width}; got {targets[sp.name]}", node=sp.name,
                                      op="replication", fix="use an integer factor (2.0, 3.0) or widths that are multiples")
         self.spaces = [SpacePlan(sp, targets[sp.name],
-                                 im.uniform_map(sp.width, targets[sp.name]) if sp.uniform or replication == "uniform"
+                                 im.uniform_map(sp.width, targets[sp.name])
+                                 if (sp.uniform or replication == "uniform") and sp.name not in self.fills
                                  else im.random_map(sp.width, targets[sp.name], seeded(seed, "g", sp.name)))
                        for sp in analysis.spaces]
         self._by_root = {S.find(p.space.atom).id: p for p in self.spaces}
+        self._fill_roots = {S.find(p.space.atom).id: self.fills[p.name] for p in self.spaces if p.name in self.fills}
         self._cache: dict[tuple, torch.Tensor] = {}  # many tensors share one layout (conv + its BN)
 
     # ------------------------------------------------------------------ widths
@@ -113,7 +118,28 @@ class Plan:
         self._apply_uniform(targets, set(widths) | tied, factor)  # a tie-mate of a request is asked too
         self._apply_links(targets, set(widths))
         self._settle_ties(targets, set(widths))
+        self._solve_fills(targets, set(widths) | tied, factor)
         return targets
+
+    def _solve_fills(self, targets: dict[str, int], requested: set[str], factor: float | None) -> None:
+        """The fill plan of every normalised space that still wants a non-multiple width: a
+        requested one that cannot be filled exactly is an error; one that norm_fill asked of a
+        factor falls back to k = floor(factor) replication (the default behaviour)."""
+        by_name = {sp.name: sp for sp in self.analysis.spaces}
+        fell_back = False
+        for name, q in self._fill_wanted.items():
+            if targets[name] != q:
+                continue  # another constraint (attention, grouped conv) kept its width
+            try:
+                self.fills[name] = F.solve(self.analysis, by_name[name], q)
+            except ConstraintError:
+                if name in requested:
+                    raise
+                targets[name] = by_name[name].width * max(1, math.floor((factor or 1) + 1e-9))
+                fell_back = True
+        if fell_back:  # the widths that followed the fill width (attention heads, conv groups) follow again
+            self._apply_links(targets, requested)
+            self._settle_ties(targets, requested)
 
     def _settle_ties(self, targets: dict[str, int], requested: set[str]) -> None:
         """A norm on one piece of a grouped conv (k = floor(factor)) can pull that piece off the
@@ -159,10 +185,25 @@ class Plan:
 
     def _apply_uniform(self, targets: dict[str, int], requested: set[str], factor: float | None) -> None:
         """Spaces under a LayerNorm/RMSNorm grow by one integer k: k = floor(factor), or the one k
-        their requested widths imply."""
+        their requested widths imply. A requested width that is not a multiple (or, with norm_fill,
+        a factor's) grows by fill instead (fill.py; replication='uniform' keeps the old refusal)."""
         for node, spaces in self.uniform_groups():
             live = [sp for sp in spaces if not sp.frozen]
             ks = set()
+            fill = {sp.name: targets[sp.name] for sp in live if sp.name in requested and targets[sp.name] % sp.width}
+            if not fill and self.norm_fill and factor is not None and len(live) == 1 and live[0].name not in requested \
+                    and (q := scaled_width(live[0].width, factor)) % live[0].width:
+                fill = {live[0].name: q}  # opt-in: a factor's exact width by fill, not floor(factor)
+            if fill and self.replication != "uniform":
+                if len(live) != 1:
+                    raise ConstraintError(
+                        f"spaces {[sp.name for sp in live]} are normalised together at {node}: fill (for a "
+                        f"width that is not a multiple) grows one normalised space at a time, and all of them "
+                        f"must use one scheme", node=node, op="normalize",
+                        fix="request multiples of the current widths (uniform replication) for all of them")
+                self._fill_wanted.update(fill)
+                targets.update(fill)
+                continue
             for sp in live:
                 if sp.name in requested:
                     q = targets[sp.name]
@@ -262,6 +303,16 @@ class Plan:
         return tied
 
     # ------------------------------------------------------------------ maps
+    def axis_fill(self, key: tuple[str, int]) -> tuple[F.AxisFill, F.SpaceFill] | None:
+        """How a parameter axis on a filled space is remapped (None: not on one)."""
+        if not self._fill_roots:
+            return None
+        for atom in S.atoms_of(self.analysis.param_layouts[key]):
+            sf = self._fill_roots.get(S.find(atom).id)
+            if sf is not None:
+                return sf.axes[key], sf
+        return None
+
     def leaf_map(self, leaf: S.Atom) -> tuple[torch.Tensor, int]:
         """(g, old width) of a leaf atom; identity for atoms that are not widened spaces."""
         p = self._by_root.get(S.find(leaf).id)
@@ -359,7 +410,9 @@ def format_plan(plan: Plan) -> str:
         w = f"{p.width}" if p.new_width == p.width else f"{p.width} -> {p.new_width}"
         prod = p.space.producers or p.space.carriers
         note = f"{p.reasons[0].code} at {p.reasons[0].node}" if p.reasons else ""
-        if not note and p.space.uniform and p.new_width == p.width:
+        if not note and p.name in plan.fills:
+            note = f"(filled: {plan.fills[p.name].fill.value}, not a multiple)"
+        elif not note and p.space.uniform and p.new_width == p.width:
             note = f"(integer factors only: normalised at {p.space.uniform})"
         elif not note and p.space.attention and p.new_width == p.width:
             note = f"(embed width = heads x head_dim at {p.space.attention})"

@@ -25,6 +25,8 @@ KINDS = (
     "elementwise", "channelwise", "dense", "conv", "concat", "stack", "split", "getitem",
     "reshape", "permute", "reduce", "matmul", "shape_query", "normalize", "expand", "attention", "embedding", "space_to_depth", "sdpa", "constant", "stop",
 )
+# how an op carries a filled space (see n2n_fx/fill.py; documented in the table's [fill])
+FILL_RULES = ("linear", "identity", "add", "sub", "mul", "div", "power", "mean", "layer_norm", "rms_norm")
 _NO_DEFAULT = object()
 
 
@@ -51,6 +53,7 @@ class OpSpec:
     idempotent: bool = False
     constraint: str = ""
     reason: str = ""
+    fill: str = ""  # one of FILL_RULES, or "" (the op refuses a filled operand)
 
 
 @dataclass(frozen=True)
@@ -136,6 +139,9 @@ def parse_table(raw: dict[str, Any]) -> RuleTable:
     if set(kinds) != set(KINDS):
         raise SpecError(f"[kinds] must document exactly the closed set {sorted(KINDS)}; "
                         f"got {sorted(kinds)}")
+    fills = dict(raw.get("fill", {}))
+    if set(fills) != set(FILL_RULES):
+        raise SpecError(f"[fill] must document exactly the closed set {sorted(FILL_RULES)}; got {sorted(fills)}")
     ops: list[OpSpec] = []
     by_module: dict[type, OpSpec] = {}
     by_function: dict[Any, OpSpec] = {}
@@ -149,6 +155,8 @@ def parse_table(raw: dict[str, Any]) -> RuleTable:
             raise SpecError(f"{where}: kind {entry.get('kind')!r} is not one of {KINDS}")
         if not entry.get("proof"):
             raise SpecError(f"{where}: every entry must name its proof")
+        if entry.get("fill", "") not in ("", *FILL_RULES):
+            raise SpecError(f"{where}: fill {entry.get('fill')!r} is not one of {FILL_RULES}")
         if entry["kind"] == "stop" and not entry.get("reason"):
             raise SpecError(f"{where}: a stop entry must give its reason")
         spec = OpSpec(
@@ -163,6 +171,7 @@ def parse_table(raw: dict[str, Any]) -> RuleTable:
             activation=bool(entry.get("activation", False)),
             idempotent=bool(entry.get("idempotent", False)),
             constraint=entry.get("constraint", ""), reason=entry.get("reason", ""),
+            fill=entry.get("fill", ""),
         )
         names.add(spec.name)
         ops.append(spec)

@@ -452,6 +452,7 @@ class WidenRequest:
     growth: tuple[float, ...] | None
     symmetry: str
     seed: int
+    fill: bool = False  # growth: normalised spaces ask for a width that is not a multiple (fill)
 
     def kwargs(self, spaces: list) -> dict:
         """Arguments for n2n_fx.plan/widen given the teacher's plan spaces."""
@@ -463,6 +464,8 @@ class WidenRequest:
         k = 1 + int(self.growth[0] + 0.5)  # normalised spaces grow by one integer factor
         widths = {p.name: p.width * k if p.space.uniform else p.width + int(p.width * self.growth[i % len(self.growth)] + 0.5)
                   for i, p in enumerate(open_spaces)}
+        if self.fill:  # or to a width that is not a multiple: fill, exact or refused with a ConstraintError
+            widths.update({p.name: p.width * k + 1 for p in open_spaces if p.space.uniform})
         return {**base, "widths": widths} if widths else {**base, "factor": 1.0}
 
 
@@ -474,6 +477,7 @@ def widen_requests() -> st.SearchStrategy[WidenRequest]:
         st.one_of(st.none(), st.lists(st.floats(0.0, 2.0, allow_nan=False), min_size=1, max_size=4).map(tuple)),
         st.sampled_from(["none", "split"]),
         st.integers(0, 2**16),
+        st.booleans(),
     ).map(lambda r: r if r.factor is not None or r.growth is not None else WidenRequest(2.0, None, r.symmetry, r.seed))
 
 
@@ -490,7 +494,8 @@ def invalid_request(kind: str, spaces: list) -> dict:
     if kind == "frozen_space" and frozen:
         return {"widths": {frozen[0].name: frozen[0].width + 1}}
     uniform = [p for p in open_spaces if p.space.uniform and p.width > 1]
-    if kind == "not_uniform" and uniform:  # a normalised space may only be replicated k-fold
+    # a normalised space off the multiples of its width: fill (exact) or a typed refusal, never a wrong student
+    if kind == "not_uniform" and uniform:
         return {"widths": {uniform[0].name: uniform[0].width + 1}}
     if kind == "not_int" and open_spaces:
         return {"widths": {open_spaces[0].name: open_spaces[0].width + 0.5}}

@@ -3,6 +3,7 @@ scale contracted axes, sync module attributes, and rewrite width-dependent liter
 
 from __future__ import annotations
 
+import math
 import operator
 from typing import Any
 
@@ -11,6 +12,8 @@ import torch.fx
 from torch.fx.passes.infra.pass_base import PassBase, PassResult
 from torch.fx.passes.shape_prop import TensorMetadata
 
+from . import indexmaps as im
+from .fill import NewRows
 from .inference import Val, _get_attr
 from .planning import Plan, seeded
 
@@ -39,6 +42,19 @@ class TorchArrays:
         return list(x.split(sizes, dim=0))
 
     @staticmethod
+    def fill(x: torch.Tensor, axis: int, index: torch.Tensor, n: int, new: NewRows, power: int,
+             ratio: Any) -> torch.Tensor:
+        """Fill (fill.py): gather through g, set positions n.. (copied, zero or the mean of the old
+        entries), times s**power; computed in float64 and rounded once to the stored dtype."""
+        y = x.index_select(axis, index).double()
+        tail = y.narrow(axis, n, y.shape[axis] - n)
+        if new is NewRows.ZERO:
+            tail.zero_()
+        elif new is NewRows.MEAN:
+            tail.copy_(x.double().mean(axis, keepdim=True).expand_as(tail))
+        return (y * float(im.fill_factor(ratio, power, lambda r: math.sqrt(float(r))))).to(x.dtype)
+
+    @staticmethod
     def cat_rows(parts: list[torch.Tensor]) -> torch.Tensor:
         return torch.cat(parts, dim=0)
 
@@ -61,6 +77,10 @@ def remap_tensor(t: Any, param: str, axes: list[int], plan: Plan, arrays: Any = 
     for axis in sorted(axes, key=lambda a: (not an.roles.get((param, a), set()) & DIVIDED, a)):
         layout = an.param_layouts[(param, axis)]
         roles = an.roles.get((param, axis), set())
+        if (found := plan.axis_fill((param, axis))) is not None:  # a normalised space grown by fill
+            how, sf = found
+            new = arrays.fill(new, axis, plan.layout_index(layout), sf.width, how.new, how.power, sf.ratio)
+            continue
         if "grouped" in roles:
             continue
         index = plan.layout_index(layout)

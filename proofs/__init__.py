@@ -1,7 +1,8 @@
 """Proofs that justify each rule of specs/ops.toml (sympy, on the engine's own index maps).
 
-The names below are reserved by the table: every entry names one, and tests check that no entry
-names a proof missing here and no name here is unused. The proofs live in proofs/rules.py.
+The names below are reserved by the table: every entry names one (and every entry with a `fill`
+code also `norm_fill`), and tests check that no entry names a proof missing here and no name
+here is unused. The proofs live in proofs/rules.py.
 
 `python -m proofs` runs them all and the meta-check: every table entry names a proof, every
 named proof exists and passes, and no proof is orphaned.
@@ -28,6 +29,7 @@ RESERVED: dict[str, str] = {
     "space_to_depth": "patch merging: channels become copies of the input's layout",
     "attention_heads": "multi-head attention grows by whole heads; head_dim and its scale stay",
     "stop": "no identity: stop entries freeze what they touch",
+    "norm_fill": "fill: a normalised space grown to any width (mean/zero fill, values times sqrt(new/old))",
 }
 
 
@@ -43,6 +45,8 @@ def run_all(names: list[str] | None = None, fail_fast: bool = False):
     kinds: dict[str, list[str]] = {}
     for op in table.ops:
         kinds.setdefault(op.proof, []).append(op.name)
+        if op.fill:  # an entry's fill code is proved by the fill proof too
+            kinds.setdefault("norm_fill", []).append(f"{op.name} (fill)")
     problems = [f"entry {', '.join(e)} names proof {p!r}, which does not exist" for p, e in kinds.items()
                 if p not in PROOFS]
     problems += [f"proof {p!r} is named by no table entry (orphan)" for p in PROOFS if p not in kinds]

@@ -74,6 +74,20 @@ def _non_uniform_norm() -> None:
     im.uniform_map = lambda n, q: im.random_map(n, q, torch.Generator().manual_seed(q))
 
 
+@mutant("fill_without_s", "fill forgets the factor s = sqrt(new/old): new units filled, nothing rescaled")
+def _fill_without_s() -> None:
+    import n2n_fx.indexmaps as im
+
+    im.fill_factor = lambda ratio, power, sqrt: ratio ** 0
+
+
+@mutant("rms_mean_fill", "an RMSNorm's input is mean-filled (as a LayerNorm's is): its mean square moves")
+def _rms_mean_fill() -> None:
+    from n2n_fx import fill
+
+    fill.NORM_INPUT[fill.Rule.RMS_NORM] = fill.Fill.MEAN
+
+
 @mutant("independent_add", "the two operands of a binary op keep independent maps (no union)")
 def _independent_add() -> None:
     import n2n_fx.inference as inf

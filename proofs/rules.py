@@ -280,6 +280,51 @@ class NormNet(nn.Module):
         return self.head(h)
 
 
+class WrittenRMS(nn.Module):
+    """RMSNorm as exported Hugging Face graphs spell it: w * (x * rsqrt(mean(x * x) + eps))."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(2))
+        self.register_buffer("eps", torch.tensor(1e-6))  # a symbol in the proof: any eps, exactly
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps))
+
+
+class FillNet(nn.Module):
+    """A pre-norm residual stream (a looked-up table plus a linear), one MLP block, a final norm
+    and a head, tied to the table or not; norm: LayerNorm, RMSNorm or RMSNorm written out."""
+
+    def __init__(self, norm: str = "ln", tied: bool = False) -> None:
+        super().__init__()
+        make = {"ln": lambda: nn.LayerNorm(2), "rms": lambda: nn.RMSNorm(2), "written": WrittenRMS}[norm]
+        self.norm = norm
+        self.emb, self.a, self.up, self.down = nn.Embedding(4, 2), nn.Linear(3, 2), nn.Linear(2, 2), nn.Linear(2, 2)
+        self.n1, self.nf = make(), make()
+        self.head = None if tied else nn.Linear(2, 4, bias=False)  # tied: the table itself (F.linear)
+        self.register_buffer("ids", torch.tensor([[2]]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (1, 1, 3), one position keeps sympy quick
+        h = self.emb(self.ids) + self.a(x)
+        # a LayerNorm inside the block too makes the final one's radicand too big to expand in minutes
+        h = h + self.down(torch.relu(self.up(h if self.norm == "ln" else self.n1(h))))
+        return self.head(self.nf(h)) if self.head is not None else F.linear(self.nf(h), self.emb.weight)
+
+
+class PostNormNet(nn.Module):
+    """BERT's order, LN(h + f(h)): a norm's output added to the stream before the next norm."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.f, self.ln1, self.ln2, self.head = (nn.Linear(3, 2), nn.Linear(2, 2), nn.LayerNorm(2),
+                                                         nn.LayerNorm(2), nn.Linear(2, 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.ln1(self.a(x))
+        return self.head(self.ln2(h + self.f(h)))
+
+
 class AttnNet(nn.Module):
     """A residual stream through self-attention (embed 4, 2 heads of 2) and out."""
 
@@ -707,7 +752,8 @@ def normalize() -> list[Claim]:
         refused = False
     except n2n_fx.ConstraintError:
         refused = True
-    claims.append(Claim("the planner refuses a non-multiple width for a normalised space", refused))
+    claims.append(Claim("the planner refuses a non-multiple width where fill cannot be exact either (an RMSNorm's "
+                        "zero-filled output normalised by a LayerNorm)", refused))
     claims += [widen_claim(f"mean of squares over a space (RMSNorm written out), uniform x{k}", MeanSquareNet(),
                            torch.randn(1, 3), plan_kw={"factor": float(k)}) for k in (2, 3)]
     at_15 = n2n_fx.plan(NormNet(), x, factor=1.5)
@@ -715,6 +761,80 @@ def normalize() -> list[Claim]:
     claims.append(Claim("factor 1.5 leaves normalised spaces at k = 1 (exact), others grow", kept and any(
         p.new_width > p.width for p in at_15.spaces)))
     return claims
+
+
+def _fill_widths(model: nn.Module, x: torch.Tensor, q: int) -> dict[str, int]:
+    """The normalised stream asked for q units (not a multiple: fill), every other open space +1."""
+    plan = n2n_fx.plan(model.double(), x.double())
+    return {p.name: (q if p.space.uniform else p.width + 1) for p in plan.spaces if not p.frozen}
+
+
+def _filled(x: list[Any], fill: Any, s: Any) -> np.ndarray:
+    """One row of units as fill would hold it: s * [x, fill]."""
+    return np.array([[s * v for v in (*x, fill)]], dtype=object)
+
+
+@proof("norm_fill")
+def norm_fill() -> list[Claim]:
+    """Fill (n2n_fx/fill.py): a normalised space grows to any q > n. With s = sqrt(q/n) every value on
+    it is s * [teacher's units, fill]; mean fill on a LayerNorm's input, zero fill on an RMSNorm's,
+    and every norm's output zero-filled: mean and variance (mean square) over q units are the
+    teacher's over n, so eps is unchanged. The claims run the engine's own plan (its AxisFill per
+    parameter axis, its fill_factor) on symbols; the counterexamples justify each refusal."""
+    x = torch.randn(1, 1, 3)
+    claims = []
+    for norm, label in (("ln", "LayerNorm (mean fill)"), ("rms", "RMSNorm (zero fill)"),
+                        ("written", "RMSNorm written out (zero fill)")):
+        for tied, q in ((False, 3), (True, 3), (False, 5)):
+            model = FillNet(norm, tied)
+            what = "tied head: the final norm's gain takes an extra 1/s^2" if tied else "untied"
+            claims.append(widen_claim(f"{label}, pre-norm residual stream 2 -> {q} (not a multiple), {what}", model,
+                                      x, plan_kw={"widths": _fill_widths(model, x, q), "seed": 1}))
+    a, b, c, d = sympy.symbols("a b c d", real=True)
+    s, eps = sympy.sqrt(sympy.Rational(3, 2)), 1e-5
+    teacher = np.array([[a, b]], dtype=object)
+    ln = lambda v: sym.norm_last(v, None, None, eps, False)  # noqa: E731
+    rms = lambda v: sym.norm_last(v, None, None, eps, True)  # noqa: E731
+    claims += [
+        broken_claim("growing 2 -> 3 by replication (one unit copied, g = [0, 1, 0]) changes LayerNorm's output",
+                     sym.difference(ln(teacher), ln(np.array([[a, b, a]], dtype=object))[:, :2])),
+        broken_claim("... and RMSNorm's", sym.difference(rms(teacher), rms(np.array([[a, b, a]], dtype=object))[:, :2])),
+        broken_claim("mean fill without the factor s: the variance shrinks by n/q and LayerNorm's output moves "
+                     "through eps", sym.difference(ln(teacher), ln(_filled([a, b], (a + b) / 2, 1))[:, :2])),
+        broken_claim("zero fill on a LayerNorm's input moves its mean",
+                     sym.difference(ln(teacher), ln(_filled([a, b], 0, s))[:, :2] / s)),
+        broken_claim("mean fill on an RMSNorm's input changes its mean square",
+                     sym.difference(rms(teacher), rms(_filled([a, b], (a + b) / 2, s))[:, :2] / s)),
+        # post-norm: h = LN1 output (zero-filled), f = f(h) produced (mean-filled); LN2 reads h + f
+        broken_claim("post-norm residual LN(h + f(h)): the norm's zero-filled output plus the mean-filled f "
+                     "is neither filling (new unit s * mean(f), not s * mean(h + f)): LN2's output changes",
+                     sym.difference(ln(np.array([[a + c, b + d]], dtype=object)),
+                                    ln(_filled([a + c, b + d], (c + d) / 2, s))[:, :2] / s)),
+    ]
+    try:
+        n2n_fx.plan(PostNormNet(), torch.randn(1, 3), widths={"a": 3})
+        refused = False
+    except n2n_fx.ConstraintError as exc:
+        refused = exc.node == "add"
+    claims.append(Claim("the planner refuses fill on a post-norm residual, naming the add", refused))
+    claims.append(broken_claim("a tied head without the extra 1/s^2 on its input gain counts the table's s twice: "
+                               "the logits change", _tied_fill_without_gain(x)))
+    return claims
+
+
+def _tied_fill_without_gain(x: torch.Tensor) -> list[Any]:
+    """teacher - student for a tied FillNet when the final norm's gain (and bias) keep the untied powers."""
+    from n2n_fx.fill import AxisFill
+
+    model = FillNet("ln", tied=True).double()
+    plan = n2n_fx.plan(model, x.double(), widths=_fill_widths(model, x, 3), seed=1)
+    for sf in plan.fills.values():
+        for key in (("nf.weight", 0), ("nf.bias", 0)):
+            sf.axes[key] = AxisFill(sf.axes[key].new, sf.axes[key].power + 2)
+    params = sym.teacher_params(plan.analysis.gm)
+    sx = sym.symbols_like("x", tuple(x.shape))
+    t_out = sym.run(plan.analysis.gm, params, (sx,))
+    return sym.difference(t_out, sym.run(n2n_fx.apply_plan(plan), sym.student_params(plan, params), (sx,)))
 
 
 @proof("expand")

@@ -21,6 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import n2n_fx
+from n2n_fx import indexmaps as im
+from n2n_fx.fill import NewRows
 from n2n_fx.planning import Plan
 from n2n_fx.wider import remap_tensor
 
@@ -58,6 +60,17 @@ class SympyArrays:
     @staticmethod
     def split_rows(x: Array, sizes: list[int]) -> list[Array]:
         return np.split(x, np.cumsum(sizes)[:-1], axis=0)
+
+    @staticmethod
+    def fill(x: Array, axis: int, index: torch.Tensor, n: int, new: NewRows, power: int, ratio: Any) -> Array:
+        """TorchArrays.fill on symbols: s = sqrt(new / old) stays an exact surd."""
+        y = np.moveaxis(np.take(x, index.numpy(), axis=axis), axis, 0).copy()
+        if new is NewRows.ZERO:
+            y[n:] = sympy.Integer(0)
+        elif new is NewRows.MEAN:
+            y[n:] = np.moveaxis(x, axis, 0).sum(axis=0) / n
+        factor = im.fill_factor(sympy.Rational(ratio.numerator, ratio.denominator), power, sympy.sqrt)
+        return np.moveaxis(y * factor, 0, axis)
 
     @staticmethod
     def cat_rows(parts: list[Array]) -> Array:

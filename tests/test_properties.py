@@ -29,7 +29,8 @@ BROADCAST1 = Arch(1, 2, (("add", 0, 0), ("conv", 0, 2, 1, 1), ("chunk", 2), ("ad
                   "flatten")  # a width-1 space added to a size-1 input axis
 WIDTH1_FLATTEN = Arch(1, 2, (("conv", 0, 2, 1, 1), ("chunk", 1)), "flatten")  # a width-1 space into flatten
 SHUFFLE2 = Arch(1, 2, (("conv", 0, 2, 1, 1), ("shuffle", 1)), "flatten")  # view(n, 2, c // 2, ...): size-1 dim
-NORM = Arch(2, 2, (("conv", 0, 4, 1, 1), ("norm", 1, "layer")), "mean")  # LayerNorm: uniform k only
+NORM = Arch(2, 2, (("conv", 0, 4, 1, 1), ("norm", 1, "layer")), "mean")  # LayerNorm: uniform k, or fill
+NORM_RMS = Arch(2, 2, (("conv", 0, 4, 1, 1), ("norm", 1, "rms")), "mean")  # RMSNorm: zero fill off the multiples
 NARROW_WREAD = Arch(2, 2, (("conv", 0, 3, 1, 1), ("narrow", 1, "negative"), ("wread", 2, 2, "amax"),
                            ("narrow", 3, "slice")), "flatten")  # issue 11: literal narrows, a weight read
 DW_CHUNKS = Arch(2, 2, (("conv", 0, 4, 1, 2), ("conv", 1, 4, 1, 2), ("chunk", 2), ("chunk", 3),
@@ -60,6 +61,9 @@ def grow(arch: Arch, req: WidenRequest, built=None):
 @example(SHUFFLE2, WidenRequest(2.0, None, "none", 0))
 @example(DW_CHUNKS, WidenRequest(1.5, None, "none", 0))
 @example(NORM, WidenRequest(2.0, None, "none", 0))
+@example(NORM, WidenRequest(None, (0.5,), "none", 0, True))  # LayerNorm-bound 4 -> 9 by fill
+@example(NORM, WidenRequest(None, (0.5,), "split", 1, True))
+@example(NORM_RMS, WidenRequest(None, (0.5,), "none", 0, True))
 @example(NARROW_WREAD, WidenRequest(2.0, None, "none", 0))
 @example(DW_CHUNKS, WidenRequest(None, (1.0, 0.0), "split", 3))
 @example(FUSED, WidenRequest(2.0, None, "none", 0))
@@ -153,6 +157,10 @@ def test_invalid_plans_raise_typed_errors(arch, kind):
     try:
         student = n2n_fx.widen(model, x, **request)
     except n2n_fx.N2NError:
+        assert_unchanged(model, snap)
+        return
+    if kind == "not_uniform":  # fill grew the normalised space: allowed only where exact
+        assert n2n_fx.verify(model, student, x, n_random=1).ok, (arch, request)
         assert_unchanged(model, snap)
         return
     raise AssertionError(f"{kind} {request} returned a student: {student}")

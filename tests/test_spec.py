@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from n2n_fx.errors import SpecError
-from n2n_fx.spec import KINDS, load_table, parse_table, specs_dir
+from n2n_fx.spec import FILL_RULES, KINDS, load_table, parse_table, specs_dir
 from proofs import RESERVED
 
 
@@ -26,9 +26,24 @@ def test_table_loads_and_documents_every_kind():
 
 
 def test_every_entry_names_a_reserved_proof_and_every_proof_is_used():
-    used = {op.proof for op in load_table().ops}
+    ops = load_table().ops
+    used = {op.proof for op in ops} | ({"norm_fill"} if any(op.fill for op in ops) else set())  # fill codes
     assert used <= set(RESERVED), used - set(RESERVED)
     assert set(RESERVED) <= used, set(RESERVED) - used
+
+
+def test_fill_codes_are_a_documented_closed_set():
+    table = load_table()
+    assert {op.fill for op in table.ops} - {""} <= set(FILL_RULES)
+    assert {op.fill for op in table.ops if op.kind == "normalize"} == {"layer_norm", "rms_norm"}
+    data = raw()
+    data["op"][0] = {**data["op"][0], "fill": "affine"}
+    with pytest.raises(SpecError, match="fill"):
+        parse_table(data)
+    data = raw()
+    del data["fill"]["power"]
+    with pytest.raises(SpecError, match=r"\[fill\]"):
+        parse_table(data)
 
 
 def test_duplicate_spelling_across_entries_rejected():
