@@ -132,6 +132,10 @@ class _ShapeArrays(TorchArrays):
     def scale(x: torch.Tensor, axis: int, factor: torch.Tensor, fresh: bool) -> torch.Tensor:
         return x
 
+    @staticmethod
+    def fill(x: torch.Tensor, axis: int, index: torch.Tensor, n: int, new: Any, power: int, ratio: Any) -> torch.Tensor:
+        return x.index_select(axis, index.to(x.device))
+
 
 @dataclass
 class StreamPlan:

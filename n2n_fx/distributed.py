@@ -19,6 +19,7 @@ the checkpoints it saves are this function's input and output as they are.
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
@@ -26,6 +27,7 @@ import torch
 import torch.distributed as dist
 
 from .checkpoint import CheckpointError, StreamPlan, plan_stream, scaled_config
+from .indexmaps import fill_factor
 from .wider import TorchArrays, _scale_along
 
 
@@ -70,6 +72,21 @@ class _RowArrays(TorchArrays):
         if axis == 0:
             factor = factor[self.a:self.b] if self.taken else factor[self.rows]
         return _scale_along(x, axis, factor, inplace=fresh)
+
+    def fill(self, x: torch.Tensor, axis: int, index: torch.Tensor, n: int, new: Any, power: int,
+             ratio: Any) -> torch.Tensor:
+        if axis != 0:
+            return TorchArrays.fill(x, axis, index, n, new, power, ratio)
+        from .fill import NewRows
+
+        if new is NewRows.MEAN:  # the mean of every old row: not in one rank's rows
+            raise CheckpointError("a mean-filled (LayerNorm-bound) space sharded along its rows", op="grow_distributed",
+                                  fix="grow this checkpoint in one process with grow_checkpoint")
+        self.taken = True
+        y = x.index_select(0, torch.searchsorted(self.rows, index[self.a:self.b])).double()
+        if new is NewRows.ZERO:
+            y[max(n - self.a, 0):] = 0
+        return (y * float(fill_factor(ratio, power, lambda r: math.sqrt(float(r))))).to(x.dtype)
 
     @staticmethod
     def per_old_unit(n: int, index: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

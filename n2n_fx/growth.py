@@ -398,6 +398,11 @@ def grow(teacher: torch.nn.Module, target: torch.nn.Module, example_inputs: Any,
                         node=extra[0], op="grow", fix="build the target from the teacher's family with only sizes "
                         "and block counts changed")
     model = _materialise(target, teacher, state, stacks)
+    low = next((p.dtype for p in model.parameters() if p.is_floating_point() and p.element_size() == 2), None)
+    if rtol is None and low is not None and getattr(plan, "fills", None):
+        # fill multiplies every weight on the space by s = sqrt(new/old), so each is rounded once to
+        # 16 bits (relative eps/2), not only the divided replicas: the plan check's bound is eps
+        rtol = torch.finfo(low).eps
     if check:
         _check_identity_blocks(model, new_blocks, inputs)
         report = verify(teacher, model, inputs, rtol=rtol, mode=mode)
