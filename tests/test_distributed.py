@@ -14,7 +14,8 @@ import torch.multiprocessing as mp
 
 transformers = pytest.importorskip("transformers")
 
-CHANGES = dict(hidden_size=128, intermediate_size=150, num_attention_heads=8, num_key_value_heads=4,
+# hidden 64 -> 96 is not a multiple: the RMSNorm-bound stream grows by zero fill (rows too)
+CHANGES = dict(hidden_size=96, intermediate_size=150, num_attention_heads=6, num_key_value_heads=3,
                num_hidden_layers=3)
 
 
