@@ -401,8 +401,9 @@ def grow(teacher: torch.nn.Module, target: torch.nn.Module, example_inputs: Any,
     low = next((p.dtype for p in model.parameters() if p.is_floating_point() and p.element_size() == 2), None)
     if rtol is None and low is not None and getattr(plan, "fills", None):
         # fill multiplies every weight on the space by s = sqrt(new/old), so each is rounded once to
-        # 16 bits (relative eps/2), not only the divided replicas: the plan check's bound is eps
-        rtol = torch.finfo(low).eps
+        # 16 bits (relative eps/2), not only the divided replicas, and the roundings add up over the
+        # depth: measured 0.4 eps (3 layers) to 1.0 eps (a 32-layer Llama); the bound is 2 eps
+        rtol = 2 * torch.finfo(low).eps
     if check:
         _check_identity_blocks(model, new_blocks, inputs)
         report = verify(teacher, model, inputs, rtol=rtol, mode=mode)

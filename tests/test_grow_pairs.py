@@ -75,8 +75,8 @@ def _grow_llama(small: tuple, changes: dict, tmp_path, batch: int, length: int) 
     kw = dict(max_new_tokens=4, do_sample=False, pad_token_id=0)
     assert torch.equal(teacher.generate(ids, **kw), back.generate(ids, **kw))
     half = transformers.LlamaForCausalLM.from_pretrained(tmp_path, dtype=torch.bfloat16).eval()
-    # fill rounds every weight on the stream once to 16 bits: the plan check's bound is eps (grow uses it)
-    report = n2n_fx.verify(teacher.to(torch.bfloat16), half, (ids[:1],), rtol=torch.finfo(torch.bfloat16).eps)
+    # fill rounds every weight on the stream once to 16 bits: the plan check's bound is 2 eps (grow's)
+    report = n2n_fx.verify(teacher.to(torch.bfloat16), half, (ids[:1],), rtol=2 * torch.finfo(torch.bfloat16).eps)
     assert report.ok and report.native_ok, report
 
 
