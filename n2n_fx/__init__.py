@@ -28,7 +28,12 @@ __all__ = [
 ]
 
 
+SUBMODULES = ("checkpoint", "distributed", "growth", "hf", "testing")  # `n2n_fx.hf.grow` after `import n2n_fx`
+
+
 def __getattr__(name: str) -> Any:
+    if name in SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
     if name in __all__:
         value = getattr(importlib.import_module("._api", __name__), name)
         globals()[name] = value  # later lookups skip this hook

@@ -40,6 +40,7 @@ DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torc
           torch.bool: "BOOL"}
 FROM_CODE = {v: k for k, v in DTYPES.items()}
 WIDTH_FIELDS = ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads")
+WEIGHT_SUFFIXES = {".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf"}
 
 
 class CheckpointError(N2NError):
@@ -113,6 +114,11 @@ def scaled_config(config: Any, factor: float) -> dict[str, int]:
         value = getattr(config, alias.get(key, key), None)
         if type(value) is int and value > 0:
             changes[key] = max(value, math.floor(value * factor + 0.5))
+    kv = getattr(config, alias.get("num_key_value_heads", "num_key_value_heads"), None)
+    if "num_key_value_heads" in changes and "num_attention_heads" in changes and kv:
+        # heads grow by whole kv groups: each kv head keeps its number of query heads
+        group = getattr(config, alias.get("num_attention_heads", "num_attention_heads")) // kv
+        changes["num_attention_heads"] = changes["num_key_value_heads"] * group
     heads = getattr(config, alias.get("num_attention_heads", "num_attention_heads"), None)
     hidden = getattr(config, alias.get("hidden_size", "hidden_size"), None)
     head_dim = getattr(config, "head_dim", None) or (hidden // heads if heads and hidden else None)
@@ -192,6 +198,12 @@ def plan_stream(source: Source, changes: dict[str, Any], *, seed: int = 0, symme
     plan = Plan(an, widths=asked, seed=seed, symmetry=symmetry) if asked else None
     stream = StreamPlan(plan, an, cfg, [], {})
     missing = [k for k in source.weight_map if k not in t_state]
+    wrong = [f"{k}: stored {specs[k][0]}, config {tuple(t_state[k].shape)}" for k in source.weight_map
+             if k in t_state and tuple(t_state[k].shape) != specs[k][0]]
+    if wrong:
+        raise CheckpointError(f"the checkpoint's tensors disagree with its config.json: {'; '.join(wrong[:3])}",
+                              node=wrong[0].split(":")[0], op="grow_checkpoint",
+                              fix="repair config.json (or re-save the model with save_pretrained)")
     if missing:
         raise CheckpointError(f"the checkpoint holds {missing[:3]}, which {cls.__name__}(config) does not have",
                               node=missing[0], op="grow_checkpoint", fix="the checkpoint and its config.json disagree")
@@ -234,14 +246,23 @@ def load_table_cached():
 
 # ---------------------------------------------------------------- writing
 def parse_size(size: int | str) -> int:
-    if isinstance(size, int):
+    if isinstance(size, int) and not isinstance(size, bool) and size > 0:
         return size
     units = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "B": 1}
-    text = size.strip().upper()
-    for unit, scale in sorted(units.items(), key=lambda kv: -len(kv[0])):
-        if text.endswith(unit):
-            return int(float(text[: -len(unit)]) * scale)
-    return int(text)
+    text = str(size).strip().upper()
+    try:
+        for unit, scale in sorted(units.items(), key=lambda kv: -len(kv[0])):
+            if text.endswith(unit):
+                value = int(float(text[: -len(unit)]) * scale)
+                break
+        else:
+            value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise CheckpointError(f"max_shard_size {size!r} is not a size", op="grow_checkpoint",
+                              fix="e.g. max_shard_size='2GB', '500MB' or a byte count")
+    return value
 
 
 def _nbytes(shape: tuple[int, ...], dtype: torch.dtype) -> int:
@@ -315,8 +336,11 @@ class _Progress:
 
 def _fingerprint(source: Source, args: dict[str, Any]) -> str:
     """What a partial student was made from: the source's index and sizes, and the arguments."""
+    files = sorted(set(source.weight_map.values()))
     text = json.dumps({"weight_map": source.weight_map, "args": args,
-                       "sizes": {f: (source.path / f).stat().st_size for f in set(source.weight_map.values())}},
+                       # a re-saved source of the same shapes has new mtimes: its partial student is stale
+                       "files": {f: ((source.path / f).stat().st_size, (source.path / f).stat().st_mtime_ns)
+                                 for f in files}},
                       sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -340,7 +364,15 @@ def grow_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, factor: f
     if not changes:
         raise CheckpointError("nothing to grow: give factor= or config changes", op="grow_checkpoint",
                               fix="e.g. factor=2.0, or hidden_size=..., num_hidden_layers=...")
+    if factor is not None and (isinstance(factor, bool) or not isinstance(factor, (int, float))
+                               or not math.isfinite(factor) or factor <= 1):
+        raise CheckpointError(f"factor must be a number > 1, got {factor!r}", op="grow_checkpoint",
+                              fix="e.g. factor=2.0 (growing never shrinks; 1 changes nothing)")
     dst = Path(dst)
+    src_path, dst_path = Path(src).resolve(), dst.resolve()
+    if dst_path == src_path or src_path in dst_path.parents or dst_path in src_path.parents:
+        raise CheckpointError(f"{dst} is {src} or inside it (or holds it): the source would be overwritten",
+                              op="grow_checkpoint", fix="write the student to a directory of its own")
     if dst.exists() and not overwrite:
         raise CheckpointError(f"{dst} exists", op="grow_checkpoint", fix="choose a new directory or pass overwrite=True")
     stream = plan_stream(source, changes, seed=seed, symmetry=symmetry, layer_map=layer_map,
@@ -389,7 +421,8 @@ def grow_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, factor: f
                                                 indent=2))
     stream.config.save_pretrained(partial)
     for extra in source.path.iterdir():  # tokenizer, generation config, ...: the student's too
-        if extra.is_file() and extra.name not in {INDEX, "config.json", *source.weight_map.values()}:
+        weights = extra.suffix in WEIGHT_SUFFIXES or extra.name.endswith(".index.json")
+        if extra.is_file() and not weights and extra.name != "config.json":  # never the teacher's weights
             shutil.copy2(extra, partial / extra.name)
     manifest.unlink()
     if dst.exists():
@@ -559,6 +592,14 @@ def _first_tensor(out: Any) -> torch.Tensor:
     return _first_tensor(out.logits)
 
 
+def _filled(teacher: Any, student: Any) -> bool:
+    """The normalised stream (hidden_size) grown by a ratio that is not an integer: it was filled
+    (an MLP width at any ratio is replicated, not filled)."""
+    key = (getattr(teacher, "attribute_map", {}) or {}).get("hidden_size", "hidden_size")
+    a, b = getattr(teacher, key, None), getattr(student, key, None)
+    return type(a) is int and type(b) is int and a > 0 and b % a != 0
+
+
 def verify_checkpoint(teacher_dir: str | os.PathLike, student_dir: str | os.PathLike, example_inputs: Any = None, *,
                       rtol: float | None = None, seed: int = 0) -> StreamReport:
     """Does the student checkpoint compute the teacher checkpoint's function? Both run from disk,
@@ -574,10 +615,18 @@ def verify_checkpoint(teacher_dir: str | os.PathLike, student_dir: str | os.Path
         vocab = getattr(teacher_cfg, "vocab_size", 8) or 8
         example_inputs = (torch.randint(0, vocab, (2, 8), generator=torch.Generator().manual_seed(seed)),)
     inputs = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+    vocab = getattr(teacher_cfg, "vocab_size", None)
+    for x in inputs:
+        if isinstance(x, torch.Tensor) and not x.is_floating_point() and isinstance(vocab, int) and x.numel() \
+                and (int(x.min()) < 0 or int(x.max()) >= vocab):
+            raise CheckpointError(f"token ids in [{int(x.min())}, {int(x.max())}] for a vocabulary of {vocab}",
+                                  op="verify_checkpoint", fix=f"draw ids in [0, {vocab})")
     teacher, student = _Streamed(teacher_dir, inputs), _Streamed(student_dir, inputs)
     native = student.dtype
     if rtol is None:
         rtol = 1e-10 if native == torch.float64 else max(1e-5, torch.finfo(native).eps / 4)
+        if native.itemsize == 2 and _filled(teacher.source.config, student.source.config):
+            rtol = 2 * torch.finfo(native).eps  # fill rounds every weight on the space once (see grow)
     ref = teacher.run(inputs, torch.float64)
     scale = ref.abs().max().clamp_min(1e-300)
     plan_err = float((student.run(inputs, torch.float64) - ref).abs().max() / scale)

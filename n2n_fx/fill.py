@@ -98,11 +98,9 @@ class On:
 
 @dataclass(frozen=True)
 class Stat:
-    """A value with no axis on the space: s**power times the teacher's; `of` is the id of the
-    mean-filled value whose mean over the space it is (x - mean(x) is zero-filled)."""
+    """A value with no axis on the space: s**power times the teacher's."""
 
     power: int
-    of: int | None = None
 
 
 EXACT = Stat(0)
@@ -182,6 +180,9 @@ class _Solver:
         self.root = S.find(space.atom)
         self.fill = fill
         self.states: dict[int, Any] = {}
+        # id of a mean's own output -> id of the mean-filled value it is the per-row mean of: only
+        # that very value makes x - mean(x) zero-filled (a slice or view of it is another number per row)
+        self.row_means: dict[int, int] = {}
         self.axes: dict[ParamAxis, AxisFill] = {}
         # gains whose tied head needs its input at s**-1 (the table is produced at s): s**-2
         self.tied = {g for t in an.tied_heads for g in t.gains}
@@ -451,7 +452,9 @@ class _Solver:
         if k not in dims:
             self.set(out, xs)
         elif xs.fill is Fill.MEAN:  # (n * m + (q - n) * m) / q = m
-            self.set(out, Stat(xs.power, of=id(x)))
+            self.set(out, Stat(xs.power))
+            if dims == {k} and isinstance(out, Val):  # over the units alone: each row's own mean
+                self.row_means[id(out)] = id(x)
         else:  # n / q = s**-2
             self.set(out, Stat(xs.power - 2))
 
@@ -490,7 +493,7 @@ class _Solver:
                     self.refuse("a parameter not on the space is added to a filled value")
                 self.treat(lift.param, lift.axis, produce(xs.fill, xs.power))
                 self.set(out, xs)
-            elif centre and xs.fill is Fill.MEAN and ys.of == id(x):
+            elif centre and xs.fill is Fill.MEAN and self.row_means.get(id(y)) == id(x) and a.get("alpha", 1) == 1:
                 self.set(out, On(Fill.ZERO, xs.power))  # x - mean(x): the new units hold m - m
             elif xs.fill is Fill.MEAN and ys.power == xs.power:
                 self.set(out, xs)  # s (x_j + c) and s (m + c): the mean of the sums

@@ -23,7 +23,7 @@ from .verification import verify
 # the common names of fields that size hidden spaces; a config's attribute_map renames them
 # (DistilBERT dim / n_heads, GPT-2 n_embd / n_head, T5 d_model / num_heads / d_kv)
 WIDTH_KEYS = ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "head_dim",
-              "n_inner", "ffn_dim")
+              "n_inner", "ffn_dim", "word_embed_proj_dim")
 MAX_CANDIDATES = 4096
 
 

@@ -141,3 +141,49 @@ def test_the_cli_grows_a_checkpoint_and_checks_it(tmp_path, capsys) -> None:
     assert code == 0 and out["ok"] and out["verdict"] == "preserved", out
     assert main(["grow-checkpoint", str(tmp_path / "src"), str(tmp_path / "x"), "--set", "hidden=1"]) == 2
     assert main(["grow-checkpoint", str(tmp_path / "src"), str(tmp_path / "dst"), "--factor", "2"]) == 2  # exists
+
+
+def test_audit_findings_source_safety_stale_resume_stray_weights_and_typed_errors(tmp_path, monkeypatch) -> None:
+    import n2n_fx.checkpoint as ck
+
+    teacher = _llama(False)
+    teacher.save_pretrained(tmp_path / "src")
+    for dst in (tmp_path / "src", tmp_path / "src" / "sub", tmp_path):  # never over or around the source
+        with pytest.raises(CheckpointError, match="overwritten"):
+            grow_checkpoint(tmp_path / "src", dst, factor=2.0, overwrite=True, progress=False)
+    for factor in (1.0, 0.5):
+        with pytest.raises(CheckpointError, match="factor"):
+            grow_checkpoint(tmp_path / "src", tmp_path / "dst", factor=factor)
+    with pytest.raises(CheckpointError, match="max_shard_size"):
+        grow_checkpoint(tmp_path / "src", tmp_path / "dst", factor=2.0, max_shard_size="abc", progress=False)
+    # heads grow by whole kv groups: 4 query heads over 2 kv heads stay 2 per group at 1.5x
+    assert scaled_config(teacher.config, 1.5)["num_attention_heads"] == 2 * scaled_config(
+        teacher.config, 1.5)["num_key_value_heads"]
+    # a stray weight file beside the checkpoint stays out of the student
+    (tmp_path / "src" / "pytorch_model.bin").write_bytes(b"stale")
+    out = grow_checkpoint(tmp_path / "src", tmp_path / "dst", factor=2.0, progress=False)
+    assert not (out / "pytorch_model.bin").exists() and (out / "generation_config.json").exists()
+    # a source re-saved with new values (same shapes) does not resume a stale partial student
+    calls, real = {"n": 0}, ck._write_bytes
+
+    def failing(f, t):
+        calls["n"] += 1
+        if calls["n"] == 12:
+            raise KeyboardInterrupt
+        real(f, t)
+
+    monkeypatch.setattr(ck, "_write_bytes", failing)
+    with pytest.raises(KeyboardInterrupt):
+        grow_checkpoint(tmp_path / "src", tmp_path / "d2", max_shard_size="100KB", progress=False, **CHANGES)
+    monkeypatch.setattr(ck, "_write_bytes", real)
+    torch.manual_seed(1)
+    retrained = transformers.LlamaForCausalLM(teacher.config).eval()
+    retrained.save_pretrained(tmp_path / "src")
+    out = grow_checkpoint(tmp_path / "src", tmp_path / "d2", max_shard_size="100KB", progress=False, **CHANGES)
+    student = transformers.LlamaForCausalLM.from_pretrained(out).eval()
+    assert n2n_fx.verify(retrained, student, (torch.randint(3, 80, (2, 6)),), rtol=1e-6).ok
+    # a config that disagrees with the stored tensors is named, not an IndexError
+    cfg = json.loads((tmp_path / "src" / "config.json").read_text())
+    (tmp_path / "src" / "config.json").write_text(json.dumps({**cfg, "intermediate_size": 64}))
+    with pytest.raises(CheckpointError, match="disagree"):
+        grow_checkpoint(tmp_path / "src", tmp_path / "d3", factor=2.0, progress=False)
