@@ -222,7 +222,8 @@ def verify(teacher: torch.nn.Module, student: torch.nn.Module, example_inputs: A
       rounded to its dtype once; Python code that upcasts to float32, as Hugging Face RMSNorm
       does, rounds there too); for bfloat16/float16 weights it is eps/4 (w / 3 stored in 16 bits
       is off by up to eps/2 per weight; the output errs by 0.07-0.11 eps on Llama at 2x, where
-      random replica counts reach 3, while one undivided replica of 48 errs by ~1 eps). `dtype=torch.float32` is for models whose float64 copies do not
+      random replica counts reach 3, while one undivided replica of 48 errs by ~1 eps); a 16-bit student whose normalised space was
+      filled (its graph's meta['n2n_filled']) gets 2 eps: every weight on that space is rounded once. `dtype=torch.float32` is for models whose float64 copies do not
       fit in memory; rounding then hides errors below about 1e-6.
     * the student as it will run, when its dtype is less precise than `dtype` (float32, bfloat16,
       float16): teacher and student run natively (inputs rounded to that dtype, used by both
@@ -248,6 +249,9 @@ def verify(teacher: torch.nn.Module, student: torch.nn.Module, example_inputs: A
     if rtol is None:
         rtol = 1e-10 if native == torch.float64 and dtype == torch.float64 else \
             max(1e-5, torch.finfo(native).eps / 4)  # 16-bit weights: w / 3 is rounded once
+        meta = getattr(student, "meta", None)
+        if native.itemsize == 2 and isinstance(meta, dict) and meta.get("n2n_filled"):
+            rtol = 2 * torch.finfo(native).eps  # fill: every weight on the space is rounded once (see grow)
     low = native if _less_precise(native, dtype) else None
     inputs = as_inputs(example_inputs)
     drawn = [map_inputs(inputs, lambda x: _cast(x, low or dtype))] + random_like(inputs, n_random, seed, low or dtype)

@@ -182,6 +182,8 @@ class Net2WiderNet(PassBase):
             graph_module.recompile()  # only literals in the code changed; attributes need no recompile
             modified = True
         self._update_shapes(graph_module)
+        if plan.fills:  # verify's default tolerance for a 16-bit student reads it (every weight rounded once)
+            graph_module.meta["n2n_filled"] = sorted(plan.fills)
         return PassResult(graph_module, modified)
 
     def _update_shapes(self, gm: torch.fx.GraphModule) -> None:

@@ -402,3 +402,13 @@ def test_only_a_whole_per_row_mean_centres_the_stream(kind: int, frontend: str) 
     if frontend == "fx":
         assert (teacher(x) - student(x)).abs().max() <= 1e-12 * teacher(x).abs().max()
     assert n2n_fx.verify(teacher, student, (torch.randn(1, 5, 4, dtype=torch.float64),)).ok
+
+
+def test_a_bfloat16_filled_student_passes_verify_by_default() -> None:
+    torch.manual_seed(0)
+    teacher = _Centred(4).to(torch.bfloat16).eval()
+    x = torch.randn(2, 5, 4, dtype=torch.bfloat16)
+    student = n2n_fx.widen(teacher, (x,), widths={"inp": 12})
+    assert student.meta["n2n_filled"]
+    report = n2n_fx.verify(teacher, student, (x,))
+    assert report.ok and report.native_ok and report.rtol == 2 * torch.finfo(torch.bfloat16).eps, report
