@@ -29,6 +29,7 @@ def check(teacher: Any, student: Any, example_inputs: Any, *, mode: str = "eval"
     return the Report. Raises AssertionError localising the first differing module otherwise."""
     from .testing import assert_preserved
 
+    __tracebackhide__ = True
     return assert_preserved(teacher, student, example_inputs, mode=mode, rtol=rtol, n_random=n_random, seed=seed)
 
 

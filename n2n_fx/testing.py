@@ -411,6 +411,7 @@ def assert_preserved(teacher: nn.Module, student: nn.Module, inputs: Any, *, rto
     """
     from .verification import verify
 
+    __tracebackhide__ = True  # pytest shows the caller's line, not the kit's
     report = verify(teacher, student, inputs, mode=mode, rtol=rtol, n_random=n_random, seed=seed)
     if report.ok:
         return report
