@@ -238,3 +238,40 @@ def test_the_fixture_checker_shows_the_falsifying_example():
     with pytest.raises(AssertionError, match="first difference: module 'out'") as info:
         inner()
     assert re.search("Falsifying example|Failing test case", "\n".join(getattr(info.value, "__notes__", [])))
+
+
+def test_assert_preserved_leaves_both_models_untouched_when_it_fails():
+    from n2n_fx.testing import assert_untouched, fingerprint
+
+    model, x = _plain_mlp()
+    student = _widen_layer(model, "fc1", "fc2", 3, divide=False)
+    before = fingerprint(model), fingerprint(student)
+    with pytest.raises(AssertionError):
+        assert_preserved(model, student, x)
+    assert_untouched(model, before[0])
+    assert_untouched(student, before[1])  # the hooks went on private copies
+
+
+def test_one_line_in_a_users_test_file_is_collected_and_shows_the_falsifying_case(tmp_path):
+    """What a user writes: pytest collects the property, passes a correct grow, and reports a
+    broken one with the shrunk case and the module where the functions part."""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "test_user.py").write_text(
+        "import n2n_fx\n"
+        "from n2n_fx.testing import growth_property\n"
+        "from tests.test_kit import forgets_to_divide\n"
+        "test_widen = growth_property(lambda m, x: n2n_fx.widen(m, x, factor=2.0), max_examples=3)\n"
+        "test_broken = growth_property(forgets_to_divide, max_examples=10)\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    run = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rA",
+                          str(tmp_path / "test_user.py")], capture_output=True, text=True, env=env, cwd=tmp_path,
+                         timeout=600)
+    out = run.stdout + run.stderr
+    assert run.returncode == 1, out
+    assert "PASSED test_user.py::test_widen" in out and "FAILED test_user.py::test_broken" in out, out
+    assert re.search("Falsifying example|Failing test case", out) and "MLPSpec(" in out, out
+    assert "first difference: module 'out' (Linear)" in out, out
