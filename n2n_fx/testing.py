@@ -524,6 +524,9 @@ def _localise(teacher: nn.Module, student: nn.Module, inputs: Any, report: Any, 
         lines.append(f"not compared (output shape differs in the student: grown): {_names(skipped)}")
     if absent:
         lines.append(f"teacher modules not called under the same name in the student: {_names(absent)}")
+        if not agreed and not skipped:
+            lines.append("the student calls none of the teacher's modules (an exported graph inlines their ops; a "
+                         "wrapper renames them): no module to localise to")
     return "\n".join(lines)
 
 

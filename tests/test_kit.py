@@ -275,3 +275,12 @@ def test_one_line_in_a_users_test_file_is_collected_and_shows_the_falsifying_cas
     assert "PASSED test_user.py::test_widen" in out and "FAILED test_user.py::test_broken" in out, out
     assert re.search("Falsifying example|Failing test case", out) and "MLPSpec(" in out, out
     assert "first difference: module 'out' (Linear)" in out, out
+
+
+def test_an_exported_student_is_said_to_call_no_matched_module():
+    model, x = _plain_mlp()
+    student = n2n_fx.widen(model, x, factor=2.0, frontend="export")
+    with torch.no_grad():
+        list(student.parameters())[-1].add_(1e-3)
+    with pytest.raises(AssertionError, match="calls none of the teacher's modules"):
+        assert_preserved(model, student, x)
