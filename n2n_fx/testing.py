@@ -574,6 +574,9 @@ def growth_property(grow_fn: Callable[..., nn.Module], strategy: st.SearchStrate
     check.__name__ = "growth_property_" + re.sub(r"\W", "_", getattr(grow_fn, "__name__", "grow_fn"))
     check.__qualname__ = f"growth_property[{label}]"
     check.__module__ = getattr(grow_fn, "__module__", __name__) or __name__
+    # every property shares check's source: without this, Hypothesis' example database would key
+    # them all alike and replay one growth function's failures on another's
+    check._hypothesis_internal_add_digest = f"{check.__module__}.{label}:{cases!r}".encode()  # type: ignore[attr-defined]
     extra = {} if max_examples is None else {"max_examples": max_examples}
     return _settings(deadline=None, **extra)(given(cases)(check))
 

@@ -284,3 +284,17 @@ def test_an_exported_student_is_said_to_call_no_matched_module():
         list(student.parameters())[-1].add_(1e-3)
     with pytest.raises(AssertionError, match="calls none of the teacher's modules"):
         assert_preserved(model, student, x)
+
+
+def test_each_growth_property_has_its_own_example_database_key():
+    from hypothesis.internal.reflection import function_digest
+
+    def grow_a(model):
+        return copy.deepcopy(model)
+
+    def grow_b(model):
+        return copy.deepcopy(model)
+
+    keys = {function_digest(growth_property(f).hypothesis.inner_test) for f in (grow_a, grow_b)}
+    keys.add(function_digest(growth_property(grow_a, mlps(max_depth=1)).hypothesis.inner_test))
+    assert len(keys) == 3
