@@ -1,20 +1,76 @@
-"""Hypothesis strategies over random architectures, for this project's tests and for users'.
+"""A testing kit for growth code (n2n_fx's and yours): checks that raise AssertionError, a property
+builder, and Hypothesis strategies over random architectures.
+
+Test your own growth function in one line (pytest collects it; Hypothesis draws random MLPs,
+shrinks a failure and prints the falsifying case):
+
+    from n2n_fx.testing import growth_property, architectures
+
+    test_my_grow = growth_property(my_grow)                     # my_grow(model) -> grown model
+    test_my_grow_dags = growth_property(lambda m, x: my_grow(m, x), architectures(max_steps=4))
+
+Or write the property yourself: every check is a plain assertion, so it works inside `@given`
+(no fixture, no health check):
 
     from hypothesis import given
-    from n2n_fx.testing import architectures
+    from n2n_fx.testing import assert_preserved, mlps
 
-    @given(architectures())
-    def test_my_growth_step(arch):
-        model, x = arch.build()
-        ...
+    @given(mlps())
+    def test_my_growth_step(spec):
+        model, x = spec.build()
+        assert_preserved(model, my_grow(model), x)
 
-An architecture is a small program over a list of feature maps (N, C, H, W): each step reads
-earlier maps and appends one or two. Shrunk failures print the program, one step a line.
+Checks
+  `assert_preserved(teacher, student, inputs, *, rtol=None, mode="eval", n_random=3, seed=0)`:
+      the verdict of `n2n_fx.verify` (float64 twins; the example inputs and `n_random` Gaussian
+      ones); returns the Report, or raises AssertionError naming the first module (matched by
+      qualified name, same output shape in both, teacher's execution order) whose outputs differ,
+      on which input (0: the example inputs) and by how much; modules grown in the student are
+      listed as not compared; a difference outside every compared module is said to be so.
+  `growth_property(grow_fn, strategy=None, *, rtol=None, mode="eval", max_examples=None)`: a
+      Hypothesis test (call it, or let pytest collect it) asserting, for every drawn case, that
+      `grow_fn(model)` (or `grow_fn(model, inputs)`) returns a new nn.Module that preserves the
+      function (`assert_preserved`), leaves the teacher untouched (`assert_untouched`) and shares no
+      storage with it (`assert_independent`). `strategy`: objects with `.build() -> (model, inputs)`
+      (`mlps()`, the default, or `architectures()`) or (model, inputs) pairs.
+  `fingerprint(model, values=True)`: everything a call could change in a module tree (Python
+      attributes, hooks, flags; every tensor's identity, storage, version counter and values).
+  `assert_untouched(model, before)`: AssertionError naming the first attribute that differs from
+      a `fingerprint`.
+  `assert_independent(teacher, student)`: AssertionError if a student tensor shares storage with
+      the teacher's.
+
+Strategies and their contracts (everything they build is float64, seeded, deterministic)
+  `mlps(max_depth=4, max_width=8, activations=ACTIVATIONS, norms=MLP_NORMS, max_batch=4)` draws an
+      `MLPSpec`; `.build(dtype=float64, seed=0)` gives (nn.Sequential in eval mode with children
+      fc1, [norm1], act1, [drop1], ..., out; x of shape (batch, d_in)). 1..max_depth hidden layers
+      of width 1..max_width, an activation each (keys of `ACTIVATIONS`), one norm for all hidden
+      layers (`MLP_NORMS`: none, LayerNorm, BatchNorm1d with random running statistics and
+      affine parameters), dropout p in {0, 0.1, 0.5}, d_in 1..6, d_out 1..4, batch 1..max_batch.
+  `architectures(max_steps=8, activations=ACTIVATIONS)` draws an `Arch`: a small program over
+      feature maps (N, C, H, W), one step a line when printed (convs, norms, attention, residual
+      adds, concats, splits, hooks, ...; see its docstring). `.build(dtype=float64, batch=3,
+      seed=0)` gives (`ArchNet`, x of shape (batch, in_channels, size, size)), output (batch,
+      classes=3); the model is in train mode when `arch.train` (compare it in mode="eval" or
+      "train" as you mean to grow it), else eval. Forward hooks in `HOOKS`.
+  `widen_requests()` draws a `WidenRequest`; `.kwargs(plan.spaces)` gives valid arguments for
+      n2n_fx.plan / widen (a factor in [1, 3], or per-space growth in [0, 2]; symmetry none or split).
+      `invalid_request(kind, plan.spaces)` gives an invalid one for each of `INVALID_KINDS`.
+  `grow_pairs()` draws a `GrowPair` of `StackSpec`s (a residual stack and a bigger one of its
+      family, with a layer_map for n2n_fx.grow); `StackSpec.build(dtype=float64, seed=0)` gives
+      the model alone, whose input is (batch, d_in); `.identity_possible` says whether grow can be
+      exact. Branch ends in `BRANCH_ENDS`.
+  `deepen_points(model, max_points=3)`: lists of node names of the model's traced graph.
+
+Helpers for n2n_fx's own tests: `plan_signature(plan)` (what a plan decides, without node
+names) and `stale_literals(plan, student)` (slices left with the teacher's bounds).
 """
 
 from __future__ import annotations
 
 import operator
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +78,13 @@ import torch
 import torch.nn.functional as F
 from hypothesis import strategies as st
 from torch import nn
+
+__all__ = [
+    "ACTIVATIONS", "BRANCH_ENDS", "HOOKS", "INVALID_KINDS", "MLP_NORMS", "Arch", "ArchNet", "GrowPair", "MLPSpec",
+    "StackSpec", "WidenRequest", "architectures", "assert_independent", "assert_preserved", "assert_untouched",
+    "deepen_points", "fingerprint", "grow_pairs", "growth_property", "invalid_request", "mlps", "plan_signature",
+    "stale_literals", "widen_requests",
+]
 
 ACTIVATIONS = {"relu": nn.ReLU, "relu6": nn.ReLU6, "tanh": nn.Tanh, "gelu": nn.GELU, "silu": nn.SiLU,
                "sigmoid": nn.Sigmoid, "hardswish": nn.Hardswish, "leaky_relu": nn.LeakyReLU}
@@ -328,6 +391,274 @@ def assert_independent(teacher: nn.Module, student: nn.Module) -> None:
 
     shared = storages(teacher).keys() & storages(student).keys()
     assert not shared, f"student tensors share storage with the teacher's: {[storages(student)[p] for p in shared]}"
+
+
+# ---------------------------------------------------------------- the kit: checks for users' own growth code
+def assert_preserved(teacher: nn.Module, student: nn.Module, inputs: Any, *, rtol: float | None = None,
+                     mode: str = "eval", n_random: int = 3, seed: int = 0) -> Any:
+    """Assert that `student` computes `teacher`'s function; return the `n2n_fx.Report` if it does.
+
+    The verdict is `n2n_fx.verify`'s (float64 twins, the example inputs and `n_random` Gaussian
+    inputs shaped like them). If it fails, raises `AssertionError` (so it works inside `@given`,
+    without fixtures, and Hypothesis shrinks and prints the falsifying example) whose message
+    localises the failure: both models run side by side in float64 on the failing input, with
+    forward hooks on the modules matched by qualified name, and the first module (in the teacher's
+    execution order) whose output has the same shape in both and differs beyond `rtol` is named,
+    with the input index (0: the example inputs, 1..n_random: the random ones) and the max
+    abs / rel error there. Modules whose outputs are wider in the student (the grown spaces) are
+    listed as not compared. If every compared module agrees, the message says the outputs part
+    only after them (functional code outside the matched modules). Neither model is modified.
+    """
+    from .verification import verify
+
+    __tracebackhide__ = True  # pytest shows the caller's line, not the kit's
+    report = verify(teacher, student, inputs, mode=mode, rtol=rtol, n_random=n_random, seed=seed)
+    if report.ok:
+        return report
+    try:
+        where = _localise(teacher, student, inputs, report, mode=mode, n_random=n_random, seed=seed)
+    except Exception as exc:  # the localisation is a help: the verdict stands without it
+        where = f"(could not localise: {type(exc).__name__}: {exc})"
+    raise AssertionError(f"n2n_fx: the student does not preserve the teacher's function: {report}\n{where}")
+
+
+def _hooked_run(model: nn.Module, batch: Any, seed: int) -> tuple[list[tuple[str, int, str, list[torch.Tensor]]],
+                                                                  list[torch.Tensor] | None, str]:
+    """Every module's output, in the order the modules return (a shared module: one entry per call)."""
+    from .verification import _flat, _seeded_run
+
+    records: list[tuple[str, int, str, list[torch.Tensor]]] = []
+    calls: dict[str, int] = {}
+
+    def hook_for(name: str):
+        def hook(module: nn.Module, args: tuple, out: Any) -> None:
+            k = calls[name] = calls.get(name, 0) + 1
+            records.append((name, k, type(module).__name__, [t.detach().clone() for t in _flat(out)]))
+        return hook
+
+    handles = [m.register_forward_hook(hook_for(name)) for name, m in model.named_modules() if name]
+    try:
+        return records, [t.detach() for t in _flat(_seeded_run(model, batch, seed))], ""
+    except Exception as exc:
+        return records, None, f"{type(exc).__name__}: {exc}"
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _errors(a: list[torch.Tensor], b: list[torch.Tensor]) -> tuple[float, float]:
+    from .verification import _max_abs
+
+    abs_err = max((_max_abs(x, y) for x, y in zip(a, b) if x.numel()), default=0.0)
+    scale = max((float(x.double().abs().max()) for x in a if x.numel()), default=0.0)
+    return abs_err, abs_err / scale if scale > 0 else abs_err
+
+
+def _names(items: list[str], limit: int = 8) -> str:
+    shown = ", ".join(repr(n) for n in items[:limit])
+    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def _localise(teacher: nn.Module, student: nn.Module, inputs: Any, report: Any, *, mode: str, n_random: int,
+              seed: int) -> str:
+    """Where teacher and student part: see assert_preserved."""
+    from .frontend import as_inputs, map_inputs
+    from .verification import _cast, _float_dtype, _less_precise, prepare, random_like
+
+    dtype = torch.float64
+    native = _float_dtype(student)
+    low = native if _less_precise(native, dtype) else None
+    given_inputs = as_inputs(inputs)
+    drawn = [map_inputs(given_inputs, lambda x: _cast(x, low or dtype))] + \
+        random_like(given_inputs, n_random, seed, low or dtype)
+    batches = [map_inputs(b, lambda x: _cast(x, dtype)) for b in drawn]  # verify's inputs, in its order
+    failing = [k for k, (_, rel) in enumerate(report.per_input) if rel > report.rtol]
+    if failing:
+        k = failing[0]
+    elif len(report.per_input) < len(batches):  # the student raised (or its outputs' structure differs) here
+        k = len(report.per_input)
+    else:  # the float64 plan check passed on every input: the native-dtype check failed
+        k = max(range(len(report.per_input)), key=lambda i: report.per_input[i][1])
+    which = "the example inputs" if k == 0 else f"random input {k} of {n_random}, seed {seed}"
+    t_model, s_model = prepare(teacher, mode, dtype), prepare(student, mode, dtype)
+    with torch.no_grad():
+        t_rec, t_out, _ = _hooked_run(t_model, batches[k], seed + k)
+        s_rec, s_out, s_exc = _hooked_run(s_model, batches[k], seed + k)
+    s_by = {(name, call): (kind, outs) for name, call, kind, outs in s_rec}
+    agreed: list[str] = []
+    skipped: list[str] = []
+    absent: list[str] = []
+    for name, call, kind, outs in t_rec:
+        label = name if call == 1 else f"{name} (call {call})"
+        if (name, call) not in s_by:
+            absent.append(label)
+            continue
+        s_kind, s_outs = s_by[(name, call)]
+        if len(outs) != len(s_outs) or any(a.shape != b.shape for a, b in zip(outs, s_outs)) or not outs:
+            skipped.append(label)
+            continue
+        abs_err, rel_err = _errors(outs, s_outs)
+        if rel_err > report.rtol:
+            lines = [f"first difference: module {label!r} ({kind}) on input {k} ({which}): max abs err "
+                     f"{abs_err:.3e}, max rel err {rel_err:.3e} (rtol {report.rtol:.0e})"]
+            if agreed:
+                lines.append(f"agreed before it: {_names(agreed[::-1])} (latest first)")
+            if skipped:
+                lines.append(f"not compared before it (output shape differs in the student: grown): {_names(skipped)}")
+            return "\n".join(lines)
+        agreed.append(label)
+    lines = []
+    if s_exc:
+        lines.append(f"the student raised on input {k} ({which}): {s_exc}")
+    elif t_out is not None and s_out is not None and len(t_out) == len(s_out) and \
+            all(a.shape == b.shape for a, b in zip(t_out, s_out)):
+        abs_err, rel_err = _errors(t_out, s_out)
+        lines.append(f"on input {k} ({which}) no matched module's output differs beyond rtol {report.rtol:.0e}, yet "
+                     f"the final outputs do (max abs err {abs_err:.3e}, max rel err {rel_err:.3e}): they part in code "
+                     f"outside the compared modules (the forward's own functional ops, or a module whose output "
+                     f"is grown)")
+    else:
+        lines.append(f"on input {k} ({which}) the outputs differ in structure")
+    lines.append(f"compared ({len(agreed)}, all agree): {_names(agreed) or 'none'}")
+    if skipped:
+        lines.append(f"not compared (output shape differs in the student: grown): {_names(skipped)}")
+    if absent:
+        lines.append(f"teacher modules not called under the same name in the student: {_names(absent)}")
+        if not agreed and not skipped:
+            lines.append("the student calls none of the teacher's modules (an exported graph inlines their ops; a "
+                         "wrapper renames them): no module to localise to")
+    return "\n".join(lines)
+
+
+def growth_property(grow_fn: Callable[..., nn.Module], strategy: st.SearchStrategy | None = None, *,
+                    rtol: float | None = None, mode: str = "eval", max_examples: int | None = None) -> Callable[[], None]:
+    """A Hypothesis test of a user's growth function: `test_my_grow = growth_property(my_grow)`.
+
+    `grow_fn(model)` (or `grow_fn(model, inputs)`, when it takes two positional arguments) returns
+    the grown model. The test draws cases from `strategy` (default `mlps()`; any strategy of
+    objects with `.build() -> (model, inputs)`, such as `architectures()`, or of (model, inputs)
+    pairs) and asserts, for each: the result is an nn.Module other than the teacher, the teacher is
+    untouched (`assert_untouched`, checked after growth and after the comparison), the student
+    shares no tensor storage with it (`assert_independent`), and it computes the teacher's function
+    (`assert_preserved`, in `mode`, with `rtol`). A failure raises AssertionError naming where the
+    functions part, and Hypothesis prints the shrunk falsifying case. Runs with deadline=None
+    (tracing is slow on its first call); `max_examples` overrides the active settings profile's.
+    """
+    from hypothesis import given
+    from hypothesis import settings as _settings
+
+    cases = mlps() if strategy is None else strategy
+    label = getattr(grow_fn, "__qualname__", None) or repr(grow_fn)
+    with_inputs = _positional_arity(grow_fn) >= 2
+
+    def check(case: Any) -> None:
+        teacher, inputs = case.build() if hasattr(case, "build") else case
+        before = fingerprint(teacher)
+        student = grow_fn(teacher, inputs) if with_inputs else grow_fn(teacher)
+        assert isinstance(student, nn.Module), f"{label} returned {type(student).__name__}, not an nn.Module"
+        assert student is not teacher, f"{label} returned the teacher itself (growth must build a new model)"
+        try:
+            assert_untouched(teacher, before)
+        except AssertionError as exc:
+            raise AssertionError(f"{label} modified the teacher: {exc}") from None
+        try:
+            assert_independent(teacher, student)
+        except AssertionError as exc:
+            raise AssertionError(f"{label}: {exc}") from None
+        assert_preserved(teacher, student, inputs, rtol=rtol, mode=mode)
+        try:
+            assert_untouched(teacher, before)
+        except AssertionError as exc:
+            raise AssertionError(f"running the student modified the teacher: {exc}") from None
+
+    check.__name__ = "growth_property_" + re.sub(r"\W", "_", getattr(grow_fn, "__name__", "grow_fn"))
+    check.__qualname__ = f"growth_property[{label}]"
+    check.__module__ = getattr(grow_fn, "__module__", __name__) or __name__
+    # every property shares check's source: without this, Hypothesis' example database would key
+    # them all alike and replay one growth function's failures on another's
+    check._hypothesis_internal_add_digest = f"{check.__module__}.{label}:{cases!r}".encode()  # type: ignore[attr-defined]
+    extra = {} if max_examples is None else {"max_examples": max_examples}
+    return _settings(deadline=None, **extra)(given(cases)(check))
+
+
+def _positional_arity(fn: Callable[..., Any]) -> int:
+    import inspect
+
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return 1
+    if any(p.kind is p.VAR_POSITIONAL for p in params):
+        return 2
+    return sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty for p in params)
+
+
+# ---------------------------------------------------------------- MLPs
+MLP_NORMS = ("none", "layer", "batch")
+
+
+@dataclass(frozen=True)
+class MLPSpec:
+    """A random MLP (see `mlps`): `d_in` -> hidden widths -> `d_out`, each hidden layer
+    Linear -> norm (none / LayerNorm / BatchNorm1d) -> activation -> Dropout(p) (when p > 0)."""
+
+    d_in: int
+    widths: tuple[int, ...]
+    activations: tuple[str, ...]  # one per hidden layer, keys of ACTIVATIONS
+    norm: str  # "none" | "layer" | "batch"
+    dropout: float
+    d_out: int
+    batch: int
+
+    def __repr__(self) -> str:
+        layers = " -> ".join(f"{w}:{a}" for w, a in zip(self.widths, self.activations))
+        extras = "".join(f", {k}={getattr(self, k)!r}" for k in ("norm", "dropout") if getattr(self, k) not in ("none", 0.0))
+        return f"MLPSpec({self.d_in} -> {layers} -> {self.d_out}, batch={self.batch}{extras})"
+
+    def build(self, dtype: torch.dtype = torch.float64, seed: int = 0) -> tuple[nn.Sequential, torch.Tensor]:
+        """(model, x): an nn.Sequential in eval mode with children fc1, norm1, act1, drop1, fc2, ...,
+        out (norm/drop only where present), in `dtype`; x of shape (batch, d_in), standard normal."""
+        from collections import OrderedDict
+
+        torch.manual_seed(seed)
+        layers: OrderedDict[str, nn.Module] = OrderedDict()
+        width = self.d_in
+        for i, (w, act) in enumerate(zip(self.widths, self.activations), 1):
+            layers[f"fc{i}"] = nn.Linear(width, w)
+            if self.norm == "layer":
+                layers[f"norm{i}"] = nn.LayerNorm(w)
+            elif self.norm == "batch":
+                layers[f"norm{i}"] = nn.BatchNorm1d(w)
+            layers[f"act{i}"] = ACTIVATIONS[act]()
+            if self.dropout > 0:
+                layers[f"drop{i}"] = nn.Dropout(self.dropout)
+            width = w
+        layers["out"] = nn.Linear(width, self.d_out)
+        model = nn.Sequential(layers).to(dtype).eval()
+        with torch.no_grad():  # trained-looking norms: statistics and gains are not the defaults
+            for m in model.modules():
+                if isinstance(m, nn.BatchNorm1d):
+                    m.running_mean.uniform_(-0.5, 0.5)
+                    m.running_var.uniform_(0.5, 2.0)
+                if isinstance(m, (nn.LayerNorm, nn.BatchNorm1d)):
+                    m.weight.uniform_(0.5, 1.5)
+                    m.bias.uniform_(-0.5, 0.5)
+        return model, torch.randn(self.batch, self.d_in, dtype=dtype)
+
+
+@st.composite
+def mlps(draw, max_depth: int = 4, max_width: int = 8, activations: tuple[str, ...] = tuple(ACTIVATIONS),
+         norms: tuple[str, ...] = MLP_NORMS, max_batch: int = 4) -> MLPSpec:
+    """Random MLPs (`MLPSpec`; `.build()` gives (model, x)): 1..max_depth hidden layers of width
+    1..max_width, each with its own activation from `activations`; one norm for all hidden layers
+    from `norms` (none, LayerNorm, BatchNorm1d with random running statistics); dropout p in
+    {0, 0.1, 0.5} (inactive: the model is in eval mode); d_in 1..6, d_out 1..4; batch size
+    1..max_batch (1 included). x has shape (batch, d_in); model and x are float64."""
+    depth = draw(st.integers(1, max_depth))
+    widths = tuple(draw(st.integers(1, max_width)) for _ in range(depth))
+    acts = tuple(draw(st.sampled_from(activations)) for _ in range(depth))
+    return MLPSpec(draw(st.integers(1, 6)), widths, acts, draw(st.sampled_from(norms)),
+                   draw(st.sampled_from([0.0, 0.1, 0.5])), draw(st.integers(1, 4)), draw(st.integers(1, max_batch)))
 
 
 @st.composite
