@@ -36,6 +36,22 @@ def _same_state(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
+def _interrupt_at_tensor(monkeypatch, n: int):
+    """Make grow_checkpoint stop (as Ctrl-C would) while writing its n-th tensor; returns the real writer."""
+    import n2n_fx.checkpoint as ck
+
+    calls, real = {"n": 0}, ck._write_bytes
+
+    def failing(f, t):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise KeyboardInterrupt
+        real(f, t)
+
+    monkeypatch.setattr(ck, "_write_bytes", failing)
+    return real
+
+
 @pytest.mark.parametrize("tied", [True, False])
 def test_streamed_growth_equals_in_memory_growth_and_reloads(tied: bool, tmp_path) -> None:
     teacher = _llama(tied)
@@ -76,15 +92,7 @@ def test_an_interrupted_run_leaves_nothing_that_looks_complete_and_resumes(tmp_p
     import n2n_fx.checkpoint as ck
 
     _llama(False).save_pretrained(tmp_path / "src")
-    calls, real = {"n": 0}, ck._write_bytes
-
-    def failing(f, t):
-        calls["n"] += 1
-        if calls["n"] == 12:
-            raise KeyboardInterrupt
-        real(f, t)
-
-    monkeypatch.setattr(ck, "_write_bytes", failing)
+    real = _interrupt_at_tensor(monkeypatch, 12)
     with pytest.raises(KeyboardInterrupt):
         grow_checkpoint(tmp_path / "src", tmp_path / "dst", max_shard_size="100KB", progress=False, **CHANGES)
     assert not (tmp_path / "dst").exists()
@@ -164,15 +172,7 @@ def test_audit_findings_source_safety_stale_resume_stray_weights_and_typed_error
     out = grow_checkpoint(tmp_path / "src", tmp_path / "dst", factor=2.0, progress=False)
     assert not (out / "pytorch_model.bin").exists() and (out / "generation_config.json").exists()
     # a source re-saved with new values (same shapes) does not resume a stale partial student
-    calls, real = {"n": 0}, ck._write_bytes
-
-    def failing(f, t):
-        calls["n"] += 1
-        if calls["n"] == 12:
-            raise KeyboardInterrupt
-        real(f, t)
-
-    monkeypatch.setattr(ck, "_write_bytes", failing)
+    real = _interrupt_at_tensor(monkeypatch, 12)
     with pytest.raises(KeyboardInterrupt):
         grow_checkpoint(tmp_path / "src", tmp_path / "d2", max_shard_size="100KB", progress=False, **CHANGES)
     monkeypatch.setattr(ck, "_write_bytes", real)
