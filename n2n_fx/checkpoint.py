@@ -174,7 +174,7 @@ def plan_stream(source: Source, changes: dict[str, Any], *, seed: int = 0, symme
                 layer_map: Any = "interleave", example_inputs: Any = None, cls: type | None = None) -> StreamPlan:
     """Trace teacher and target on the meta device and lay out every student tensor (`cls`: the
     model class, by default the one config.architectures names)."""
-    from .growth import find_stacks, residual_zeros, target_name, target_widths
+    from .growth import find_stacks, new_blocks, plan_target, target_name
     from .hf import target_config
 
     cls = cls or model_class(source.config)
@@ -192,11 +192,10 @@ def plan_stream(source: Source, changes: dict[str, Any], *, seed: int = 0, symme
     an = infer(gm)
     t_state, g_state = teacher.state_dict(), target.state_dict()
     name_of = {n: target_name(n, stacks) for n in t_state}
-    widths = target_widths(an, {n: tuple(g_state[tn].shape) for n, tn in name_of.items() if tn in g_state})
-    current = {sp.name: sp.width for sp in an.spaces}
-    asked = {n: w for n, w in widths.items() if w != current[n]}
-    plan = Plan(an, widths=asked, seed=seed, symmetry=symmetry) if asked else None
-    stream = StreamPlan(plan, an, cfg, [], {})
+    plan = plan_target(an, {n: tuple(g_state[tn].shape) for n, tn in name_of.items() if tn in g_state},
+                       seed=seed, symmetry=symmetry)
+    widened = any(p.new_width != p.width for p in plan.spaces)
+    stream = StreamPlan(plan if widened else None, an, cfg, [], {})
     missing = [k for k in source.weight_map if k not in t_state]
     wrong = [f"{k}: stored {specs[k][0]}, config {tuple(t_state[k].shape)}" for k in source.weight_map
              if k in t_state and tuple(t_state[k].shape) != specs[k][0]]
@@ -208,17 +207,9 @@ def plan_stream(source: Source, changes: dict[str, Any], *, seed: int = 0, symme
         raise CheckpointError(f"the checkpoint holds {missing[:3]}, which {cls.__name__}(config) does not have",
                               node=missing[0], op="grow_checkpoint", fix="the checkpoint and its config.json disagree")
     params = {n for n, _ in teacher.named_parameters(remove_duplicate=False)}
-    copies: dict[str, list[tuple[str, list[str]]]] = {}  # source block prefix -> [(new block prefix, zeros)]
-    for st in stacks:
-        for j, src in enumerate(st.sources):
-            if src is None:
-                source_block = st.block(st.teacher, st.copies[j])
-                zeros = residual_zeros(an.gm, source_block, params, load_table_cached())
-                if not zeros:
-                    raise CheckpointError(f"new block {st.block(st.target, j)} copies {source_block}, whose residual "
-                                          f"branch a zero does not switch off", node=source_block, op="grow_checkpoint",
-                                          fix="grow the checkpoint in width only")
-                copies.setdefault(source_block + ".", []).append((st.block(st.target, j) + ".", zeros))
+    copies: dict[str, list[tuple[str, tuple[str, ...]]]] = {}  # source block prefix -> [(new block prefix, zeros)]
+    for block in new_blocks(an.gm, stacks, params):
+        copies.setdefault(block.source + ".", []).append((block.path + ".", block.zeros))
     for name in source.weight_map:  # the source's keys: a tied head saved once stays saved once
         shape, dt = specs[name]
         new = stream.student_tensor(name, torch.empty(shape, dtype=dt, device="meta"))
@@ -236,12 +227,6 @@ def plan_stream(source: Source, changes: dict[str, Any], *, seed: int = 0, symme
         raise CheckpointError(f"{len(wrong)} tensors do not reach the target's shape ({wrong[:3]})", node=wrong[0],
                               op="grow_checkpoint", fix="`n2n-fx explain` shows which spaces are frozen and why")
     return stream
-
-
-def load_table_cached():
-    from .spec import load_table
-
-    return load_table()
 
 
 # ---------------------------------------------------------------- writing
@@ -608,7 +593,7 @@ def verify_checkpoint(teacher_dir: str | os.PathLike, student_dir: str | os.Path
     checkpoints, else max(1e-5, eps/4)) and once in the checkpoints' dtype (the student against
     NATIVE_C times the teacher's own rounding error). example_inputs: two sequences of eight token
     ids by default."""
-    from .verification import native_rtol
+    from .verification import native_rtol, plan_rtol
 
     teacher_cfg = read_source(teacher_dir).config
     if example_inputs is None:
@@ -624,9 +609,7 @@ def verify_checkpoint(teacher_dir: str | os.PathLike, student_dir: str | os.Path
     teacher, student = _Streamed(teacher_dir, inputs), _Streamed(student_dir, inputs)
     native = student.dtype
     if rtol is None:
-        rtol = 1e-10 if native == torch.float64 else max(1e-5, torch.finfo(native).eps / 4)
-        if native.itemsize == 2 and _filled(teacher.source.config, student.source.config):
-            rtol = 2 * torch.finfo(native).eps  # fill rounds every weight on the space once (see grow)
+        rtol = plan_rtol(native, filled=_filled(teacher.source.config, student.source.config))
     ref = teacher.run(inputs, torch.float64)
     scale = ref.abs().max().clamp_min(1e-300)
     plan_err = float((student.run(inputs, torch.float64) - ref).abs().max() / scale)

@@ -98,7 +98,7 @@ class _RowArrays(TorchArrays):
 def _source_rows(stream: StreamPlan, name: str, a: int, b: int) -> torch.Tensor:
     """The source rows that student rows [a, b) of `name`'s tensor copy (sorted, unique)."""
     an = stream.analysis
-    alias_of = {x: main for main, names in an.aliases.items() for x in names}
+    alias_of, _, _ = stream._maps
     main = alias_of.get(name, name)
     if stream.plan is not None and (main, 0) in an.param_layouts:
         index = stream.plan.layout_index(an.param_layouts[(main, 0)])

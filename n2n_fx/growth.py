@@ -32,7 +32,7 @@ from .planning import Plan
 from .spaces import Seg
 from .spec import RuleTable, load_table
 from .tied import untie_parameters
-from .verification import Report, verify
+from .verification import Report, _float_dtype, plan_rtol, verify
 from .wider import Net2WiderNet
 
 LAYER_POLICIES = ("interleave", "append")
@@ -197,6 +197,7 @@ def target_widths(an: Analysis, shapes: dict[str, tuple[int, ...]]) -> dict[str,
             continue
         coef, fixed = _axis_terms(an, layout)
         eqs.append((f"{param} axis {axis}", coef, fixed, shape[axis]))
+    by_name = {sp.name: sp for sp in an.spaces}
     known: dict[str, tuple[int, str]] = {}
     progress = True
     while progress:
@@ -207,7 +208,7 @@ def target_widths(an: Analysis, shapes: dict[str, tuple[int, ...]]) -> dict[str,
             if len(free) != 1:
                 continue
             (name,) = free
-            sp = next(sp for sp in an.spaces if sp.name == name)
+            sp = by_name[name]
             if sp.frozen and rest != coef[name] * sp.width:
                 r = sp.reasons[0]
                 raise FrozenSpaceError(f"the target's size {size} of {where} widens space {name!r}, which cannot be "
@@ -220,14 +221,48 @@ def target_widths(an: Analysis, shapes: dict[str, tuple[int, ...]]) -> dict[str,
             known[name] = (rest // coef[name], where)
             progress = True
     for where, coef, fixed, size in eqs:
-        got = fixed + sum(c * known.get(n, (next(sp.width for sp in an.spaces if sp.name == n), ""))[0]
-                          for n, c in coef.items())
+        got = fixed + sum(c * (known[n][0] if n in known else by_name[n].width) for n, c in coef.items())
         if got != size:
             named = [f"{n} = {known[n][0]} (from {known[n][1]})" for n in coef if n in known]
             raise GrowError(f"the target's size {size} of {where} disagrees with the widths its other parameters "
                             f"ask for ({'; '.join(named) or 'unchanged'}): one space, two widths", node=where,
                             op="grow", fix="build the target with one width per coupled set of axes")
     return {name: w for name, (w, _) in known.items()}
+
+
+def plan_target(an: Analysis, shapes: dict[str, tuple[int, ...]], *, seed: int = 0, symmetry: str = "none") -> Plan:
+    """The plan that gives every space the width the target's shapes state (see target_widths)."""
+    current = {sp.name: sp.width for sp in an.spaces}
+    asked = {n: w for n, w in target_widths(an, shapes).items() if w != current[n]}
+    return Plan(an, widths=asked, seed=seed, symmetry=symmetry)
+
+
+@dataclass(frozen=True)
+class NewBlock:
+    """A block the target has in addition: a copy of teacher block `source` with `zeros` zeroed."""
+
+    path: str
+    source: str
+    zeros: tuple[str, ...]
+
+
+def new_blocks(gm: torch.fx.GraphModule, stacks: list[Stack], params: set[str]) -> list[NewBlock]:
+    """Every new block of the stacks with the teacher parameters whose zeros make it the identity;
+    GrowError for one whose source has no residual branch a zero switches off."""
+    table, out = load_table(), []
+    for st in stacks:
+        for j, src in enumerate(st.sources):
+            if src is not None:
+                continue
+            source = st.block(st.teacher, st.copies[j])
+            zeros = residual_zeros(gm, source, params, table)
+            if not zeros:
+                raise GrowError(f"new block {st.block(st.target, j)} copies {source}, which has no residual "
+                                f"branch ending in a linear, conv or norm: it cannot start as the identity",
+                                node=source, op="grow", fix="grow without new blocks in this stack, or insert "
+                                "identity layers with n2n_fx.deepen")
+            out.append(NewBlock(st.block(st.target, j), source, tuple(zeros)))
+    return out
 
 
 # ---------------------------------------------------------------- identity blocks
@@ -247,9 +282,8 @@ def residual_zeros(gm: torch.fx.GraphModule, prefix: str, params: set[str], tabl
     prefix = prefix + "."
     zeros: list[str] = []
     for node in gm.graph.nodes:
-        if node.op not in ("call_function", "call_method") or table.lookup(node, gm) is None:
-            continue
-        if table.lookup(node, gm).name != "add" or len(node.all_input_nodes) != 2:
+        spec = table.lookup(node, gm) if node.op in ("call_function", "call_method") else None
+        if spec is None or spec.name != "add" or len(node.all_input_nodes) != 2:
             continue  # a residual sum adds two tensors (y + 1.0 is part of a branch)
         ends = [_branch_end(a, gm, prefix, params, table) for a in node.all_input_nodes[:2]]
         found = [e for e in ends if e]
@@ -299,10 +333,8 @@ def _meta(module: torch.nn.Module) -> bool:
     return any(t.is_meta for t in module.state_dict(keep_vars=True).values())
 
 
-def _device_dtype(model: torch.nn.Module) -> tuple[torch.device, torch.dtype | None]:
-    floats = [p for p in model.parameters() if p.is_floating_point()]
-    device = next(iter(model.parameters()), torch.empty(0)).device
-    return device, (floats[0].dtype if floats else None)
+def _device(model: torch.nn.Module) -> torch.device:
+    return next(iter(model.parameters()), torch.empty(0)).device
 
 
 def grow(teacher: torch.nn.Module, target: torch.nn.Module, example_inputs: Any, *,
@@ -323,7 +355,6 @@ def grow(teacher: torch.nn.Module, target: torch.nn.Module, example_inputs: Any,
     """
     _check_arguments(teacher, target, layer_map, seed, symmetry, rtol)
     inputs = as_inputs(example_inputs)
-    table = load_table()
     stacks = find_stacks(teacher, target, layer_map)
     t_state = teacher.state_dict(keep_vars=True)
     g_state = target.state_dict(keep_vars=True)
@@ -347,11 +378,9 @@ def grow(teacher: torch.nn.Module, target: torch.nn.Module, example_inputs: Any,
     if untie:
         untie_parameters(gm)
     an = infer(gm)
-    widths = target_widths(an, {n: tuple(g_state[tn].shape) for n, tn in name_of.items()})
-    current = {sp.name: sp.width for sp in an.spaces}
-    asked = {n: w for n, w in widths.items() if w != current[n]}
-    plan = Plan(an, widths=asked, seed=seed, symmetry=symmetry)
-    student = Net2WiderNet(plan)(an.gm).graph_module if asked else an.gm
+    plan = plan_target(an, {n: tuple(g_state[tn].shape) for n, tn in name_of.items()}, seed=seed, symmetry=symmetry)
+    widened = any(p.new_width != p.width for p in plan.spaces)
+    student = Net2WiderNet(plan)(an.gm).graph_module if widened else an.gm
     own_tensors(student, teacher)
     s_state = student.state_dict(keep_vars=True)
     for n, t in t_state.items():  # unused by the traced forward (an aux head in eval): no plan covers it
@@ -372,40 +401,25 @@ def grow(teacher: torch.nn.Module, target: torch.nn.Module, example_inputs: Any,
 
     state: dict[str, torch.Tensor] = {tn: s_state[n].detach() for n, tn in name_of.items()}
     params = {n for n, _ in teacher.named_parameters(remove_duplicate=False)}
-    new_blocks = []
-    for st in stacks:
-        for j, src in enumerate(st.sources):
-            if src is not None:
-                continue
-            source = st.block(st.teacher, st.copies[j])
-            zeros = residual_zeros(an.gm, source, params, table)
-            if not zeros:
-                raise GrowError(f"new block {st.block(st.target, j)} copies {source}, which has no residual "
-                                f"branch ending in a linear, conv or norm: it cannot start as the identity",
-                                node=source, op="grow", fix="grow without new blocks in this stack, or insert "
-                                "identity layers with n2n_fx.deepen")
-            new_blocks.append(st.block(st.target, j))
-            src_prefix, dst_prefix = source + ".", st.block(st.target, j) + "."
-            for n, tensor in s_state.items():
-                if n.startswith(src_prefix):
-                    new = tensor.detach().clone()
-                    if n in zeros:
-                        new.zero_()
-                    state[dst_prefix + n[len(src_prefix):]] = new
+    blocks = new_blocks(an.gm, stacks, params)
+    for block in blocks:
+        src_prefix, dst_prefix = block.source + ".", block.path + "."
+        for n, tensor in s_state.items():
+            if n.startswith(src_prefix):
+                new = tensor.detach().clone()
+                if n in block.zeros:
+                    new.zero_()
+                state[dst_prefix + n[len(src_prefix):]] = new
     extra = [k for k in g_state if k not in state]
     if extra:
         raise GrowError(f"the target's {extra[:4]} have no counterpart in the teacher and no rule initialises them",
                         node=extra[0], op="grow", fix="build the target from the teacher's family with only sizes "
                         "and block counts changed")
     model = _materialise(target, teacher, state, stacks)
-    low = next((p.dtype for p in model.parameters() if p.is_floating_point() and p.element_size() == 2), None)
-    if rtol is None and low is not None and getattr(plan, "fills", None):
-        # fill multiplies every weight on the space by s = sqrt(new/old), so each is rounded once to
-        # 16 bits (relative eps/2), not only the divided replicas, and the roundings add up over the
-        # depth: measured 0.4 eps (3 layers) to 1.0 eps (a 32-layer Llama); the bound is 2 eps
-        rtol = 2 * torch.finfo(low).eps
+    if rtol is None and plan.fills:  # the target's class carries no graph meta for verify to read
+        rtol = plan_rtol(_float_dtype(model), filled=True)
     if check:
-        _check_identity_blocks(model, new_blocks, inputs)
+        _check_identity_blocks(model, [b.path for b in blocks], inputs)
         report = verify(teacher, model, inputs, rtol=rtol, mode=mode)
         if not report.ok:
             low_precision_inside = report.rtol < 1e-9 and report.max_rel_err < 1e-5
@@ -539,7 +553,7 @@ def _materialise(target: torch.nn.Module, teacher: torch.nn.Module, state: dict[
     """A copy of `target` holding `state` (each tensor keeps the grown dtype and device); tensors
     outside the state_dict are the target's own (rebuilt from the config for a meta target of a
     Hugging Face family, else the teacher's), training flags and requires_grad the teacher's."""
-    device, _ = _device_dtype(teacher)
+    device = _device(teacher)
     model = copy.deepcopy(target)
     ties = _tied_groups(model)
     was_meta = _meta(model)
@@ -597,5 +611,5 @@ def _materialise(target: torch.nn.Module, teacher: torch.nn.Module, state: dict[
     return model
 
 
-__all__ = ["GrowError", "LAYER_POLICIES", "Report", "Stack", "find_stacks", "grow", "residual_zeros",
-           "source_name", "target_name", "target_widths"]
+__all__ = ["GrowError", "LAYER_POLICIES", "NewBlock", "Report", "Stack", "find_stacks", "grow", "new_blocks",
+           "plan_target", "residual_zeros", "source_name", "target_name", "target_widths"]
