@@ -463,10 +463,8 @@ def _check_arguments(teacher: Any, target: Any, layer_map: Any, seed: Any, symme
 def _check_hooks(teacher: torch.nn.Module, target: torch.nn.Module, stacks: list[Stack]) -> None:
     """The result is the target's object: a hook the teacher has and the target lacks would stop
     running (a side effect lost silently, or an output changed)."""
-    modules = dict(target.named_modules())
-    for name, mod in teacher.named_modules():
+    for name, mod, other in _module_pairs(teacher, target, stacks):
         hooks = len(mod._forward_hooks) + len(mod._forward_pre_hooks)
-        other = modules.get(target_name(name + ".", stacks)[:-1] if name else "")
         if hooks and (other is None or len(other._forward_hooks) + len(other._forward_pre_hooks) != hooks):
             raise HookError(f"the teacher's module {name or '<root>'} has {hooks} forward hook(s) that the target's "
                             f"does not: the grown model is the target's object, where they would not run",
@@ -518,16 +516,21 @@ def _check_identity_blocks(model: torch.nn.Module, blocks: list[str], inputs: tu
                             fix="grow without new blocks in this stack, or insert identity layers with n2n_fx.deepen")
 
 
+def _module_pairs(teacher: torch.nn.Module, target: torch.nn.Module,
+                  stacks: list[Stack]) -> list[tuple[str, torch.nn.Module, torch.nn.Module | None]]:
+    """Each teacher module with its place in the target (None where the target has none)."""
+    modules = dict(target.named_modules())
+    return [(name, mod, modules.get(target_name(name + ".", stacks)[:-1] if name else ""))
+            for name, mod in teacher.named_modules()]
+
+
 def _check_head_dims(teacher: torch.nn.Module, target: torch.nn.Module, stacks: list[Stack]) -> None:
     """Attention grows by whole heads: a target whose heads are wider (a different `head_dim`
     attribute on a module, or in a Hugging Face config) is refused before any work."""
     t_cfg, g_cfg = getattr(teacher, "config", None), getattr(target, "config", None)
     pairs = [("config", t_cfg, g_cfg)] if t_cfg is not None and g_cfg is not None else []
-    modules = dict(target.named_modules())
-    for name, mod in teacher.named_modules():
-        other = modules.get(target_name(name + ".", stacks)[:-1] if name else name)
-        if other is not None:
-            pairs.append((name or "<root>", mod, other))
+    pairs += [(name or "<root>", mod, other) for name, mod, other in _module_pairs(teacher, target, stacks)
+              if other is not None]
     for name, a, b in pairs:
         ha, hb = getattr(a, "head_dim", None), getattr(b, "head_dim", None)
         if type(ha) is int and type(hb) is int and ha != hb:
