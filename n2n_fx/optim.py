@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from .errors import ConstraintError, N2NError
+from .inference import Role
 from .planning import Plan
 from .wider import TorchArrays, remap_tensor
 
@@ -56,8 +57,8 @@ def factors(plan: Plan, param: str, axes: list[int], shape: torch.Size,
     new_shape = inv_b.shape
     a = torch.ones(new_shape, dtype=torch.float64)
     for axis in axes:
-        roles = an.roles.get((param, axis), {"carry"})
-        if roles & {"contract", "divide", "grouped"}:
+        roles = an.roles.get((param, axis), {Role.CARRY})
+        if roles & {Role.CONTRACT, Role.DIVIDE, Role.GROUPED}:
             continue
         view = [1] * len(new_shape)
         view[axis] = -1

@@ -9,15 +9,37 @@ stride map) or a `Fixed` run of units that never change.
 
 from __future__ import annotations
 
+import enum
 import itertools
 from dataclasses import dataclass, field
+
+
+class Code(enum.StrEnum):
+    """Why a space is frozen (str-valued: reports, JSON and messages print the same words)."""
+
+    UNKNOWN_OP = "unknown_op"  # the table has no entry for the call
+    UNSUPPORTED_OP = "unsupported_op"  # a stop entry, or operands the kind's rule cannot handle
+    MODEL_OUTPUT = "model_output"  # bound to a model output (its width is the user's contract)
+    SIZE_USED = "size_used"  # a width-dependent size feeds a computation
+    UNTRACKED_SIZE = "untracked_size"  # a computed view size follows another space
+    FIXED_COUPLING = "fixed_coupling"  # aligned with a fixed axis (input, constant, unknown op)
+    POOLED_OVER = "pooled_over"  # the axis is pooled or mixed (spatial, sequence positions)
+    PADDED = "padded"  # a pad reaches the channel axis
+    REDUCED_OVER = "reduced_over"  # a reduction sums over the space
+    BROADCAST = "broadcast"  # a width-1 space is broadcast against a wider axis
+    RESHAPE_SPLITS_SPACE = "reshape_splits_space"  # a view splits or squeezes a space
+    INDEX_ON_SPACE = "index_on_space"  # indexing, selecting or a strided slice on a space
+    ACTIVATION_MATMUL = "activation_matmul"  # two activations contracted over a space
+    CONSTRAINT = "constraint"  # a structural constraint (groups, norms, heads links)
+    PARAM_ROLE_CONFLICT = "param_role_conflict"  # one parameter axis copied and contracted (tied)
+    PARAM_READ = "param_read"  # a contracted parameter axis also read elsewhere
 
 
 @dataclass(frozen=True)
 class Reason:
     """Why a space is frozen: a stable code plus the node and op that caused it."""
 
-    code: str
+    code: Code
     node: str
     op: str
     detail: str = ""

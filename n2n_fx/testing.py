@@ -747,11 +747,13 @@ def architectures(draw, max_steps: int = 8, activations: tuple[str, ...] = tuple
 def stale_literals(plan, student: torch.fx.GraphModule) -> list[str]:
     """Nodes of the student whose slice of a space (a Rewrite of the plan) still holds bounds
     other than the piece's new ones: the student would cut its widened tensor in the wrong place."""
+    from .inference import RewriteKind
+
     nodes = {n.name: n for n in student.graph.nodes}
     stale = []
     for rw in plan.analysis.rewrites:
         node = nodes.get(rw.node)
-        if node is None or rw.what != "slice_piece":
+        if node is None or rw.what != RewriteKind.SLICE_PIECE:
             continue
         before, piece, after = (plan.new_width(lay) for lay in rw.layouts)
         if node.target is operator.getitem:

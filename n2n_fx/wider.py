@@ -13,8 +13,9 @@ from torch.fx.passes.infra.pass_base import PassBase, PassResult
 from torch.fx.passes.shape_prop import TensorMetadata
 
 from . import indexmaps as im
+from .errors import InternalError
 from .fill import NewRows
-from .inference import Val, _get_attr
+from .inference import Rewrite, RewriteKind, Role, Val, _get_attr
 from .planning import Plan, seeded
 
 
@@ -60,7 +61,7 @@ class TorchArrays:
 
 
 TORCH = TorchArrays()
-DIVIDED = {"contract", "divide"}  # roles whose axis is divided by replica counts
+DIVIDED = {Role.CONTRACT, Role.DIVIDE}  # roles whose axis is divided by replica counts
 
 
 def remap_tensor(t: Any, param: str, axes: list[int], plan: Plan, arrays: Any = TORCH,
@@ -81,7 +82,7 @@ def remap_tensor(t: Any, param: str, axes: list[int], plan: Plan, arrays: Any = 
             how, sf = found
             new = arrays.fill(new, axis, plan.layout_index(layout), sf.width, how.new, how.power, sf.ratio)
             continue
-        if "grouped" in roles:
+        if Role.GROUPED in roles:
             continue
         index = plan.layout_index(layout)
         if index.numel() == new.shape[axis] and torch.equal(index, torch.arange(index.numel())):
@@ -95,7 +96,7 @@ def remap_tensor(t: Any, param: str, axes: list[int], plan: Plan, arrays: Any = 
         new = arrays.take(new, axis, index)  # a fresh array: safe to scale in place
         if scale is not None:
             new = arrays.scale(new, axis, scale, True)
-        if "contract" in roles and noise is not None and plan.symmetry == "noise":
+        if Role.CONTRACT in roles and noise is not None and plan.symmetry == "noise":
             new = noise(new, axis, plan.replicated_mask(layout), (param, axis))
     if grouped is not None:
         new = _grouped(new, grouped, plan, arrays)
@@ -209,39 +210,47 @@ class Net2WiderNet(PassBase):
         nodes = {n.name: n for n in gm.graph.nodes}
         changed = False
         for rw in self.plan.analysis.rewrites:
-            node = nodes[rw.node]
-            widths = [self.plan.new_width(lay) for lay in rw.layouts]
-            if rw.what == "view_shape":
-                changed |= _rewrite_view(node, widths)
-            elif rw.what == "split_sizes":
-                x = node.args[0] if node.args else node.kwargs["input"]
-                if node.op == "call_method":
-                    node.target = "split"
-                else:
-                    node.target = torch.split
-                node.args, node.kwargs = (x, widths, rw.dim), {}
-                changed = True
-            elif rw.what == "normalized_shape":  # F.layer_norm(x, (C,), ...): the literal follows the width
-                node.args = (node.args[0], (*tuple(node.args[1])[:-1], widths[0]), *node.args[2:])
-                changed = True
-            elif rw.what == "arg":  # a width literal passed to a function (Swin's num_heads)
-                if len(node.args) > rw.dim:
-                    node.args = (*node.args[:rw.dim], widths[0], *node.args[rw.dim + 1:])
-                else:
-                    node.kwargs = {**node.kwargs, rw.arg: widths[0]}
-                changed = True
-            elif rw.what == "sizes":  # zeros / ones: literal sizes follow the widths
-                changed |= _rewrite_sizes(node, widths)
-            elif rw.what == "slice_piece":  # a slice of a space: the piece's bounds on the student
-                _rewrite_slice(node, rw.dim, *widths)
-                changed = True
-            elif rw.what == "groups":
-                if len(node.args) > 6:  # conv(input, weight, bias, stride, padding, dilation, groups)
-                    node.args = (*node.args[:6], widths[0], *node.args[7:])
-                else:
-                    node.kwargs = {**node.kwargs, "groups": widths[0]}
-                changed = True
+            apply = REWRITES.get(rw.what)
+            if apply is None:  # a kind with no pass would leave the student's literal stale
+                raise InternalError(f"rewrite kind {rw.what!r} at {rw.node} has no pass in wider.REWRITES")
+            changed |= apply(nodes[rw.node], rw, [self.plan.new_width(lay) for lay in rw.layouts])
         return changed
+
+
+def _rewrite_split(node: torch.fx.Node, rw: Rewrite, widths: list[int]) -> bool:
+    x = node.args[0] if node.args else node.kwargs["input"]
+    node.target = "split" if node.op == "call_method" else torch.split
+    node.args, node.kwargs = (x, widths, rw.dim), {}
+    return True
+
+
+def _rewrite_normalized_shape(node: torch.fx.Node, rw: Rewrite, widths: list[int]) -> bool:
+    """F.layer_norm(x, (C,), ...): the literal follows the width."""
+    node.args = (node.args[0], (*tuple(node.args[1])[:-1], widths[0]), *node.args[2:])
+    return True
+
+
+def _rewrite_arg(node: torch.fx.Node, rw: Rewrite, widths: list[int]) -> bool:
+    """A width literal passed to a function (Swin's num_heads), by position or keyword."""
+    if len(node.args) > rw.dim:
+        node.args = (*node.args[:rw.dim], widths[0], *node.args[rw.dim + 1:])
+    else:
+        node.kwargs = {**node.kwargs, rw.arg: widths[0]}
+    return True
+
+
+def _rewrite_groups(node: torch.fx.Node, rw: Rewrite, widths: list[int]) -> bool:
+    if len(node.args) > 6:  # conv(input, weight, bias, stride, padding, dilation, groups)
+        node.args = (*node.args[:6], widths[0], *node.args[7:])
+    else:
+        node.kwargs = {**node.kwargs, "groups": widths[0]}
+    return True
+
+
+def _rewrite_piece(node: torch.fx.Node, rw: Rewrite, widths: list[int]) -> bool:
+    """A slice of a space: the piece's bounds on the student."""
+    _rewrite_slice(node, rw.dim, *widths)
+    return True
 
 
 def _resized(meta: Any, val: Any, plan: Plan) -> Any:
@@ -300,3 +309,17 @@ def _rewrite_view(node: torch.fx.Node, widths: list[int]) -> bool:
         node.args = (node.args[0], *new)
     return True
 
+
+
+# every kind of Rewrite and the pass that changes its literal (keyed by the enum: a kind missing
+# here raises in _rewrite_graph instead of being skipped)
+REWRITES = {
+    RewriteKind.VIEW_SHAPE: lambda node, rw, widths: _rewrite_view(node, widths),
+    RewriteKind.SPLIT_SIZES: _rewrite_split,
+    RewriteKind.NORMALIZED_SHAPE: _rewrite_normalized_shape,
+    RewriteKind.ARG: _rewrite_arg,
+    RewriteKind.SIZES: lambda node, rw, widths: _rewrite_sizes(node, widths),
+    RewriteKind.SLICE_PIECE: _rewrite_piece,
+    RewriteKind.GROUPS: _rewrite_groups,
+}
+assert set(REWRITES) == set(RewriteKind), "every RewriteKind needs a pass"

@@ -24,6 +24,7 @@ from torch import nn
 import n2n_fx
 from n2n_fx import indexmaps as im
 from n2n_fx.deeper import identity_conv, identity_linear, identity_tap, undo_batch_norm, zero_residual
+from n2n_fx.inference import Role
 
 from . import symbolic as sym
 
@@ -871,7 +872,7 @@ def _naive_tie(model: nn.Module, x: torch.Tensor) -> list[Any]:
     plan = n2n_fx.plan(model.double(), x.double(), factor=1.5, seed=1)
     for tie in plan.analysis.tied_heads:
         for gain in tie.gains:
-            plan.analysis.roles[gain].discard("divide")
+            plan.analysis.roles[gain].discard(Role.DIVIDE)
     params = sym.teacher_params(plan.analysis.gm)
     sx = sym.symbols_like("x", tuple(x.shape))
     t_out = sym.run(plan.analysis.gm, params, (sx,))

@@ -1,0 +1,250 @@
+"""The post-pass solver: constraints that need the whole graph read (sizes, roles, ties,
+uniform norms, attention links), then the spaces the user sees."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.fx
+
+from .. import spaces as S
+from ..spaces import Code, Reason, Seg
+from ..spec import bind
+from .context import Context
+from .values import (
+    ParamAxis,
+    Role,
+    Space,
+    TiedHead,
+    Val,
+    _get_attr,
+    _walk,
+)
+
+
+def check_sizes(ctx: Context) -> None:
+    """A size read at run time may size a view's spaced axis only if it tracks that very space."""
+    for lay, arg, why in ctx.sizes:
+        need = {S.find(t) for t in S.atoms_of(lay)}
+        have = {S.find(leaf) for t in arg.taint for leaf in S.leaves(t)}
+        if not need <= have:  # the computed size follows other spaces: hold both
+            ctx.freeze_all(Val((1,), (lay,)), why)
+            ctx.freeze_all(arg, why)
+
+
+def check_roles(ctx: Context) -> None:
+    for key, roles in list(ctx.roles.items()):
+        if roles == {Role.OUT, Role.CONTRACT} and divide_before_head(ctx, key):
+            continue
+        if Role.CONTRACT in roles and roles & {Role.OUT, Role.CARRY}:
+            for atom in S.atoms_of(ctx.param_layouts[key]):
+                S.freeze(atom, Reason(Code.PARAM_ROLE_CONFLICT, key[0], "parameter",
+                                      f"axis {key[1]} is both copied and contracted (tied weights); " +
+                                      ("untie=True widens it with separate copies" if ctx.aliases.get(key[0])
+                                       else "no per-unit gain before the contraction takes the division, "
+                                            "and the table has one name (untie=True copies tables reached "
+                                            "under two names)")))
+    for key, reader in ctx.reads.items():
+        # a contracted axis holds divided (or split) columns on the student: any other read of
+        # its values (a reduction, a norm, an indexing, a view) sees numbers the teacher never had
+        if ctx.roles.get(key, set()) & {Role.CONTRACT, Role.GROUPED}:
+            for atom in S.atoms_of(ctx.param_layouts[key]):
+                S.freeze(atom, Reason(Code.PARAM_READ, reader, "parameter",
+                                      f"{key[0]} axis {key[1]} is contracted and also read by {reader}"))
+
+
+def divide_before_head(ctx: Context, key: ParamAxis) -> bool:
+    """A tied embedding + head (one table, copied by the lookup and contracted by the head) stays
+    one tensor when the head's division by replica counts moves onto the per-unit gain (and
+    shift) that produced the head's input: the final norm's weight and bias. Holds when nothing
+    else reads the values in between (proofs: the tied claims of `embedding`)."""
+    gains: list[ParamAxis] = []
+    for node in ctx.contractors.get(key, []):
+        found = gain_before(ctx, node, key)
+        if found is None:
+            return False
+        gains += found
+    if not gains or any(ctx.roles.get(g, set()) - {Role.CARRY} for g in gains):
+        return False
+    ctx.roles[key] = {Role.OUT}
+    for g in gains:
+        ctx.roles.setdefault(g, set()).add(Role.DIVIDE)
+    ctx.tied_heads.append(TiedHead(key, tuple(gains)))
+    return True
+
+
+def gain_before(ctx: Context, head: torch.fx.Node, key: ParamAxis) -> list[ParamAxis] | None:
+    """The per-unit parameters whose division by replica counts divides the head's input,
+    walking back through ops the table marks `tie_head`: pass (f(x / c) = f(x) / c), gain
+    (x * w: divide w, stop), shift (x + b: divide b, go on); a normalize op with a weight is gain
+    (and shift, with a bias). Each divided parameter must be read by that one call alone: any
+    other use would see the divided values."""
+    space = {S.find(a) for a in S.atoms_of(ctx.param_layouts[key])}
+
+    def per_unit(v: Any) -> bool:  # a 1-D parameter laid out on the tied space
+        return isinstance(v, Val) and v.param_axes is not None and v.ndim == 1 and v.param_axes[0] is not None \
+            and {S.find(a) for a in S.atoms_of(v.layouts[0])} == space
+
+    def sole(vals: list[Val], node: torch.fx.Node) -> list[ParamAxis] | None:
+        keys = [v.param_axes[0] for v in vals]
+        return keys if all(param_uses(ctx, k[0]) == [node] for k in keys) else None
+
+    inputs = [a for a in head.all_input_nodes if not getattr(ctx.vals.get(a.name), "param_axes", None)]
+    node, found = (inputs[0] if len(inputs) == 1 else None), []
+    while node is not None and node.op.startswith("call") and len(node.users) == 1:
+        spec = ctx.table.lookup(node, ctx.gm)
+        if spec is None:
+            return None
+        args, kwargs = ctx.value(node.args), ctx.value(node.kwargs)
+        operands = [v for v in _walk((args, kwargs)) if isinstance(v, Val)]
+        params = [v for v in operands if per_unit(v)]
+        tensors = [a for a in node.all_input_nodes if not getattr(ctx.vals.get(a.name), "param_axes", None)]
+        how = "norm" if spec.kind == "normalize" else spec.options.get("tie_head")
+        if how == "norm":
+            bound = ctx.bind_module(node, spec, args, kwargs) if node.op == "call_module" else bind(spec, args, kwargs)
+            weight, bias = bound.get("weight"), bound.get("bias")
+            if not per_unit(weight) or not (bias is None or per_unit(bias)):
+                return None  # no gain (a bias alone does not divide the output) or a computed one
+            gains = sole([weight] + ([bias] if bias is not None else []), node)
+            return None if gains is None else found + gains
+        if how == "gain" and len(params) == 1 and len(tensors) == 1 and len(operands) == 2:
+            gains = sole(params, node)
+            return None if gains is None else found + gains
+        if how == "gain" and len(tensors) == 1 and len(operands) == 1:
+            how = "pass"  # x * a number (T5's d_model ** -0.5 before its tied head) commutes
+        if how == "shift" and len(params) == 1 and len(tensors) == 1 and len(operands) == 2:
+            shift = sole(params, node)
+            if shift is None:
+                return None
+            found += shift
+        elif how != "pass" or len(tensors) != 1:
+            return None
+        node = tensors[0]
+    return None
+
+
+def param_uses(ctx: Context, qualname: str) -> list[torch.fx.Node]:
+    """Every call that reads this parameter (under any of its names, tied ones included)."""
+    tensor = _get_attr(ctx.gm, qualname, None)
+    uses: list[torch.fx.Node] = []
+    for n in ctx.gm.graph.nodes:
+        if n.op == "get_attr" and _get_attr(ctx.gm, n.target, None) is tensor:
+            uses += list(n.users)
+        elif n.op == "call_module":
+            mod = ctx.gm.get_submodule(n.target)
+            if any(t is tensor for t in (*mod.parameters(), *mod.buffers())):
+                uses.append(n)
+    return uses
+
+
+def check_ties(ctx: Context) -> None:
+    for group in ctx.ties:
+        atoms = [a for layout in group for a in S.atoms_of(layout)]
+        frozen = [r for a in atoms for r in S.find(a).frozen]
+        inners = {lay[0].inner if len(lay) == 1 and isinstance(lay[0], Seg) else None
+                  for lay in (S.normalize(layout) for layout in group)}
+        bad = frozen or None in inners or len(inners) > 1  # each piece must be one space, alike
+        if bad and atoms:
+            reason = frozen[0] if frozen else Reason(Code.CONSTRAINT, "-", "conv", "grouped conv piece is not one space")
+            for a in atoms:
+                S.freeze(a, reason)
+
+
+def check_uniform(ctx: Context) -> bool:
+    """All units under one norm replicate by one k: a frozen one (k = 1) fixes the others."""
+    changed = False
+    for node, layout in ctx.uniform:
+        atoms = S.atoms_of(layout)
+        frozen = [r for a in atoms for r in S.find(a).frozen]
+        if frozen and any(not S.find(a).frozen for a in atoms):
+            why = Reason(Code.CONSTRAINT, node, "normalize", f"normalised together with a frozen space ({frozen[0].code})")
+            for a in atoms:
+                S.freeze(a, why)
+            changed = True
+    return changed
+
+
+def check_links(ctx: Context) -> bool:
+    """embed width == heads x head_dim: frozen heads fix the embed width, a fixed embed the heads."""
+    changed = False
+    for link in ctx.links:
+        heads = S.find(link.heads)
+        embed = [S.find(a) for a in S.atoms_of(link.embed)]
+        if heads.frozen and any(not a.frozen for a in embed):
+            why = Reason(Code.CONSTRAINT, link.node, "attention", f"embed width is heads x head_dim and the heads are frozen ({heads.frozen[0].code})")
+            for a in embed:
+                S.freeze(a, why)
+            changed = True
+        elif not heads.frozen and all(a.frozen for a in embed):
+            S.freeze(heads, Reason(Code.CONSTRAINT, link.node, "attention", "heads x head_dim must equal the embed width, which is frozen"))
+            changed = True
+    return changed
+
+
+def find_spaces(ctx: Context) -> list[Space]:
+    found: dict[int, Space] = {}
+    order: list[int] = []
+    for (param, axis), layout in ctx.param_layouts.items():
+        roles = ctx.roles.get((param, axis), {Role.CARRY})
+        offset, norm = 0, S.normalize(layout)
+        for seg in norm:
+            if isinstance(seg, Seg):
+                root = S.find(seg.atom)
+                if root.id not in found:
+                    found[root.id] = Space("", root.width, root)
+                    order.append(root.id)
+                sp = found[root.id]
+                owner = param.rsplit(".", 1)[0] if "." in param else param
+                label = owner if len(norm) == 1 else f"{owner}[{offset}:{offset + seg.size}]"
+                if Role.OUT in roles:
+                    sp.producers.append(label)
+                if Role.CONTRACT in roles:
+                    sp.consumers.append(label)
+                if Role.CARRY in roles or not roles & {Role.OUT, Role.CONTRACT}:
+                    sp.carriers.append(label)
+            offset += seg.size
+    for gc in ctx.grouped:  # grouped conv columns: consumers of each input piece
+        owner = gc.param.rsplit(".", 1)[0]
+        for k, piece in enumerate(gc.in_pieces):
+            for atom in S.atoms_of(piece):
+                sp = found.get(S.find(atom).id)
+                if sp is not None:
+                    sp.consumers.append(f"{owner}[group {k}]")
+    result, names = [], set()
+    for rid in order:
+        sp = found[rid]
+        if not sp.producers and not (sp.carriers and sp.consumers):
+            continue  # a parameter axis that meets no hidden unit (kernel taps, ...)
+        base = S.find(sp.atom).label or (sp.producers or sp.carriers)[0]
+        name, k = base, 2
+        while name in names:
+            name, k = f"{base}#{k}", k + 1
+        names.add(name)
+        sp.name = name
+        sp.reasons = tuple(S.find(sp.atom).frozen)
+        result.append(sp)
+    return result
+
+
+def solve(ctx: Context) -> list[Space]:
+    """The constraints in order (uniform norms and head links may freeze more: ties again until
+    nothing changes), then the spaces, each told the norm or attention that constrains it."""
+    check_sizes(ctx)
+    check_roles(ctx)
+    check_ties(ctx)
+    while check_uniform(ctx) | check_links(ctx):
+        check_ties(ctx)
+    spaces = find_spaces(ctx)
+    by_root = {S.find(sp.atom).id: sp for sp in spaces}
+    for node, layout in ctx.uniform:
+        for atom in S.atoms_of(layout):
+            sp = by_root.get(S.find(atom).id)
+            if sp is not None and not sp.uniform:
+                sp.uniform = node
+    for link in ctx.links:
+        for atom in (*S.atoms_of(link.embed), link.heads):
+            sp = by_root.get(S.find(atom).id)
+            if sp is not None and not sp.attention:
+                sp.attention = link.node
+    return spaces
