@@ -38,6 +38,7 @@ from .errors import N2NError, quiet
 from .frontend import Inputs, _set_training, as_inputs, call, map_inputs
 from .planning import Plan
 from .spec import load_table
+from .texttable import format_table
 from .verification import _float_dtype, prepare
 
 PRESERVED, NOT_PRESERVED, ERROR, NOTHING_WIDENED = 0, 1, 2, 3
@@ -513,8 +514,7 @@ def rules_table() -> str:
     for op in table.ops:
         n = len(op.modules) + len(op.functions) + len(op.methods)
         rows.append((op.name, op.kind, str(n), "yes" if op.idempotent else ("no" if op.activation else "-"), op.proof))
-    w = [max(len(r[i]) for r in rows) for i in range(5)]
-    return "\n".join("  ".join(c.ljust(x) for c, x in zip(r, w)).rstrip() for r in rows)
+    return format_table(rows, rule=False)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -547,11 +547,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         verdict = "preserved" if r.ok else ("not exact (by design)" if "noise" in name else "NOT PRESERVED")
         rows.append((name, str(sum(p.numel() for p in student.parameters())), f"{r.max_abs_err:.2e}",
                      f"{r.max_rel_err:.2e}", verdict))
-    w = [max(len(r[i]) for r in rows) for i in range(5)]
-    for i, r in enumerate(rows):
-        print("  ".join(c.ljust(x) for c, x in zip(r, w)).rstrip())
-        if i == 0:
-            print("  ".join("-" * x for x in w))
+    print(format_table(rows))
     print(f"\ndone in {time.perf_counter() - t0:.1f} s")
     bad = [r for r in rows[1:] if r[4] == "NOT PRESERVED"]
     return 1 if bad else 0

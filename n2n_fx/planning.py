@@ -15,6 +15,7 @@ from . import spaces as S
 from .errors import ConstraintError, FrozenSpaceError, UnknownSpaceError, WidthError
 from .inference import Analysis, Space
 from .spaces import Layout, Seg
+from .texttable import format_table
 
 SYMMETRY_MODES = ("none", "split", "noise")
 REPLICATION_MODES = ("random", "uniform")
@@ -417,10 +418,7 @@ def format_plan(plan: Plan) -> str:
         elif not note and p.space.attention and p.new_width == p.width:
             note = f"(embed width = heads x head_dim at {p.space.attention})"
         rows.append((p.name, _short(prod), _short(p.space.consumers), w, note))
-    widths = [max(len(r[i]) for r in rows) for i in range(5)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join([*lines, summary_line(plan)])
+    return "\n".join([format_table(rows), summary_line(plan)])
 
 
 def summary_line(plan: Plan) -> str:

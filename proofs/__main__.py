@@ -8,6 +8,8 @@ from __future__ import annotations
 import sys
 import time
 
+from n2n_fx.texttable import format_table
+
 from . import run_all
 
 
@@ -18,11 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [("proof", "table entries", "claims", "verdict", "seconds")]
     for r in results:
         rows.append((r.name, ", ".join(r.kinds), str(len(r.claims)), r.verdict, f"{r.seconds:.2f}"))
-    widths = [max(len(row[i]) for row in rows) for i in range(5)]
-    for i, row in enumerate(rows):
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
-        if i == 0:
-            print("  ".join("-" * w for w in widths))
+    print(format_table(rows))
     for r in results:
         for c in r.claims:
             if verbose or not c.ok or not c.expect:

@@ -20,6 +20,8 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 
 import torch
 
+from n2n_fx.texttable import format_table
+
 MUTANTS: dict[str, tuple[str, Callable[[], None]]] = {}
 
 
@@ -40,17 +42,17 @@ def _drop_division() -> None:
 
 @mutant("divide_producer", "the 1/count factor lands on the producer rows instead of the consumer columns")
 def _divide_producer() -> None:
-    import n2n_fx.inference as inf
+    from n2n_fx.inference import Role, solver
 
-    original = inf.Inference._check_roles
+    original = solver.check_roles
 
-    def swapped(self) -> None:
-        original(self)
-        swap = {"contract": "out", "out": "contract"}
-        for key, roles in self.roles.items():
-            self.roles[key] = {swap.get(r, r) for r in roles}
+    def swapped(ctx) -> None:
+        original(ctx)
+        swap = {Role.CONTRACT: Role.OUT, Role.OUT: Role.CONTRACT}
+        for key, roles in ctx.roles.items():
+            ctx.roles[key] = {swap.get(r, r) for r in roles}
 
-    inf.Inference._check_roles = swapped
+    solver.check_roles = swapped
 
 
 @mutant("concat_offset", "a concat's second segment is read one unit off its offset")
@@ -90,8 +92,8 @@ def _rms_mean_fill() -> None:
 
 @mutant("independent_add", "the two operands of a binary op keep independent maps (no union)")
 def _independent_add() -> None:
-    import n2n_fx.inference as inf
     from n2n_fx import spaces as S
+    from n2n_fx.inference import Context
 
     def broadcast(self, tensors, shape, reason):
         out = []
@@ -101,22 +103,24 @@ def _independent_add() -> None:
             out.append(S.normalize(cands[0]) if cands else S.fixed(size))
         return tuple(out)
 
-    inf.Inference.broadcast = broadcast
+    Context.broadcast = broadcast
 
 
 @mutant("skip_running_var", "BatchNorm's running_var is not carried through g")
 def _skip_running_var() -> None:
-    import n2n_fx.inference as inf
+    import dataclasses
 
-    original = inf.Inference.rule_channelwise
+    from n2n_fx.inference import RULES
 
-    def rule(self, spec, a):
+    original = RULES["channelwise"]
+
+    def rule(ctx, spec, a):
         if "running_var" in a:
             a = dict(a)
             a["running_var"] = None
-        return original(self, spec, a)
+        return original.fn(ctx, spec, a)
 
-    inf.Inference.rule_channelwise = rule
+    RULES["channelwise"] = dataclasses.replace(original, fn=rule)
 
 
 @mutant("tap_off_centre", "the identity conv's tap is one position off centre")
@@ -141,48 +145,47 @@ def _flatten_stride() -> None:
 
 @mutant("forget_consumer", "the second consumer of a space is gathered but not divided")
 def _forget_consumer() -> None:
-    import n2n_fx.inference as inf
+    from n2n_fx import spaces as S
+    from n2n_fx.inference import Context, Role
 
-    original = inf.Inference.role
+    original = Context.role
     seen: set = set()
 
-    from n2n_fx import spaces as S
-
     def role(self, val, axis, r):
-        if r == "contract" and getattr(val, "param_axes", None):
+        if r == Role.CONTRACT and getattr(val, "param_axes", None):
             key = tuple(S.find(a).id for a in S.atoms_of(val.layouts[axis]))
             if key in seen:
-                r = "carry"
+                r = Role.CARRY
             seen.add(key)
         return original(self, val, axis, r)
 
-    inf.Inference.role = role
+    Context.role = role
 
 
 @mutant("heads_per_projection", "attention's q, k and v rows get independent head maps")
 def _heads_per_projection() -> None:
-    import n2n_fx.inference as inf
+    from n2n_fx.inference import layouts
     from n2n_fx.spaces import Atom, Seg
 
     def qkv_rows(heads, head_dim):
         return tuple(Seg(h, head_dim) for h in (heads, Atom(heads.width, "k"), Atom(heads.width, "v")))
-    inf.qkv_rows = qkv_rows
+    layouts.qkv_rows = qkv_rows
 
 
 @mutant("naive_tie", "a tied table is kept one tensor but the head's division lands nowhere (its gains undivided)")
 def _naive_tie() -> None:
-    import n2n_fx.inference as inf
+    from n2n_fx.inference import Role, solver
 
-    original = inf.Inference._divide_before_head
+    original = solver.divide_before_head
 
-    def naive(self, key) -> bool:
-        kept = original(self, key)
+    def naive(ctx, key) -> bool:
+        kept = original(ctx, key)
         if kept:
-            for gain in self.tied_heads[-1].gains:
-                self.roles[gain].discard("divide")
+            for gain in ctx.tied_heads[-1].gains:
+                ctx.roles[gain].discard(Role.DIVIDE)
         return kept
 
-    inf.Inference._divide_before_head = naive
+    solver.divide_before_head = naive
 
 
 SUITE = ["tests/test_properties.py", "tests/test_models.py", "-k",
@@ -239,12 +242,8 @@ def main(argv: list[str]) -> int:
             survivors.append(name)
         rows.append((name, "killed" if by_proofs else "survived", "killed" if by_suite else "survived",
                      "KILLED" if killed else "SURVIVED", f"{t1 + t2:.1f}"))
-    widths = [max(len(r[i]) for r in rows) for i in range(5)]
     print()
-    for k, row in enumerate(rows):
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
-        if k == 0:
-            print("  ".join("-" * w for w in widths))
+    print(format_table(rows))
     print(f"\n{len(names) - len(survivors)}/{len(names)} mutants killed"
           + (f"; survivors: {', '.join(survivors)}" if survivors else "")
           + f" ({time.perf_counter() - t_start:.0f} s, {_jobs()} at a time)")
