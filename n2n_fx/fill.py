@@ -17,12 +17,13 @@ code cannot justify, refuses with a ConstraintError that names the node.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, NoReturn
 
 from . import spaces as S
-from .errors import ConstraintError
+from .errors import ConstraintError, InternalError
 from .inference import Analysis, ParamAxis, Space, Val, _norm_dim, _walk
 from .spaces import Seg
 from .spec import FILL_RULES
@@ -174,6 +175,21 @@ def producer_fill(an: Analysis, space: Space) -> Fill:
     return Fill.ZERO
 
 
+FILL_DISPATCH: dict[Rule, Callable[..., None]] = {}  # the table's fill code -> its rule (a _Solver method)
+
+
+def fill_rule(code: Rule) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Register a _Solver method as the one rule of a fill code."""
+
+    def register(fn: Callable[..., None]) -> Callable[..., None]:
+        if code in FILL_DISPATCH:
+            raise ValueError(f"fill code {code} has two rules")
+        FILL_DISPATCH[code] = fn
+        return fn
+
+    return register
+
+
 class _Solver:
     def __init__(self, an: Analysis, space: Space, q: int, fill: Fill) -> None:
         self.an, self.space, self.q = an, space, q
@@ -292,7 +308,7 @@ class _Solver:
                 self.refuse(f"{ev.spec.name} has no fill rule in specs/ops.toml (a nonlinear or "
                             f"unjustified op on the space)")
             rule = Rule(ev.spec.fill)
-            getattr(self, f"rule_{rule.value}")(ev.spec, ev.bound, ev.out)
+            FILL_DISPATCH[rule](self, ev.spec, ev.bound, ev.out)
         for (param, axis), layout in an.param_layouts.items():
             if any(S.find(a) is self.root for a in S.atoms_of(layout)):
                 self.node = param
@@ -333,6 +349,7 @@ class _Solver:
         else:
             self.set(out, EXACT)
 
+    @fill_rule(Rule.LINEAR)
     def rule_linear(self, spec: Any, a: dict[str, Any], out: Any) -> None:
         kind = spec.kind
         if kind == "dense":
@@ -432,12 +449,15 @@ class _Solver:
         else:
             self.set(out, On(Fill.ZERO, power))
 
+    @fill_rule(Rule.LAYER_NORM)
     def rule_layer_norm(self, spec: Any, a: dict[str, Any], out: Any) -> None:
         self._norm(NORM_INPUT[Rule.LAYER_NORM], spec, a, out)
 
+    @fill_rule(Rule.RMS_NORM)
     def rule_rms_norm(self, spec: Any, a: dict[str, Any], out: Any) -> None:
         self._norm(NORM_INPUT[Rule.RMS_NORM], spec, a, out)
 
+    @fill_rule(Rule.MEAN)
     def rule_mean(self, spec: Any, a: dict[str, Any], out: Any) -> None:
         x, dim = a.get("input"), a.get("dim")
         xs = self.get(x)
@@ -463,6 +483,7 @@ class _Solver:
         x, y = a.get("input"), a.get("other")
         return x, y, self.get(x), self.get(y)
 
+    @fill_rule(Rule.IDENTITY)
     def rule_identity(self, spec: Any, a: dict[str, Any], out: Any) -> None:
         x = a.get("input")
         if (lift := self._lift(x)) is not None and isinstance(out, Val):
@@ -473,6 +494,7 @@ class _Solver:
             self.refuse(f"{spec.name} of a parameter on the space")
         self.set(out, st)
 
+    @fill_rule(Rule.ADD)
     def rule_add(self, spec: Any, a: dict[str, Any], out: Any, centre: bool = False) -> None:
         x, y, xs, ys = self._pair(a)
         if isinstance(ys, On) and not isinstance(xs, On):
@@ -507,6 +529,7 @@ class _Solver:
         else:
             self._stats(spec, xs, ys, out, same=True)
 
+    @fill_rule(Rule.SUB)
     def rule_sub(self, spec: Any, a: dict[str, Any], out: Any) -> None:
         self.rule_add(spec, a, out, centre=True)
 
@@ -515,6 +538,7 @@ class _Solver:
             self.refuse(f"{spec.name} of statistics at s^{xs.power} and s^{ys.power}")
         self.set(out, Stat(xs.power if power is None else power))
 
+    @fill_rule(Rule.MUL)
     def rule_mul(self, spec: Any, a: dict[str, Any], out: Any) -> None:
         x, y, xs, ys = self._pair(a)
         if isinstance(ys, On) and not isinstance(xs, On):
@@ -544,6 +568,7 @@ class _Solver:
         else:
             self._stats(spec, xs, ys, out, power=xs.power + ys.power)
 
+    @fill_rule(Rule.DIV)
     def rule_div(self, spec: Any, a: dict[str, Any], out: Any) -> None:
         x, y, xs, ys = self._pair(a)
         if a.get("rounding_mode") is not None:
@@ -560,6 +585,7 @@ class _Solver:
         else:
             self.set(out, Stat(xs.power - ys.power))
 
+    @fill_rule(Rule.POWER)
     def rule_power(self, spec: Any, a: dict[str, Any], out: Any) -> None:
         xs, k = self.get(a.get("input")), a.get("exponent")
         if xs is PARAM or isinstance(k, Val):
@@ -575,3 +601,7 @@ class _Solver:
             self.set(out, Stat(xs.power * int(k)))
         else:
             self.refuse(f"{spec.name} of a statistic at s^{xs.power} to a fractional power")
+
+
+if set(FILL_DISPATCH) != set(Rule):  # every fill code of the table has exactly one rule
+    raise InternalError(f"fill codes without a rule: {sorted(set(Rule) - set(FILL_DISPATCH))}")

@@ -54,6 +54,7 @@ class OpSpec:
     constraint: str = ""
     reason: str = ""
     fill: str = ""  # one of FILL_RULES, or "" (the op refuses a filled operand)
+    proof_reach: str = ""  # why no proof's model reaches a spelling family of the entry ("" when all are)
 
 
 @dataclass(frozen=True)
@@ -171,7 +172,7 @@ def parse_table(raw: dict[str, Any]) -> RuleTable:
             activation=bool(entry.get("activation", False)),
             idempotent=bool(entry.get("idempotent", False)),
             constraint=entry.get("constraint", ""), reason=entry.get("reason", ""),
-            fill=entry.get("fill", ""),
+            fill=entry.get("fill", ""), proof_reach=entry.get("proof_reach", ""),
         )
         names.add(spec.name)
         ops.append(spec)

@@ -322,4 +322,5 @@ REWRITES = {
     RewriteKind.SLICE_PIECE: _rewrite_piece,
     RewriteKind.GROUPS: _rewrite_groups,
 }
-assert set(REWRITES) == set(RewriteKind), "every RewriteKind needs a pass"
+if set(REWRITES) != set(RewriteKind):
+    raise InternalError(f"rewrite kinds without a pass: {sorted(set(RewriteKind) - set(REWRITES))}")

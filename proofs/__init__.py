@@ -5,12 +5,18 @@ code also `norm_fill`), and tests check that no entry names a proof missing here
 here is unused. The proofs live in proofs/rules.py.
 
 `python -m proofs` runs them all and the meta-check: every table entry names a proof, every
-named proof exists and passes, and no proof is orphaned.
+named proof exists and passes, no proof is orphaned, every kind has one registered rule, and every
+spelling family of every non-stop entry is reached by some proof's model and evaluated
+symbolically (proofs/reach.py), unless the entry's `proof_reach` says why not.
 """
 
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .reach import Reach
 
 RESERVED: dict[str, str] = {
     "dense_matrix": "Linear / matmul: rows copied through g, columns divided by replica counts",
@@ -33,12 +39,16 @@ RESERVED: dict[str, str] = {
 }
 
 
-def run_all(names: list[str] | None = None, fail_fast: bool = False):
+def run_all(names: list[str] | None = None, fail_fast: bool = False, reach: Reach | None = None):
     """Run the proofs (all, or `names`); return (results, meta-check problems).
 
-    fail_fast: stop after the first proof that fails (the mutation table only needs one)."""
+    fail_fast: stop after the first proof that fails (the mutation table only needs one).
+    reach: filled with the table entries the proofs' models reached (proofs.reach)."""
+    from n2n_fx.inference import check_kinds
     from n2n_fx.spec import load_table
 
+    from .reach import Reach, recording
+    from .reach import problems as reach_problems
     from .rules import PROOFS, ProofResult
 
     table = load_table()
@@ -51,15 +61,21 @@ def run_all(names: list[str] | None = None, fail_fast: bool = False):
                 if p not in PROOFS]
     problems += [f"proof {p!r} is named by no table entry (orphan)" for p in PROOFS if p not in kinds]
     problems += [f"proof {p!r} is not reserved in proofs.RESERVED" for p in PROOFS if p not in RESERVED]
-    results = []
+    problems += check_kinds(table)  # one registered rule per kind of [kinds], and no other
+    results, reached = [], Reach()
     for name, fn in PROOFS.items():
         if names and name not in names:
             continue
         t0 = time.perf_counter()
-        result = ProofResult(name, fn())
+        with recording(reached, name):
+            result = ProofResult(name, fn())
         result.seconds = time.perf_counter() - t0
         result.kinds = sorted(kinds.get(name, []))
         results.append(result)
         if fail_fast and not result.ok:
             break
+    if reach is not None:
+        reach.by_entry, reach.targets = reached.by_entry, reached.targets
+    if not names and len(results) == len(PROOFS):  # the reach check needs every proof's models
+        problems += reach_problems(table, reached)
     return results, problems

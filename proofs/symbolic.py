@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable
+from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
@@ -245,37 +246,9 @@ class SymInterpreter(torch.fx.Interpreter):
 
     def call_module(self, target: str, args: tuple, kwargs: dict) -> Any:
         m = self.module.get_submodule(target)
-        x = args[0]
-        if isinstance(m, nn.Linear):
-            y = x @ self._p(target, "weight").T
-            return y + self._p(target, "bias") if m.bias is not None else y
-        if isinstance(m, nn.modules.conv._ConvNd):
-            return conv_nd(x, self._p(target, "weight"), self._p(target, "bias"), m.stride, m.padding, m.dilation,
-                           m.groups)
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            return batch_norm(x, self._p(target, "running_mean"), self._p(target, "running_var"),
-                              self._p(target, "weight"), self._p(target, "bias"), self.training, m.eps)
-        if isinstance(m, (nn.LayerNorm, nn.RMSNorm)):
-            rms = isinstance(m, nn.RMSNorm)
-            eps = m.eps if m.eps is not None else torch.finfo(torch.float64).eps
-            return norm_last(x, self._p(target, "weight"), None if rms else self._p(target, "bias"), eps, rms)
-        if isinstance(m, nn.Embedding):
-            return self._p(target, "weight")[np.asarray(x)]
-        if isinstance(m, nn.MultiheadAttention):
-            q, k, v = args[:3]
-            w = attention(q, k, v, m, self._p(target, "in_proj_weight"), self._p(target, "in_proj_bias"),
-                          self._p(target, "out_proj.weight"), self._p(target, "out_proj.bias"))
-            return w, None
-        if isinstance(m, (nn.Identity, nn.Dropout)):
-            return x
-        if isinstance(m, nn.MaxPool2d):
-            return _pool(x, m.kernel_size, m.stride, lambda v: sympy.Max(*v))
-        if isinstance(m, nn.AvgPool2d):
-            return _pool(x, m.kernel_size, m.stride, lambda v: sum(v) / len(v))
-        if isinstance(m, nn.AdaptiveAvgPool2d) and m.output_size in (1, (1, 1)):
-            return x.mean(axis=(2, 3), keepdims=True)
-        if isinstance(m, nn.Flatten):
-            return x.reshape(x.shape[0], -1)
+        for cls, fn in SYM_MODULES.items():  # registration order: the first class that matches
+            if isinstance(m, cls):
+                return fn(self, m, target, args, kwargs)
         raise NotImplementedError(f"symbolic {type(m).__name__}")
 
     def run_node(self, n: torch.fx.Node) -> Any:
@@ -286,119 +259,277 @@ class SymInterpreter(torch.fx.Interpreter):
         return super().run_node(n)
 
     def call_function(self, target: Any, args: tuple, kwargs: dict) -> Any:
-        if target in (operator.add, torch.add):
-            return args[0] + args[1]
-        if target in (operator.mul, torch.mul):
-            return args[0] * args[1]
-        if target in (operator.sub, torch.sub):
-            return args[0] - args[1]
-        if target is torch.mean:
-            return args[0].mean(axis=args[1] if len(args) > 1 else kwargs.get("dim"))
-        if target is operator.getitem:
-            return args[0][args[1]]
-        if target is getattr:
-            return getattr(args[0], args[1])
-        if getattr(target, "__name__", "") == "scaled_dot_product_attention":
-            return sdpa(*args[:3], is_causal=kwargs.get("is_causal", False), scale=kwargs.get("scale"))
-        if target is torch.rsqrt:
-            return np.vectorize(lambda v: 1 / sympy.sqrt(v), otypes=[object])(args[0])
-        if getattr(target, "__name__", "") == "_patch_merging_pad":  # torchvision's Swin (even H, W)
-            x = args[0]
-            parts = [x[..., i::2, j::2, :] for i, j in ((0, 0), (1, 0), (0, 1), (1, 1))]
-            return np.concatenate(parts, axis=-1)
-        if target is torch.stack:
-            return np.stack(args[0], axis=kwargs.get("dim", args[1] if len(args) > 1 else 0))
-        if target in (torch.cat, torch.concat):
-            return np.concatenate(args[0], axis=kwargs.get("dim", args[1] if len(args) > 1 else 0))
-        if target is torch.split or target is torch.functional.split:
-            dim = kwargs.get("dim", args[2] if len(args) > 2 else 0)
-            sizes, n = args[1], args[0].shape[dim]
-            if isinstance(sizes, int):  # split(size): pieces of that size, the last one shorter
-                sizes = [min(sizes, n - i) for i in range(0, n, sizes)]
-            return tuple(np.split(args[0], np.cumsum(sizes)[:-1], axis=dim))
-        if target is torch.flatten:
-            start = args[1] if len(args) > 1 else kwargs.get("start_dim", 0)
-            return args[0].reshape(*args[0].shape[:start], -1)
-        if target is F.linear:  # (input, weight, bias=None)
-            y = args[0] @ args[1].T
-            bias = args[2] if len(args) > 2 else kwargs.get("bias")
-            return y if bias is None else y + bias
-        if target in (torch.zeros, torch.ones):
-            shape = args[0] if len(args) == 1 and isinstance(args[0], (tuple, list)) else args
-            return np.full(tuple(shape), sympy.Integer(int(target is torch.ones)), dtype=object)
-        if target is torch.bmm:
-            return np.matmul(args[0], args[1])
-        if target is torch.matmul or target is operator.matmul:
-            return args[0] @ args[1]
-        if target is F.layer_norm:  # (input, normalized_shape, weight, bias, eps)
-            full = list(args) + [None] * (5 - len(args))
-            return norm_last(full[0], full[2], full[3], kwargs.get("eps", full[4] or 1e-5), rms=False)
-        if target is F.adaptive_avg_pool2d:
-            return args[0].mean(axis=(2, 3), keepdims=True)
-        if target is F.interpolate and kwargs.get("mode", "nearest") == "nearest":  # integer scale_factor
-            out, k = args[0], int(kwargs["scale_factor"])
-            for axis in range(2, out.ndim):
-                out = np.repeat(out, k, axis=axis)
-            return out
-        if target is F.pad and len(args) == 2:  # constant 0, (left, right) per trailing dim, last first
-            pads = [(0, 0)] * args[0].ndim
-            for k in range(len(args[1]) // 2):
-                pads[-1 - k] = (args[1][2 * k], args[1][2 * k + 1])
-            return np.pad(args[0], pads, constant_values=sympy.Integer(0))
-        if target is F.softmax or target is torch.softmax:
-            e = np.vectorize(sympy.exp, otypes=[object])(args[0])
-            return e / e.sum(axis=kwargs.get("dim", args[1] if len(args) > 1 else None), keepdims=True)
-        raise NotImplementedError(f"symbolic {target}")
+        fn = sym_function_of(target)
+        if fn is None:
+            raise NotImplementedError(f"symbolic {target}")
+        return fn(self, args, kwargs)
 
     def call_method(self, target: str, args: tuple, kwargs: dict) -> Any:
-        x = args[0]
-        if target in ("view", "reshape"):
-            shape = args[1] if len(args) == 2 and isinstance(args[1], (tuple, list)) else args[1:]
-            return x.reshape(*shape)
-        if target == "permute":
-            return np.transpose(x, args[1:] if len(args) > 2 else args[1])
-        if target == "size":
-            return x.shape if len(args) == 1 else x.shape[args[1]]
-        if target == "mean":
-            dims = args[1] if len(args) > 1 else kwargs.get("dim")
-            return x.mean(axis=tuple(dims) if isinstance(dims, (list, tuple)) else dims,
-                          keepdims=kwargs.get("keepdim", False))
-        if target == "pow":
-            return x ** args[1]
-        if target == "select":
-            return np.take(x, args[2], axis=args[1])
-        if target == "narrow":
-            return np.take(x, range(args[2], args[2] + args[3]), axis=args[1])
-        if target == "split":
-            return self.call_function(torch.split, args, kwargs)
-        if target == "unbind":
-            dim = kwargs.get("dim", args[1] if len(args) > 1 else 0)
-            return tuple(np.take(x, i, axis=dim) for i in range(x.shape[dim]))
-        if target == "chunk":
-            chunks, dim = args[1], kwargs.get("dim", args[2] if len(args) > 2 else 0)
-            size = -(-x.shape[dim] // chunks)
-            sizes = [min(size, x.shape[dim] - k * size) for k in range(chunks) if k * size < x.shape[dim]]
-            return self.call_function(torch.split, (x, sizes, dim), {})
-        if target == "expand":
-            sizes = args[1] if len(args) == 2 and isinstance(args[1], (tuple, list)) else args[1:]
-            lead = len(sizes) - x.ndim
-            sizes = [x.shape[i - lead] if s == -1 else s for i, s in enumerate(sizes)]
-            return np.broadcast_to(x, sizes)
-        if target == "transpose":
-            return np.swapaxes(x, args[1], args[2])
-        if target == "unsqueeze":
-            return np.expand_dims(x, args[1])
-        if target == "squeeze":
-            return np.squeeze(x, args[1])
-        if target == "sub":
-            return x - args[1]
-        if target in ("to", "type_as", "float", "double"):  # casts: symbols stay exact
-            return x
-        if target == "flatten":
-            return self.call_function(torch.flatten, args, kwargs)
-        if target == "expand_as":
-            return np.broadcast_to(x, args[1].shape)
-        raise NotImplementedError(f"symbolic method {target}")
+        fn = SYM_METHODS.get(target)
+        if fn is None:
+            raise NotImplementedError(f"symbolic method {target}")
+        return fn(self, args, kwargs)
+
+
+SymModule = Callable[[SymInterpreter, nn.Module, str, tuple, dict], Any]
+SymFn = Callable[[SymInterpreter, tuple, dict], Any]
+SYM_MODULES: dict[type, SymModule] = {}  # nn.Module class -> (interp, module, target, args, kwargs)
+SYM_FUNCTIONS: dict[Any, SymFn] = {}  # call_function target -> (interp, args, kwargs)
+SYM_BY_NAME: dict[str, SymFn] = {}  # a function matched by __name__ (a model-local helper, torch's wrappers)
+SYM_METHODS: dict[str, SymFn] = {}  # Tensor method name -> (interp, args, kwargs)
+
+
+@dataclass(frozen=True)
+class ByName:
+    """A function key matched by its __name__ (torchvision's local _patch_merging_pad, ...)."""
+
+    name: str
+
+
+def sym_impl(*keys: Any) -> Callable:
+    """Register one symbolic implementation under each key: an nn.Module class (call_module), a
+    str (a Tensor method: call_method), ByName(name) or a callable (call_function)."""
+
+    def register(fn: Callable) -> Callable:
+        for key in keys:
+            if isinstance(key, type):
+                table: dict = SYM_MODULES
+            elif isinstance(key, str):
+                table = SYM_METHODS
+            elif isinstance(key, ByName):
+                table, key = SYM_BY_NAME, key.name
+            else:
+                table = SYM_FUNCTIONS
+            if key in table and table[key] is not fn:  # aliases (torch.split is torch.functional.split) are one
+                raise ValueError(f"two symbolic implementations for {key!r}")
+            table[key] = fn
+        return fn
+
+    return register
+
+
+def sym_function_of(target: Any) -> SymFn | None:
+    """The symbolic implementation of a call_function target, or None."""
+    try:
+        fn = SYM_FUNCTIONS.get(target)
+    except TypeError:  # an unhashable target
+        fn = None
+    return fn if fn is not None else SYM_BY_NAME.get(getattr(target, "__name__", ""))
+
+
+def sym_module_of(cls: type) -> SymModule | None:
+    return next((fn for c, fn in SYM_MODULES.items() if issubclass(cls, c)), None)
+
+
+# ---------------------------------------------------------------- modules
+@sym_impl(nn.Linear)
+def _linear_module(it: SymInterpreter, m: nn.Module, target: str, args: tuple, kwargs: dict) -> Any:
+    y = args[0] @ it._p(target, "weight").T
+    return y + it._p(target, "bias") if m.bias is not None else y
+
+
+@sym_impl(nn.modules.conv._ConvNd)
+def _conv_module(it: SymInterpreter, m: nn.Module, target: str, args: tuple, kwargs: dict) -> Any:
+    return conv_nd(args[0], it._p(target, "weight"), it._p(target, "bias"), m.stride, m.padding, m.dilation,
+                   m.groups)
+
+
+@sym_impl(nn.modules.batchnorm._BatchNorm)
+def _batch_norm_module(it: SymInterpreter, m: nn.Module, target: str, args: tuple, kwargs: dict) -> Any:
+    return batch_norm(args[0], it._p(target, "running_mean"), it._p(target, "running_var"),
+                      it._p(target, "weight"), it._p(target, "bias"), it.training, m.eps)
+
+
+@sym_impl(nn.LayerNorm, nn.RMSNorm)
+def _norm_module(it: SymInterpreter, m: nn.Module, target: str, args: tuple, kwargs: dict) -> Any:
+    rms = isinstance(m, nn.RMSNorm)
+    eps = m.eps if m.eps is not None else torch.finfo(torch.float64).eps
+    return norm_last(args[0], it._p(target, "weight"), None if rms else it._p(target, "bias"), eps, rms)
+
+
+@sym_impl(nn.Embedding)
+def _embedding_module(it: SymInterpreter, m: nn.Module, target: str, args: tuple, kwargs: dict) -> Any:
+    return it._p(target, "weight")[np.asarray(args[0])]
+
+
+@sym_impl(nn.MultiheadAttention)
+def _mha_module(it: SymInterpreter, m: nn.Module, target: str, args: tuple, kwargs: dict) -> Any:
+    q, k, v = args[:3]
+    w = attention(q, k, v, m, it._p(target, "in_proj_weight"), it._p(target, "in_proj_bias"),
+                  it._p(target, "out_proj.weight"), it._p(target, "out_proj.bias"))
+    return w, None
+
+
+@sym_impl(nn.Identity, nn.Dropout)
+def _identity_module(it: SymInterpreter, m: nn.Module, target: str, args: tuple, kwargs: dict) -> Any:
+    return args[0]
+
+
+@sym_impl(nn.MaxPool2d)
+def _max_pool_module(it: SymInterpreter, m: nn.Module, target: str, args: tuple, kwargs: dict) -> Any:
+    return _pool(args[0], m.kernel_size, m.stride, lambda v: sympy.Max(*v))
+
+
+@sym_impl(nn.AvgPool2d)
+def _avg_pool_module(it: SymInterpreter, m: nn.Module, target: str, args: tuple, kwargs: dict) -> Any:
+    return _pool(args[0], m.kernel_size, m.stride, lambda v: sum(v) / len(v))
+
+
+@sym_impl(nn.AdaptiveAvgPool2d)
+def _adaptive_avg_pool_module(it: SymInterpreter, m: nn.Module, target: str, args: tuple, kwargs: dict) -> Any:
+    if m.output_size not in (1, (1, 1)):
+        raise NotImplementedError(f"symbolic AdaptiveAvgPool2d({m.output_size})")
+    return args[0].mean(axis=(2, 3), keepdims=True)
+
+
+@sym_impl(nn.Flatten)
+def _flatten_module(it: SymInterpreter, m: nn.Module, target: str, args: tuple, kwargs: dict) -> Any:
+    return args[0].reshape(args[0].shape[0], -1)
+
+
+# ---------------------------------------------------------------- functions
+def _dim(args: tuple, kwargs: dict, pos: int, default: Any = 0) -> Any:
+    return kwargs.get("dim", args[pos] if len(args) > pos else default)
+
+
+sym_impl(operator.add, torch.add)(lambda it, args, kwargs: args[0] + args[1])
+sym_impl(operator.mul, torch.mul)(lambda it, args, kwargs: args[0] * args[1])
+sym_impl(operator.sub, torch.sub)(lambda it, args, kwargs: args[0] - args[1])
+sym_impl(torch.mean)(lambda it, args, kwargs: args[0].mean(axis=args[1] if len(args) > 1 else kwargs.get("dim")))
+sym_impl(operator.getitem)(lambda it, args, kwargs: args[0][args[1]])
+sym_impl(getattr)(lambda it, args, kwargs: getattr(args[0], args[1]))
+sym_impl(ByName("scaled_dot_product_attention"))(
+    lambda it, args, kwargs: sdpa(*args[:3], is_causal=kwargs.get("is_causal", False), scale=kwargs.get("scale")))
+sym_impl(torch.rsqrt)(lambda it, args, kwargs: np.vectorize(lambda v: 1 / sympy.sqrt(v), otypes=[object])(args[0]))
+sym_impl(torch.stack)(lambda it, args, kwargs: np.stack(args[0], axis=_dim(args, kwargs, 1)))
+sym_impl(torch.cat, torch.concat)(lambda it, args, kwargs: np.concatenate(args[0], axis=_dim(args, kwargs, 1)))
+sym_impl(torch.bmm)(lambda it, args, kwargs: np.matmul(args[0], args[1]))
+sym_impl(torch.matmul, operator.matmul)(lambda it, args, kwargs: args[0] @ args[1])
+sym_impl(F.adaptive_avg_pool2d)(lambda it, args, kwargs: args[0].mean(axis=(2, 3), keepdims=True))
+
+
+@sym_impl(ByName("_patch_merging_pad"))
+def _patch_merging_pad(it: SymInterpreter, args: tuple, kwargs: dict) -> Any:
+    """torchvision's Swin (even H, W): the four 2x2 offsets concatenated on channels."""
+    x = args[0]
+    parts = [x[..., i::2, j::2, :] for i, j in ((0, 0), (1, 0), (0, 1), (1, 1))]
+    return np.concatenate(parts, axis=-1)
+
+
+@sym_impl(torch.split, torch.functional.split)
+def _split(it: SymInterpreter, args: tuple, kwargs: dict) -> Any:
+    dim = _dim(args, kwargs, 2)
+    sizes, n = args[1], args[0].shape[dim]
+    if isinstance(sizes, int):  # split(size): pieces of that size, the last one shorter
+        sizes = [min(sizes, n - i) for i in range(0, n, sizes)]
+    return tuple(np.split(args[0], np.cumsum(sizes)[:-1], axis=dim))
+
+
+@sym_impl(torch.flatten)
+def _flatten(it: SymInterpreter, args: tuple, kwargs: dict) -> Any:
+    start = args[1] if len(args) > 1 else kwargs.get("start_dim", 0)
+    return args[0].reshape(*args[0].shape[:start], -1)
+
+
+@sym_impl(F.linear)
+def _linear(it: SymInterpreter, args: tuple, kwargs: dict) -> Any:  # (input, weight, bias=None)
+    y = args[0] @ args[1].T
+    bias = args[2] if len(args) > 2 else kwargs.get("bias")
+    return y if bias is None else y + bias
+
+
+def _filled(value: int) -> SymFn:
+    def fill(it: SymInterpreter, args: tuple, kwargs: dict) -> Any:
+        shape = args[0] if len(args) == 1 and isinstance(args[0], (tuple, list)) else args
+        return np.full(tuple(shape), sympy.Integer(value), dtype=object)
+
+    return fill
+
+
+sym_impl(torch.zeros)(_filled(0))
+sym_impl(torch.ones)(_filled(1))
+
+
+@sym_impl(F.layer_norm)
+def _layer_norm(it: SymInterpreter, args: tuple, kwargs: dict) -> Any:  # (input, normalized_shape, weight, bias, eps)
+    full = list(args) + [None] * (5 - len(args))
+    return norm_last(full[0], full[2], full[3], kwargs.get("eps", full[4] or 1e-5), rms=False)
+
+
+@sym_impl(F.interpolate)
+def _interpolate(it: SymInterpreter, args: tuple, kwargs: dict) -> Any:
+    if kwargs.get("mode", "nearest") != "nearest":
+        raise NotImplementedError(f"symbolic interpolate mode {kwargs.get('mode')}")
+    out, k = args[0], int(kwargs["scale_factor"])  # integer scale_factor
+    for axis in range(2, out.ndim):
+        out = np.repeat(out, k, axis=axis)
+    return out
+
+
+@sym_impl(F.pad)
+def _pad(it: SymInterpreter, args: tuple, kwargs: dict) -> Any:
+    if len(args) != 2:
+        raise NotImplementedError("symbolic pad with a mode or value")
+    pads = [(0, 0)] * args[0].ndim  # constant 0, (left, right) per trailing dim, last first
+    for k in range(len(args[1]) // 2):
+        pads[-1 - k] = (args[1][2 * k], args[1][2 * k + 1])
+    return np.pad(args[0], pads, constant_values=sympy.Integer(0))
+
+
+@sym_impl(F.softmax, torch.softmax)
+def _softmax(it: SymInterpreter, args: tuple, kwargs: dict) -> Any:
+    e = np.vectorize(sympy.exp, otypes=[object])(args[0])
+    return e / e.sum(axis=_dim(args, kwargs, 1, None), keepdims=True)
+
+
+# ---------------------------------------------------------------- Tensor methods
+def _sizes(args: tuple) -> Any:
+    return args[1] if len(args) == 2 and isinstance(args[1], (tuple, list)) else args[1:]
+
+
+sym_impl("view", "reshape")(lambda it, args, kwargs: args[0].reshape(*_sizes(args)))
+sym_impl("permute")(lambda it, args, kwargs: np.transpose(args[0], args[1:] if len(args) > 2 else args[1]))
+sym_impl("size")(lambda it, args, kwargs: args[0].shape if len(args) == 1 else args[0].shape[args[1]])
+sym_impl("pow")(lambda it, args, kwargs: args[0] ** args[1])
+sym_impl("select")(lambda it, args, kwargs: np.take(args[0], args[2], axis=args[1]))
+sym_impl("narrow")(lambda it, args, kwargs: np.take(args[0], range(args[2], args[2] + args[3]), axis=args[1]))
+sym_impl("split")(lambda it, args, kwargs: _split(it, args, kwargs))
+sym_impl("transpose")(lambda it, args, kwargs: np.swapaxes(args[0], args[1], args[2]))
+sym_impl("unsqueeze")(lambda it, args, kwargs: np.expand_dims(args[0], args[1]))
+sym_impl("squeeze")(lambda it, args, kwargs: np.squeeze(args[0], args[1]))
+sym_impl("sub")(lambda it, args, kwargs: args[0] - args[1])
+sym_impl("to", "type_as", "float", "double")(lambda it, args, kwargs: args[0])  # casts: symbols stay exact
+sym_impl("flatten")(lambda it, args, kwargs: _flatten(it, args, kwargs))
+sym_impl("expand_as")(lambda it, args, kwargs: np.broadcast_to(args[0], args[1].shape))
+
+
+@sym_impl("mean")
+def _mean_method(it: SymInterpreter, args: tuple, kwargs: dict) -> Any:
+    dims = args[1] if len(args) > 1 else kwargs.get("dim")
+    return args[0].mean(axis=tuple(dims) if isinstance(dims, (list, tuple)) else dims,
+                        keepdims=kwargs.get("keepdim", False))
+
+
+@sym_impl("unbind")
+def _unbind(it: SymInterpreter, args: tuple, kwargs: dict) -> Any:
+    x, dim = args[0], _dim(args, kwargs, 1)
+    return tuple(np.take(x, i, axis=dim) for i in range(x.shape[dim]))
+
+
+@sym_impl("chunk")
+def _chunk(it: SymInterpreter, args: tuple, kwargs: dict) -> Any:
+    x, chunks, dim = args[0], args[1], _dim(args, kwargs, 2)
+    size = -(-x.shape[dim] // chunks)
+    sizes = [min(size, x.shape[dim] - k * size) for k in range(chunks) if k * size < x.shape[dim]]
+    return _split(it, (x, sizes, dim), {})
+
+
+@sym_impl("expand")
+def _expand(it: SymInterpreter, args: tuple, kwargs: dict) -> Any:
+    x, sizes = args[0], _sizes(args)
+    lead = len(sizes) - x.ndim
+    sizes = [x.shape[i - lead] if s == -1 else s for i, s in enumerate(sizes)]
+    return np.broadcast_to(x, sizes)
 
 
 def run(gm: torch.fx.GraphModule, params: dict[str, Array], inputs: tuple, **kw: Any) -> Array:

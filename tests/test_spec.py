@@ -120,3 +120,56 @@ def test_no_stage_module_is_shadowed_by_a_public_function():
     modules = {p.stem for p in Path(n2n_fx.__file__).parent.glob("*.py")}
     clashes = [name for name in n2n_fx.__all__ if name in modules and callable(getattr(n2n_fx, name))]
     assert not clashes, clashes
+
+
+def test_every_kind_has_exactly_one_registered_rule():
+    from n2n_fx import inference
+
+    assert inference.check_kinds(load_table()) == []
+    assert set(inference.RULES) == set(KINDS)
+    assert inference.lookup("dense").fn is inference.rules.linear.dense
+
+
+def test_an_unknown_kind_or_a_second_rule_is_a_typed_error(monkeypatch):
+    from n2n_fx import N2NError, inference
+
+    with pytest.raises(inference.UnknownRuleError, match="no rule is registered for kind 'wobble'") as err:
+        inference.lookup("wobble")
+    assert isinstance(err.value, N2NError)
+    with pytest.raises(inference.UnknownRuleError, match="two rules"):
+        inference.rule("dense")(lambda ctx, spec, a: None)
+    monkeypatch.setitem(inference.RULES, "wobble", inference.RULES["dense"])
+    assert inference.check_kinds(load_table()) == ["rule 'wobble' (n2n_fx.inference.rules.linear) has no entry in [kinds]"]
+    monkeypatch.delitem(inference.RULES, "wobble")
+    monkeypatch.delitem(inference.RULES, "dense")
+    assert inference.check_kinds(load_table()) == ["kind 'dense' of [kinds] has no registered rule"]
+
+
+def test_a_table_entry_whose_kind_has_no_rule_fails_typed(monkeypatch):
+    """The driver dispatches through the registry: a kind without a rule is no silent stop."""
+    import n2n_fx
+    from n2n_fx import inference
+
+    monkeypatch.delitem(inference.RULES, "dense")
+    with pytest.raises(n2n_fx.N2NError, match="dense"):
+        n2n_fx.plan(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)), torch.randn(2, 3))
+
+
+def test_every_rewrite_kind_has_a_pass_and_an_unknown_one_raises():
+    import n2n_fx
+    from n2n_fx import wider
+    from n2n_fx.inference import Rewrite, RewriteKind
+
+    assert set(wider.REWRITES) == set(RewriteKind)
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Flatten(), nn.Linear(4, 2))
+    plan = n2n_fx.plan(model, torch.randn(2, 3), factor=2.0)
+    node = next(n.name for n in plan.analysis.gm.graph.nodes if n.op == "call_module")
+    plan.analysis.rewrites.append(Rewrite(node, "view_shpae", ()))  # a misspelled kind
+    with pytest.raises(n2n_fx.InternalError, match="view_shpae"):
+        n2n_fx.apply_plan(plan)
+
+
+def test_every_fill_code_has_exactly_one_rule():
+    from n2n_fx import fill
+
+    assert set(fill.FILL_DISPATCH) == set(fill.Rule) == set(FILL_RULES)
