@@ -101,6 +101,15 @@ def widen_claim(statement: str, model: nn.Module, x: torch.Tensor, **kw: Any) ->
     return Claim(statement, not diffs and not vacuous, counterexample=concrete_counterexample(diffs) if diffs else None)
 
 
+def aten_claims(statement: str, model: nn.Module, x: torch.Tensor, *, core: bool = True, **kw: Any) -> list[Claim]:
+    """widen_claim on the graphs torch.export hands over: the exported (ATen) module and (core) its
+    core ATen decomposition, so that the table's ATen spellings are proved as its Python ones are."""
+    torch.manual_seed(0)
+    ep = torch.export.export(model.double().eval(), (x.double(),))
+    forms = [("torch.export", ep.module())] + ([("core ATen", ep.run_decompositions().module())] if core else [])
+    return [widen_claim(f"{statement} [{form}]", gm, x, **kw) for form, gm in forms]
+
+
 def broken_claim(statement: str, diffs: list[Any]) -> Claim:
     return Claim(statement, not diffs, expect=False, counterexample=concrete_counterexample(diffs))
 
@@ -170,6 +179,19 @@ class PoolNet(nn.Module):
         return self.b(torch.flatten(pooled, 1) + y.mean((2, 3)))  # mean over spatial dims: reduce
 
 
+class ReduceNet(nn.Module):
+    """Sums and maxima over the spatial axes (fixed): the channel space passes through each."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(1, 3, 1), nn.Linear(3, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.a(x))
+        z = y.sum((2, 3)) + torch.sum(y, (2, 3)) + y.amax((2, 3)) + torch.amax(y, (2, 3)) + torch.amin(y, (2, 3))
+        return self.b(z)
+
+
 class ResampleNet(nn.Module):
     """Per-channel ops over the spatial dims: nearest upsampling, a spatial pad, a softmax over
     positions, and dtype casts; each must carry the channel space through unchanged."""
@@ -197,6 +219,64 @@ class GateNet(nn.Module):
         b, c, _, _ = h.size()
         g = self.fc(h.mean((2, 3)).view(b, c)).view(b, c, 1, 1)
         return self.b((h * g.expand_as(h)).mean((2, 3)))
+
+
+class ActivationsNet(nn.Module):
+    """The table's unary ops in each spelling family (modules, functions, Tensor methods) on one
+    widened space; exported, their ATen spellings."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(2, 3), nn.Linear(3, 2)
+        self.acts = nn.ModuleList([nn.ReLU(), nn.ReLU6(), nn.Hardtanh(), nn.LeakyReLU(), nn.ELU(), nn.GELU(), nn.SiLU(),
+                                   nn.Sigmoid(), nn.Tanh(), nn.Hardswish(), nn.Hardsigmoid(), nn.Dropout(),
+                                   nn.Identity()])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a(x)
+        y = h.relu() + h.sigmoid() + h.tanh() + h.clamp(-1.0, 1.0) + h.clone() + h.exp() + h.pow(2) + torch.pow(h, 2)
+        y = y + F.relu6(h) + F.hardtanh(h) + F.leaky_relu(h) + F.elu(h) + F.gelu(h) + F.silu(h) + F.hardswish(h)
+        y = y + F.hardsigmoid(h) + F.dropout(h, training=False) + torch.clone(h) + torch.exp(h) + torch.neg(h)
+        for act in self.acts:
+            y = y + act(h)
+        return self.b(y)
+
+
+class BinaryNet(nn.Module):
+    """The table's binary ops in each spelling family: two spaces made one by the first add, a
+    per-unit divisor and a literal."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.c, self.b = nn.Linear(2, 3), nn.Linear(2, 3), nn.Linear(3, 2)
+        self.g = nn.Parameter(torch.rand(3) + 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, k = self.a(x), self.c(x)
+        y = h.add(k) + h.sub(k) + h.mul(k) + h.div(self.g) + torch.div(h, self.g) + h / 2 + torch.mul(h, k)
+        return self.b(y + torch.sub(h, k) + torch.add(h, k))
+
+
+class SpellingsNet(nn.Module):
+    """Function and method spellings of the structural and contracting ops around two spaces."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(2, 3), nn.Linear(3, 2)
+        self.w, self.bias = nn.Parameter(torch.randn(3, 3)), nn.Parameter(torch.randn(3))
+        self.w2, self.w3 = nn.Parameter(torch.randn(3, 3)), nn.Parameter(torch.randn(3, 3))
+        self.flat, self.soft = nn.Flatten(), nn.Softmax(dim=0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.a(x))
+        h = torch.relu(torch.addmm(self.bias, h, self.w))
+        h = torch.relu(self.bias.addmm(h, self.w2).matmul(self.w3))
+        t = torch.permute(torch.transpose(torch.squeeze(torch.reshape(h, (2, 3, 1)), 2), 0, 1), (1, 0))
+        y = t + torch.broadcast_to(torch.mean(t, 0), (2, 3))
+        y = y + self.soft(y) + y.softmax(0)
+        c1, c2 = torch.chunk(y, 2, 0)
+        y = torch.stack(torch.unbind(torch.cat([c1, c2], 0), 0), 0)
+        return self.b(self.flat(y.unsqueeze(2)))
 
 
 class Residual(nn.Module):
@@ -524,7 +604,11 @@ def dense_matrix() -> list[Claim]:
     claims = [
         widen_claim("Linear: rows copied through g, columns divided by replica counts (4 -> 7)", MLP(), x,
                     plan_kw={"widths": {"a": 7}, "seed": 1}),
+        *aten_claims("Linear: rows copied through g, columns divided by replica counts (4 -> 7)", MLP(), x,
+                    plan_kw={"widths": {"a": 7}, "seed": 1}),
         widen_claim("matmul with a parameter: x @ W widened on W's output axis (4 -> 6)", MatmulNet(), x,
+                    plan_kw={"factor": 1.5, "seed": 2}),
+        *aten_claims("matmul with a parameter: x @ W widened on W's output axis (4 -> 6)", MatmulNet(), x,
                     plan_kw={"factor": 1.5, "seed": 2}),
         widen_claim("two consumers of one space both divide (3 -> 5)", TwoHeads(), x,
                     plan_kw={"factor": 1.7, "seed": 3}),
@@ -558,6 +642,8 @@ def conv_matrix() -> list[Claim]:
     return [
         widen_claim("Conv2d 3x3 as a matrix over channels (4 -> 6), kernel taps carried", ConvNet(), x,
                     plan_kw={"factor": 1.5, "seed": 1}),
+        *aten_claims("Conv2d 3x3 as a matrix over channels (4 -> 6), kernel taps carried", ConvNet(), x,
+                    plan_kw={"factor": 1.5, "seed": 1}),
         widen_claim("depthwise conv with multiplier 2: the space passes through, groups follow C_in",
                     ConvNet(depthwise_mult=2), x, plan_kw={"factor": 1.5, "seed": 2}),
         widen_claim("grouped conv (groups=2): each group widened alike, columns gathered per group",
@@ -570,6 +656,8 @@ def batch_norm() -> list[Claim]:
     x1, x2 = torch.randn(1, 2, 1, 1), torch.randn(2, 2, 1, 1)
     claims = [
         widen_claim("BatchNorm eval: weight, bias and running statistics copied through g", BNNet().eval(), x1,
+                    plan_kw={"factor": 1.7, "seed": 1}),
+        *aten_claims("BatchNorm eval: weight, bias and running statistics copied through g", BNNet().eval(), x1,
                     plan_kw={"factor": 1.7, "seed": 1}),
         widen_claim("BatchNorm train: a replicated channel has the same batch statistics", BNNet().train(), x2,
                     training=True, plan_kw={"factor": 1.7, "seed": 2}),
@@ -587,10 +675,17 @@ def batch_norm() -> list[Claim]:
     return claims
 
 
+SUMS = "sum, amax and amin over the (fixed) spatial axes act per channel (3 -> 5)"
+
+
 @proof("channelwise")
 def channelwise() -> list[Claim]:
     return [widen_claim("max / average / adaptive pools and a spatial mean act per channel (3 -> 5)", PoolNet(),
                         torch.randn(1, 1, 2, 2), plan_kw={"factor": 1.7, "seed": 1}),
+        *aten_claims("max / average / adaptive pools and a spatial mean act per channel (3 -> 5)", PoolNet(),
+                        torch.randn(1, 1, 2, 2), plan_kw={"factor": 1.7, "seed": 1}),
+            widen_claim(SUMS, ReduceNet(), torch.randn(1, 1, 2, 2), plan_kw={"factor": 1.7, "seed": 1}),
+            *aten_claims(SUMS, ReduceNet(), torch.randn(1, 1, 2, 2), plan_kw={"factor": 1.7, "seed": 1}),
             widen_claim("interpolate, a spatial pad, a softmax over positions and casts act per channel (3 -> 5)",
                         ResampleNet(), torch.randn(1, 1, 1, 2), plan_kw={"factor": 1.7, "seed": 1})]
 
@@ -640,6 +735,10 @@ def elementwise_unary() -> list[Claim]:
     claims.append(Claim(f"every activation of the table has a definition here (missing: {missing or 'none'})",
                         not missing))
     claims += _deepen_identities()
+    x = torch.randn(2, 2)
+    what = "every unary spelling (modules, functions, Tensor methods) on one space commutes with replication (3 -> 5)"
+    claims += [widen_claim(what, ActivationsNet(), x, plan_kw={"factor": 1.7, "seed": 1}),
+               *aten_claims(what, ActivationsNet(), x, plan_kw={"factor": 1.7, "seed": 1})]
     return claims
 
 
@@ -692,6 +791,8 @@ def _deepen_identities() -> list[Claim]:
 @proof("elementwise_binary")
 def elementwise_binary() -> list[Claim]:
     claims = [widen_claim("residual add, per-unit parameter, constant, stack, gating mul: one shared g", Residual(),
+                          torch.randn(1, 2), plan_kw={"widths": {"a": 5}, "seed": 1}),
+        *aten_claims("residual add, per-unit parameter, constant, stack, gating mul: one shared g", Residual(),
                           torch.randn(1, 2), plan_kw={"widths": {"a": 5}, "seed": 1})]
     # independent maps on the two sides of an add: the classic silent bug
     n = 3  # old width; both maps widen to 5
@@ -705,12 +806,17 @@ def elementwise_binary() -> list[Claim]:
     student = (np.take(w3, g1.numpy(), 1) * scale) @ f(np.take(w1, g1.numpy(), 0) @ xs + np.take(w2, g2.numpy(), 0) @ xs)
     claims.append(broken_claim("independent g on the two operands of an add changes the function",
                                sym.difference(teacher, student)))
+    what = "add, sub, mul and div in every spelling, by a per-unit parameter and a literal: one shared g (3 -> 5)"
+    claims += [widen_claim(what, BinaryNet(), torch.randn(2, 2), plan_kw={"factor": 1.7, "seed": 1}),
+               *aten_claims(what, BinaryNet(), torch.randn(2, 2), plan_kw={"factor": 1.7, "seed": 1})]
     return claims
 
 
 @proof("concat_offsets")
 def concat_offsets() -> list[Claim]:
     return [widen_claim("concat: each input keeps its own g at its offset (2 -> 3, 3 -> 5)", Concat(),
+                        torch.randn(1, 1, 1, 1), plan_kw={"widths": {"p": 3, "q": 5}, "seed": 1}),
+        *aten_claims("concat: each input keeps its own g at its offset (2 -> 3, 3 -> 5)", Concat(),
                         torch.randn(1, 1, 1, 1), plan_kw={"widths": {"p": 3, "q": 5}, "seed": 1})]
 
 
@@ -718,22 +824,39 @@ def concat_offsets() -> list[Claim]:
 def split_pieces() -> list[Claim]:
     return [widen_claim("split [1, 3], chunk, getitem: pieces of a space widened on their own",
                         Split(), torch.randn(1, 1, 1, 1), plan_kw={"factor": 1.7, "seed": 1}),
+        *aten_claims("split [1, 3], chunk, getitem: pieces of a space widened on their own",
+                        Split(), torch.randn(1, 1, 1, 1), plan_kw={"factor": 1.7, "seed": 1}),
             widen_claim("constant slices of a space are pieces widened on their own; the student's bounds are "
                         "their new offsets", SliceNet(), torch.randn(2, 3), plan_kw={"factor": 1.8, "seed": 3}),
+        *aten_claims("constant slices of a space are pieces widened on their own; the student's bounds are "
+                        "their new offsets", SliceNet(), torch.randn(2, 3), plan_kw={"factor": 1.8, "seed": 3}),
             widen_claim("select and narrow index a fixed axis; the space beside them widens (2 -> 3)",
+                        SelectNet(), torch.randn(1, 3, 3), plan_kw={"widths": {"a": 3}, "seed": 2}),
+        *aten_claims("select and narrow index a fixed axis; the space beside them widens (2 -> 3)",
                         SelectNet(), torch.randn(1, 3, 3), plan_kw={"widths": {"a": 3}, "seed": 2})]
+
+
+SPELLINGS = ("function and method spellings (addmm, matmul, reshape, squeeze, transpose, permute, mean, broadcast_to, "
+             "softmax, chunk, unbind, stack, Flatten) carry two spaces (3 -> 5)")
 
 
 @proof("flatten_stride")
 def flatten_stride() -> list[Claim]:
     return [widen_claim("view / flatten (C, H, W) -> C*H*W: unit c owns an H*W block; squeeze (3 -> 5)", Flatten(),
-                        torch.randn(1, 1, 2, 2), plan_kw={"factor": 1.7, "seed": 1})]
+                        torch.randn(1, 1, 2, 2), plan_kw={"factor": 1.7, "seed": 1}),
+        *aten_claims("view / flatten (C, H, W) -> C*H*W: unit c owns an H*W block; squeeze (3 -> 5)", Flatten(),
+                        torch.randn(1, 1, 2, 2), plan_kw={"factor": 1.7, "seed": 1}),
+        widen_claim(SPELLINGS, SpellingsNet(), torch.randn(2, 2), plan_kw={"factor": 1.7, "seed": 1}),
+        *aten_claims(SPELLINGS, SpellingsNet(), torch.randn(2, 2), plan_kw={"factor": 1.7, "seed": 1})]
+
 
 
 @proof("permute_axes")
 def permute_axes() -> list[Claim]:
     return [widen_claim("permute to channels-last, Linear over channels, transpose back (3 -> 5)", ChannelsLast(),
-                        torch.randn(1, 1, 1, 2), plan_kw={"factor": 1.7, "seed": 1})]
+                        torch.randn(1, 1, 1, 2), plan_kw={"factor": 1.7, "seed": 1}),
+        *aten_claims("permute to channels-last, Linear over channels, transpose back (3 -> 5)", ChannelsLast(),
+                        torch.randn(1, 1, 1, 2), plan_kw={"factor": 1.7, "seed": 1}, core=False)]
 
 
 @proof("normalize")
@@ -846,8 +969,12 @@ def expand() -> list[Claim]:
                         plan_kw={"widths": {"a": w}, "seed": 3}) for w in (3, 5)] + [
         widen_claim("a gate viewed with sizes read at run time and expand_as'ed onto its space (3 -> 5)", GateNet(),
                     torch.randn(1, 1, 1, 1), plan_kw={"factor": 1.7, "seed": 2}),
+        *aten_claims("a gate viewed with sizes read at run time and expand_as'ed onto its space (3 -> 5)", GateNet(),
+                    torch.randn(1, 1, 1, 1), plan_kw={"factor": 1.7, "seed": 2}),
         widen_claim("ones and zeros sized by literals meet a space: replicas get the same constant, the literals "
-                    "follow (2 -> 3)", ConstantNet(), x, plan_kw={"factor": 1.5, "seed": 4})]
+                    "follow (2 -> 3)", ConstantNet(), x, plan_kw={"factor": 1.5, "seed": 4}),
+        *aten_claims("ones and zeros sized by literals meet a space: replicas get the same constant, the literals "
+                    "follow (2 -> 3)", ConstantNet(), x, plan_kw={"factor": 1.5, "seed": 4}, core=False)]
 
 
 @proof("embedding")
@@ -858,6 +985,9 @@ def embedding() -> list[Claim]:
                           plan_kw={"widths": {"emb": w}, "seed": 2}) for w in (3, 5)]
     # tied: the head reads the looked-up table undivided; the gain and shift before it are divided
     claims += [widen_claim("tied table, head input h * gain + shift: gain and shift divided by replica counts, "
+                           "the table kept one tensor (2 -> 3, non-uniform)", TiedNet(), x,
+                           plan_kw={"factor": 1.5, "seed": 1}),
+        *aten_claims("tied table, head input h * gain + shift: gain and shift divided by replica counts, "
                            "the table kept one tensor (2 -> 3, non-uniform)", TiedNet(), x,
                            plan_kw={"factor": 1.5, "seed": 1}),
                widen_claim("tied table behind a LayerNorm (GPT-2's ln_f): its weight and bias divided (2 -> 4)",

@@ -246,6 +246,8 @@ class SymInterpreter(torch.fx.Interpreter):
 
     def call_module(self, target: str, args: tuple, kwargs: dict) -> Any:
         m = self.module.get_submodule(target)
+        if type(m).__name__ == "GuardsFn":  # torch.export's input guards: checks, no value
+            return None
         for cls, fn in SYM_MODULES.items():  # registration order: the first class that matches
             if isinstance(m, cls):
                 return fn(self, m, target, args, kwargs)
@@ -392,7 +394,7 @@ def _dim(args: tuple, kwargs: dict, pos: int, default: Any = 0) -> Any:
     return kwargs.get("dim", args[pos] if len(args) > pos else default)
 
 
-sym_impl(operator.add, torch.add)(lambda it, args, kwargs: args[0] + args[1])
+sym_impl(operator.add)(lambda it, args, kwargs: args[0] + args[1])
 sym_impl(operator.mul, torch.mul)(lambda it, args, kwargs: args[0] * args[1])
 sym_impl(operator.sub, torch.sub)(lambda it, args, kwargs: args[0] - args[1])
 sym_impl(torch.mean)(lambda it, args, kwargs: args[0].mean(axis=args[1] if len(args) > 1 else kwargs.get("dim")))
@@ -503,6 +505,68 @@ sym_impl("flatten")(lambda it, args, kwargs: _flatten(it, args, kwargs))
 sym_impl("expand_as")(lambda it, args, kwargs: np.broadcast_to(args[0], args[1].shape))
 
 
+_exp = np.vectorize(sympy.exp, otypes=[object])
+sym_impl("clone", "contiguous", "detach")(lambda it, args, kwargs: args[0])
+sym_impl(torch.clone)(lambda it, args, kwargs: args[0])
+sym_impl("exp", torch.exp)(lambda it, args, kwargs: _exp(args[0]))
+sym_impl("neg", torch.neg, operator.neg)(lambda it, args, kwargs: -args[0])
+sym_impl(torch.pow, operator.pow)(lambda it, args, kwargs: args[0] ** args[1])
+sym_impl("add", torch.add)(lambda it, args, kwargs: args[0] + args[1] * kwargs.get("alpha", 1))
+sym_impl("mul")(lambda it, args, kwargs: args[0] * args[1])
+sym_impl("div", torch.div, operator.truediv)(lambda it, args, kwargs: args[0] / args[1])
+
+
+def _reduce(reduce: Callable[[list], Any]) -> SymFn:
+    """sum / amax / amin over `dim` (all axes when None), keepdim as torch."""
+
+    def fn(it: SymInterpreter, args: tuple, kwargs: dict) -> Any:
+        x, dims, keep = args[0], _arg(args, kwargs, 1, "dim"), _arg(args, kwargs, 2, "keepdim", False)
+        axes = tuple(range(x.ndim)) if dims is None else (dims,) if isinstance(dims, int) else tuple(dims)
+        axes = tuple(a % x.ndim for a in axes)
+        rest = [a for a in range(x.ndim) if a not in axes]
+        flat = np.transpose(x, rest + list(axes)).reshape(*[x.shape[a] for a in rest], -1)
+        out = np.empty(flat.shape[:-1], dtype=object)
+        for i in np.ndindex(*out.shape):
+            out[i] = reduce(list(flat[i]))
+        return out.reshape([1 if a in axes else x.shape[a] for a in range(x.ndim)]) if keep else out
+
+    return fn
+
+
+sym_impl("sum", torch.sum)(_reduce(sum))
+sym_impl("amax", torch.amax)(_reduce(lambda v: sympy.Max(*v)))
+sym_impl("amin", torch.amin)(_reduce(lambda v: sympy.Min(*v)))
+
+
+def _dropout(it: SymInterpreter, args: tuple, kwargs: dict) -> Any:
+    if _arg(args, kwargs, 2, "training", True):
+        raise NotImplementedError("symbolic dropout in training mode")
+    return args[0]
+
+
+sym_impl(F.dropout)(_dropout)
+
+
+sym_impl(torch.addmm)(lambda it, args, kwargs: args[0] + args[1] @ args[2])
+sym_impl("addmm")(lambda it, args, kwargs: args[0] + args[1] @ args[2])
+sym_impl("matmul", "mm")(lambda it, args, kwargs: args[0] @ args[1])
+sym_impl("bmm")(lambda it, args, kwargs: np.matmul(args[0], args[1]))
+sym_impl(torch.reshape)(lambda it, args, kwargs: args[0].reshape(*args[1]))
+sym_impl(torch.squeeze)(lambda it, args, kwargs: np.squeeze(args[0], args[1]))
+sym_impl(torch.unsqueeze)(lambda it, args, kwargs: np.expand_dims(args[0], args[1]))
+sym_impl(torch.transpose)(lambda it, args, kwargs: np.swapaxes(args[0], args[1], args[2]))
+sym_impl(torch.permute)(lambda it, args, kwargs: np.transpose(args[0], args[1]))
+sym_impl(torch.broadcast_to)(lambda it, args, kwargs: np.broadcast_to(args[0], tuple(args[1])))
+sym_impl(torch.chunk)(lambda it, args, kwargs: _chunk(it, args, kwargs))
+sym_impl(torch.unbind)(lambda it, args, kwargs: _unbind(it, args, kwargs))
+sym_impl("softmax")(lambda it, args, kwargs: _softmax(it, args, kwargs))
+
+
+@sym_impl(nn.Softmax)
+def _softmax_module(it: SymInterpreter, m: nn.Module, target: str, args: tuple, kwargs: dict) -> Any:
+    return _softmax(it, (args[0], m.dim), {})
+
+
 @sym_impl("mean")
 def _mean_method(it: SymInterpreter, args: tuple, kwargs: dict) -> Any:
     dims = args[1] if len(args) > 1 else kwargs.get("dim")
@@ -579,3 +643,112 @@ def widen_symbolically(model: nn.Module, x: torch.Tensor, *, concrete: bool = Fa
     t_out = run(plan.analysis.gm, params, (sx,), concrete=concrete, training=training)
     s_out = run(student, student_params(plan, params), (sx,), concrete=concrete, training=training)
     return plan, difference(t_out, s_out)
+
+
+# ---------------------------------------------------------------- core ATen (torch.export, run_decompositions)
+# The proofs' models exported and decomposed reach the table's ATen spellings; these evaluate them
+# on symbols with the same helpers as the Python spellings above.
+aten = torch.ops.aten
+
+
+def _arg(args: tuple, kwargs: dict, pos: int, name: str, default: Any = None) -> Any:
+    return args[pos] if len(args) > pos else kwargs.get(name, default)
+
+
+def _aten_slice(x: Array, dim: int = 0, start: Any = None, end: Any = None, step: int = 1) -> Array:
+    index = [slice(None)] * x.ndim
+    index[dim] = slice(start, None if end is not None and end >= 2 ** 62 else end, step)
+    return x[tuple(index)]
+
+
+def _aten_bn(x: Array, w: Any, b: Any, mean: Array, var: Array, eps: float, training: bool) -> Array:
+    return batch_norm(x, mean, var, w, b, training, eps)
+
+
+_ATEN: dict[Any, SymFn] = {
+    aten.linear.default: lambda it, a, k: _linear(it, a, k),
+    aten.addmm.default: lambda it, a, k: a[0] + a[1] @ a[2],
+    aten.mm.default: lambda it, a, k: a[0] @ a[1],
+    aten.matmul.default: lambda it, a, k: a[0] @ a[1],
+    aten.bmm.default: lambda it, a, k: np.matmul(a[0], a[1]),
+    aten.t.default: lambda it, a, k: a[0].T,
+    aten.permute.default: lambda it, a, k: np.transpose(a[0], a[1]),
+    aten.transpose.int: lambda it, a, k: np.swapaxes(a[0], a[1], a[2]),
+    aten.view.default: lambda it, a, k: a[0].reshape(*a[1]),
+    aten.reshape.default: lambda it, a, k: a[0].reshape(*a[1]),
+    aten._unsafe_view.default: lambda it, a, k: a[0].reshape(*a[1]),
+    aten.flatten.using_ints: lambda it, a, k: _flatten(it, a, k),
+    aten.expand.default: lambda it, a, k: _expand(it, (a[0], *a[1]), {}),
+    aten.unsqueeze.default: lambda it, a, k: np.expand_dims(a[0], a[1]),
+    aten.squeeze.dim: lambda it, a, k: np.squeeze(a[0], a[1]),
+    aten.squeeze.dims: lambda it, a, k: np.squeeze(a[0], tuple(a[1])),
+    aten.add.Tensor: lambda it, a, k: a[0] + a[1] * _arg(a, k, 2, "alpha", 1),
+    aten.sub.Tensor: lambda it, a, k: a[0] - a[1] * _arg(a, k, 2, "alpha", 1),
+    aten.mul.Tensor: lambda it, a, k: a[0] * a[1],
+    aten.div.Tensor: lambda it, a, k: a[0] / a[1],
+    aten.pow.Tensor_Scalar: lambda it, a, k: a[0] ** a[1],
+    aten.rsqrt.default: lambda it, a, k: np.vectorize(lambda v: 1 / sympy.sqrt(v), otypes=[object])(a[0]),
+    aten.cat.default: lambda it, a, k: np.concatenate(a[0], axis=_arg(a, k, 1, "dim", 0)),
+    aten.stack.default: lambda it, a, k: np.stack(a[0], axis=_arg(a, k, 1, "dim", 0)),
+    aten.split.Tensor: lambda it, a, k: _split(it, (a[0], a[1], _arg(a, k, 2, "dim", 0)), {}),
+    aten.split_with_sizes.default: lambda it, a, k: _split(it, (a[0], list(a[1]), _arg(a, k, 2, "dim", 0)), {}),
+    aten.chunk.default: lambda it, a, k: _chunk(it, a, k),
+    aten.unbind.int: lambda it, a, k: _unbind(it, a, k),
+    aten.slice.Tensor: lambda it, a, k: _aten_slice(*a, **k),
+    aten.select.int: lambda it, a, k: np.take(a[0], a[2], axis=a[1]),
+    aten.narrow.default: lambda it, a, k: np.take(a[0], range(a[2], a[2] + a[3]), axis=a[1]),
+    aten.exp.default: lambda it, a, k: _exp(a[0]),
+    aten.add.Scalar: lambda it, a, k: a[0] + a[1],
+    aten.sub.Scalar: lambda it, a, k: a[0] - a[1],
+    aten.mul.Scalar: lambda it, a, k: a[0] * a[1],
+    aten.div.Scalar: lambda it, a, k: a[0] / a[1],
+    aten._assert_tensor_metadata.default: lambda it, a, k: None,  # a check, no value
+    aten.max_pool2d_with_indices.default:
+        lambda it, a, k: (_pool(a[0], a[1][0], (a[2] or a[1])[0], lambda v: sympy.Max(*v)), None),
+    aten.rms_norm.default: lambda it, a, k: norm_last(a[0], _arg(a, k, 2, "weight"), None,
+                                                      _arg(a, k, 3, "eps") or torch.finfo(torch.float64).eps,
+                                                      rms=True),
+    aten.broadcast_to.default: lambda it, a, k: np.broadcast_to(a[0], tuple(a[1])),
+    aten.expand_as.default: lambda it, a, k: np.broadcast_to(a[0], a[1].shape),
+    aten.full.default: lambda it, a, k: np.full(tuple(a[0]), sympy.nsimplify(a[1]), dtype=object),
+    aten.unflatten.int: lambda it, a, k: a[0].reshape(*a[0].shape[:a[1] % a[0].ndim], *a[2],
+                                                      *a[0].shape[a[1] % a[0].ndim + 1:]),
+    aten.neg.default: lambda it, a, k: -a[0],
+    aten.amax.default: lambda it, a, k: _reduce(lambda v: sympy.Max(*v))(it, a, k),
+    aten.amin.default: lambda it, a, k: _reduce(lambda v: sympy.Min(*v))(it, a, k),
+    aten.mean.dim: lambda it, a, k: a[0].mean(axis=tuple(a[1]), keepdims=_arg(a, k, 2, "keepdim", False)),
+    aten.sum.dim_IntList: lambda it, a, k: a[0].sum(axis=tuple(a[1]), keepdims=_arg(a, k, 2, "keepdim", False)),
+    aten.clone.default: lambda it, a, k: a[0],
+    aten.alias.default: lambda it, a, k: a[0],
+    aten.detach.default: lambda it, a, k: a[0],
+    aten.contiguous.default: lambda it, a, k: a[0],
+    aten._to_copy.default: lambda it, a, k: a[0],
+    aten.to.dtype: lambda it, a, k: a[0],
+    aten.type_as.default: lambda it, a, k: a[0],
+    aten.dropout.default: lambda it, a, k: a[0],  # eval mode (train=False): the identity
+    aten.conv1d.default: lambda it, a, k: conv_nd(a[0], a[1], _arg(a, k, 2, "bias"), _arg(a, k, 3, "stride", 1),
+                                                  _arg(a, k, 4, "padding", 0), _arg(a, k, 5, "dilation", 1),
+                                                  _arg(a, k, 6, "groups", 1)),
+    aten.conv2d.default: lambda it, a, k: conv_nd(a[0], a[1], _arg(a, k, 2, "bias"), _arg(a, k, 3, "stride", 1),
+                                                  _arg(a, k, 4, "padding", 0), _arg(a, k, 5, "dilation", 1),
+                                                  _arg(a, k, 6, "groups", 1)),
+    aten.convolution.default: lambda it, a, k: conv_nd(a[0], a[1], a[2], a[3], a[4], a[5], a[8]),
+    aten.batch_norm.default: lambda it, a, k: _aten_bn(a[0], a[1], a[2], a[3], a[4], a[7], a[5]),
+    aten._native_batch_norm_legit_no_training.default:
+        lambda it, a, k: (_aten_bn(a[0], a[1], a[2], a[3], a[4], a[6], False), None, None),
+    aten.layer_norm.default: lambda it, a, k: norm_last(a[0], _arg(a, k, 2, "weight"), _arg(a, k, 3, "bias"),
+                                                        _arg(a, k, 4, "eps", 1e-5), rms=False),
+    aten.native_layer_norm.default: lambda it, a, k: (norm_last(a[0], a[2], a[3], a[4], rms=False), None, None),
+    aten.embedding.default: lambda it, a, k: a[0][np.asarray(a[1])],
+    aten._softmax.default: lambda it, a, k: _softmax(it, (a[0], a[1]), {}),
+    aten.softmax.int: lambda it, a, k: _softmax(it, (a[0], a[1]), {}),
+    aten.adaptive_avg_pool2d.default: lambda it, a, k: a[0].mean(axis=(2, 3), keepdims=True),
+    aten.zeros.default: lambda it, a, k: _filled(0)(it, (a[0],), {}),
+    aten.ones.default: lambda it, a, k: _filled(1)(it, (a[0],), {}),
+    aten.max_pool2d.default: lambda it, a, k: _pool(a[0], a[1][0], (a[2] or a[1])[0], lambda v: sympy.Max(*v)),
+    aten.avg_pool2d.default: lambda it, a, k: _pool(a[0], a[1][0], (a[2] or a[1])[0], lambda v: sum(v) / len(v)),
+    aten.scaled_dot_product_attention.default:
+        lambda it, a, k: sdpa(*a[:3], is_causal=k.get("is_causal", False), scale=k.get("scale")),
+}
+for _target, _fn in _ATEN.items():
+    sym_impl(_target)(_fn)

@@ -35,3 +35,27 @@ def test_meta_check_reports_orphans_and_missing(monkeypatch):
     monkeypatch.setitem(rules.PROOFS, "orphan_proof", lambda: [])
     _, problems = proofs.run_all(names=["stop"])
     assert any("orphan_proof" in p and "orphan" in p for p in problems)
+
+
+def test_reach_check_reports_entries_no_proof_reaches_and_spares_exempt_and_stop_ones():
+    from n2n_fx.spec import load_table
+    from proofs import reach
+
+    table = load_table()
+    problems = reach.problems(table, reach.Reach())  # nothing reached
+    assert any(p.startswith("entry linear (module) is unreached") for p in problems), problems[:3]
+    spared = {op.name for op in table.ops if op.proof_reach or op.kind == "stop"}
+    assert spared and not [p for p in problems if p.split(" ")[1] in spared]
+    reached = reach.Reach({"linear": {"module": {"dense_matrix"}}})
+    assert not any(p.startswith("entry linear (module)") for p in reach.problems(table, reached))
+
+
+def test_reach_records_the_entries_and_spelling_families_a_proof_model_meets():
+    import n2n_fx
+    from proofs import reach
+
+    seen = reach.Reach()
+    with reach.recording(seen, "p"):
+        n2n_fx.plan(torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.ReLU()), torch.randn(2, 2))
+    assert seen.proofs("linear", "module") == {"p"} and seen.proofs("relu", "module") == {"p"}
+    assert not reach.OBSERVERS  # the observer is removed after the block
