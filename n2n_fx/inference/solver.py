@@ -12,15 +12,7 @@ from .. import spaces as S
 from ..spaces import Code, Reason, Seg
 from ..spec import bind
 from .context import Context
-from .values import (
-    ParamAxis,
-    Role,
-    Space,
-    TiedHead,
-    Val,
-    _get_attr,
-    _walk,
-)
+from .values import ParamAxis, Role, Space, TiedHead, Val, _get_attr, _walk
 
 
 def check_sizes(ctx: Context) -> None:

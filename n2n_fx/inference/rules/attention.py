@@ -11,20 +11,9 @@ from ...spaces import Atom, Code, Seg
 from ...spec import OpSpec
 from .. import layouts as L
 from ..context import Context
-from ..layouts import (
-    _operand,
-    _owner,
-    _weights_used,
-)
+from ..layouts import _operand, _owner, _weights_used
 from ..registry import rule
-from ..values import (
-    HeadLink,
-    Rewrite,
-    RewriteKind,
-    Role,
-    Scalar,
-    Val,
-)
+from ..values import HeadLink, Rewrite, RewriteKind, Role, Scalar, Val
 
 
 @rule("attention")

@@ -10,21 +10,9 @@ from ... import spaces as S
 from ...spaces import Code, Layout
 from ...spec import OpSpec
 from ..context import Context
-from ..layouts import (
-    _operand,
-    _period,
-)
+from ..layouts import _operand, _period
 from ..registry import rule
-from ..values import (
-    GroupedContract,
-    Rewrite,
-    RewriteKind,
-    Role,
-    Scalar,
-    Val,
-    _norm_dim,
-    _walk,
-)
+from ..values import GroupedContract, Rewrite, RewriteKind, Role, Scalar, Val, _norm_dim, _walk
 
 
 @rule("dense")

@@ -10,18 +10,9 @@ from ... import spaces as S
 from ...spaces import Atom, Code, Fixed, Seg
 from ...spec import OpSpec
 from ..context import Context
-from ..layouts import (
-    _broadcast_param_axes,
-)
+from ..layouts import _broadcast_param_axes
 from ..registry import rule
-from ..values import (
-    Rewrite,
-    RewriteKind,
-    Role,
-    Val,
-    _norm_dim,
-    _walk,
-)
+from ..values import Rewrite, RewriteKind, Role, Val, _norm_dim, _walk
 
 
 @rule("elementwise", passes=True)

@@ -10,22 +10,9 @@ from ... import spaces as S
 from ...spaces import Code, Fixed, Layout
 from ...spec import OpSpec
 from ..context import Context
-from ..layouts import (
-    _bounds,
-    _feeds_attention,
-    _fold_batch,
-    reshape_layouts,
-)
+from ..layouts import _bounds, _feeds_attention, _fold_batch, reshape_layouts
 from ..registry import rule
-from ..values import (
-    Rewrite,
-    RewriteKind,
-    Scalar,
-    Val,
-    _norm_dim,
-    _walk,
-    op_label,
-)
+from ..values import Rewrite, RewriteKind, Scalar, Val, _norm_dim, _walk, op_label
 
 
 def _tensor_list(ctx: Context, a: dict[str, Any]) -> tuple[list[Val], tuple[int, ...], int] | None:
