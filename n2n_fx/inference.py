@@ -625,10 +625,12 @@ class Inference:
             if ch >= x.ndim - len(pad) // 2:  # the pad reaches the channel axis: its units are not one space
                 self.freeze_all(x, self.reason("padded", "the pad reaches the channel axis"))
                 return Val(shape, tuple(S.fixed(d) for d in shape))
+        if "groups" in spec.options and self.whole_groups(spec, a, x, ch) is None:
+            return self.stop(a, {}, self.reason("unsupported_op", "GroupNorm's num_groups is computed or does not divide C"))
         layouts = []
         for k in range(x.ndim):
             if k == ch:
-                layouts.append(x.layouts[k])
+                layouts.append(S.normalize(x.layouts[k]))
             else:  # batch and spatial axes: pooled over, or reduced by batch statistics
                 if S.is_spaced(x.layouts[k]):
                     self.freeze_all(Val((x.shape[k],), (x.layouts[k],)), self.reason("pooled_over", f"axis {k} is pooled"))
@@ -645,6 +647,8 @@ class Inference:
             t = a.get(name)
             if not isinstance(t, Val):
                 continue
+            if spec.options.get("shared") and t.shape == (1,) and size != 1:
+                continue  # one value for every unit (PReLU's single slope): replicas share it
             if t.ndim != 1 or t.shape[0] != size:
                 self.freeze_all(whole, self.reason("unsupported_op", f"{name} is not one value per unit"))
                 continue
@@ -814,12 +818,13 @@ class Inference:
             return self.stop(a, {}, self.reason("unsupported_op", "space_to_depth of a non-tensor"))
         ch = _norm_dim(spec.channel_axis if spec.channel_axis is not None else 1, x.ndim)
         shape = tuple(int(d) for d in meta.shape)
-        if shape[ch] % x.shape[ch]:
+        channels = self.depth_layout(spec, x, ch, shape[ch])
+        if channels is None:
             return self.stop(a, {}, self.reason("unsupported_op", "channels are not whole copies of the input's"))
         layouts = []
         for k in range(x.ndim):
-            if k == ch:  # each spatial offset of a patch contributes one copy of every channel
-                layouts.append(S.normalize(x.layouts[ch]) * (shape[ch] // x.shape[ch]))
+            if k == ch:
+                layouts.append(channels)
             else:
                 if S.is_spaced(x.layouts[k]):
                     self.freeze_all(Val((1,), (x.layouts[k],)), self.reason("pooled_over", f"axis {k} is folded into channels"))
@@ -892,8 +897,11 @@ class Inference:
         if not (isinstance(x, Val) and isinstance(w, Val) and w.param_axes and isinstance(groups, int)
                 and isinstance(meta, TensorMetadata)):
             return self.stop(a, {}, self.reason("unsupported_op", "conv whose weight is not a parameter (computed in forward: a reparametrisation, a product)"))
-        if "transposed" in spec.options and a.get(spec.options["transposed"]) is not False:
-            return self.stop(a, {}, self.reason("unsupported_op", "transposed convolutions have no rule yet"))
+        transposed = _transposed(spec, a)
+        if transposed is None:
+            return self.stop(a, {}, self.reason("unsupported_op", "whether the convolution is transposed is computed"))
+        if transposed:
+            return self.conv_transposed(spec, x, w, b, groups, meta)
         shape = tuple(int(d) for d in meta.shape)
         ch = x.ndim - (w.ndim - 2) - 1
         c_in, c_out = x.shape[ch], w.shape[0]
@@ -1164,6 +1172,81 @@ class Inference:
         if name == "numel":
             return Scalar(frozenset().union(*taints))
         return Scalar()
+
+    # ---- U-Net rules (issue 15): GroupNorm, ConvTranspose, pixel (un)shuffle; PReLU, InstanceNorm and
+    # interpolate are channelwise entries of the table (PReLU's single slope: the `shared` option)
+    def whole_groups(self, spec: OpSpec, a: dict[str, Any], x: Val, ch: int) -> Layout | None:
+        """GroupNorm: channel c is unit c // (C/G) of a groups space, each unit C/G channels wide (as
+        attention heads are head_dim wide): a copied group brings all its channels, so it keeps its
+        teacher's mean and variance. A space that cannot move by whole groups (a stride-1 space
+        already bound elsewhere, groups cut by a concat) is frozen. None: G is not a literal divisor."""
+        n_groups, c = a.get(spec.options["groups"]), x.shape[ch]
+        if not isinstance(n_groups, int) or isinstance(n_groups, bool) or n_groups <= 0 or c % n_groups:
+            return None
+        node = self.node
+        owner = str(node.target) if node.op == "call_module" else node.name
+        groups = Atom(n_groups, f"{node.name}:groups", label=f"{owner}.groups", free=True)
+        S.unify(x.layouts[ch], (Seg(groups, c // n_groups),),
+                self.reason("constraint", f"GroupNorm grows by whole groups of {c // n_groups} channels"))
+        self.module_attr(spec, "groups", (Seg(groups),))
+        if node.op == "call_function":  # num_groups is the call's second argument
+            self.rewrites.append(Rewrite(node.name, "arg", ((Seg(groups),),), 1, "num_groups"))
+        return S.normalize(x.layouts[ch])
+
+    def conv_transposed(self, spec: OpSpec, x: Val, w: Val, b: Any, groups: int, meta: TensorMetadata) -> Any:
+        """ConvTranspose: weight (C_in, C_out/groups, *k), so axis 0 is contracted (rows gathered and
+        divided by replica counts) and axis 1 produces the output channels; stride, padding,
+        output_padding and dilation act on the spatial axes only. Depthwise: output channel
+        c*m + j reads input channel c alone (the space passes through, x m)."""
+        shape = tuple(int(d) for d in meta.shape)
+        ch = x.ndim - (w.ndim - 2) - 1
+        fixed_reason = self.reason("fixed_coupling", "conv channels meet a fixed axis")
+        for k in range(ch + 1, x.ndim):
+            if S.is_spaced(x.layouts[k]):
+                self.freeze_all(Val((1,), (x.layouts[k],)), self.reason("pooled_over", "spatial axis is a space"))
+        if groups == 1:
+            S.unify(x.layouts[ch], w.layouts[0], fixed_reason)
+            self.role(w, 0, "contract")
+            self.role(w, 1, "out")
+            out = S.normalize(w.layouts[1])
+        elif groups == x.shape[ch]:
+            out = S.stride(x.layouts[ch], w.shape[1])
+            S.unify(x.layouts[ch], w.layouts[0], fixed_reason)
+            self.role(w, 0, "carry")
+            self._rewrite_groups(spec, x.layouts[ch])
+        else:
+            self.freeze_all(x, self.reason("unsupported_op", f"grouped transposed conv (groups={groups}) has no rule"))
+            return self.from_meta(meta)
+        if isinstance(b, Val):
+            S.unify(out, b.layouts[0], fixed_reason)
+            if not self.role(b, 0, "carry"):
+                self.freeze_all(b, self.reason("fixed_coupling", "bias is computed, not a parameter"))
+        self.module_attr(spec, "in", x.layouts[ch])
+        self.module_attr(spec, "out", out)
+        return Val(shape, x.layouts[:ch] + (out,) + tuple(S.fixed(d) for d in shape[ch + 1:]))
+
+    def depth_layout(self, spec: OpSpec, x: Val, ch: int, out_channels: int) -> Layout | None:
+        """The output channel layout of a space_to_depth op; None when the sizes do not fit it."""
+        how, c = spec.options.get("channels", "copies"), x.shape[ch]
+        if how == "merge":  # pixel_shuffle: input channel c*r^2 + k -> output channel c
+            if c % out_channels:
+                return None
+            unit = Atom(out_channels, f"{self.node.name}:channels", free=True)
+            S.unify(x.layouts[ch], (Seg(unit, c // out_channels),),
+                    self.reason("reshape_splits_space", "pixel_shuffle takes whole blocks of r^2 channels"))
+            return S.normalize((Seg(unit),))
+        if out_channels % c:
+            return None
+        if how == "stride":  # pixel_unshuffle: input channel c -> output channels c*r^2 .. c*r^2 + r^2 - 1
+            return S.stride(x.layouts[ch], out_channels // c)
+        return S.normalize(x.layouts[ch]) * (out_channels // c)  # a copy of every channel per patch offset
+
+
+def _transposed(spec: OpSpec, a: dict[str, Any]) -> bool | None:
+    """Is this convolution transposed? The table says so (true) or names the argument that does."""
+    flag = spec.options.get("transposed", False)
+    flag = a.get(flag) if isinstance(flag, str) else flag
+    return flag if isinstance(flag, bool) else None
 
 
 def _operand(spec: OpSpec, a: dict[str, Any], name: str) -> Any:
