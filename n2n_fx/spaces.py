@@ -267,7 +267,11 @@ def unify(a: Layout, b: Layout, reason: Reason) -> None:
         if isinstance(sx, Seg) and isinstance(sy, Seg):
             if sx.inner == sy.inner:
                 union(sx.atom, sy.atom)
-            elif not _adopt(sx, sy) and not _adopt(sy, sx):
+            elif _adopt(sx, sy) or _adopt(sy, sx):
+                # an atom that occurs again further on (cat(h, h) under a GroupNorm) is now an alias:
+                # pair the rest in its new terms
+                return unify(a, b, reason)
+            else:
                 freeze(sx.atom, reason)
                 freeze(sy.atom, reason)
         elif isinstance(sx, Seg):
@@ -282,6 +286,8 @@ def _adopt(free: Seg, other: Seg) -> bool:
     if not r.free or r.children is not None or other.inner % free.inner:
         return False
     r.alias, r.free = (find(other.atom), other.inner // free.inner), False
+    for reason in r.frozen:  # its units are the other's now: a frozen one freezes them
+        freeze(other.atom, reason)
     return True
 
 
