@@ -635,26 +635,29 @@ class Inference:
                 if S.is_spaced(x.layouts[k]):
                     self.freeze_all(Val((x.shape[k],), (x.layouts[k],)), self.reason("pooled_over", f"axis {k} is pooled"))
                 layouts.append(S.fixed(shape[k]))
-        self.carry_per_unit(spec, a, x.layouts[ch], x.shape[ch])
-        self.module_attr(spec, "channels", x.layouts[ch])
+        if not self.carry_per_unit(spec, a, x.layouts[ch], x.shape[ch]):  # PReLU(1) keeps num_parameters=1
+            self.module_attr(spec, "channels", x.layouts[ch])
         return Val(shape, tuple(layouts))
 
-    def carry_per_unit(self, spec: OpSpec, a: dict[str, Any], layout: Layout, size: int) -> None:
+    def carry_per_unit(self, spec: OpSpec, a: dict[str, Any], layout: Layout, size: int) -> bool:
         """Per-unit tensors of the axis (BatchNorm statistics, norm gains and biases) are copied
-        through its g; one that is not a 1-D parameter of that size freezes the axis."""
-        whole = Val((size,), (layout,))
+        through its g; one that is not a 1-D parameter of that size freezes the axis. True when
+        one was a single value shared by every unit (the table's `shared`)."""
+        whole, shared = Val((size,), (layout,)), False
         for name in spec.per_channel:
             t = a.get(name)
             if not isinstance(t, Val):
                 continue
             if spec.options.get("shared") and t.shape == (1,) and size != 1:
-                continue  # one value for every unit (PReLU's single slope): replicas share it
+                shared = True  # one value for every unit (PReLU's single slope): replicas share it
+                continue
             if t.ndim != 1 or t.shape[0] != size:
                 self.freeze_all(whole, self.reason("unsupported_op", f"{name} is not one value per unit"))
                 continue
             S.unify(layout, t.layouts[0], self.reason("fixed_coupling", f"{name} is not a parameter"))
             if not self.role(t, 0, "carry"):
                 self.freeze_all(whole, self.reason("fixed_coupling", f"{name} is computed"))
+        return shared
 
     def module_attr(self, spec: OpSpec, role: str, layout: Layout) -> None:
         node = self.node

@@ -220,7 +220,8 @@ def group_norm(x: Array, groups: int, weight: Array | None, bias: Array | None, 
     flat = x.reshape(n, groups, -1)
     mean = flat.sum(axis=2, keepdims=True) / flat.shape[2]
     var = ((flat - mean) ** 2).sum(axis=2, keepdims=True) / flat.shape[2]
-    y = ((flat - mean) / np.vectorize(sympy.sqrt, otypes=[object])(var + exact(eps))).reshape(x.shape)
+    eps_r = sympy.Rational(str(eps))  # exact() would round 1e-5 to 0 (its denominators are small)
+    y = ((flat - mean) / np.vectorize(sympy.sqrt, otypes=[object])(var + eps_r)).reshape(x.shape)
     shape = [1] * x.ndim
     shape[1] = -1
     if weight is not None:
