@@ -50,8 +50,8 @@ Strategies and their contracts (everything they build is float64, seeded, determ
   `architectures(max_steps=8, activations=ACTIVATIONS)` draws an `Arch`: a small program over
       feature maps (N, C, H, W), one step a line when printed (convs, transposed convs, norms,
       GroupNorm, PReLU, attention, residual adds, concats, splits, hooks, ...; see its
-      docstring). `.build(dtype=float64, batch=3, seed=0)` gives (`ArchNet`, x of shape (batch, in_channels, size, size)), output (batch,
-      classes=3); the model is in train mode when `arch.train` (compare it in mode="eval" or
+      docstring). `.build(dtype=float64, batch=3, seed=0)` gives (`ArchNet`, x of shape (batch,
+      in_channels, size, size)), output (batch, classes=3); the model is in train mode when `arch.train` (compare it in mode="eval" or
       "train" as you mean to grow it), else eval. Forward hooks in `HOOKS`.
   `widen_requests()` draws a `WidenRequest`; `.kwargs(plan.spaces)` gives valid arguments for
       n2n_fx.plan / widen (a factor in [1, 3], or per-space growth in [0, 2]; symmetry none or split).
