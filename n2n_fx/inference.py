@@ -1192,8 +1192,11 @@ class Inference:
         S.unify(x.layouts[ch], (Seg(groups, c // n_groups),),
                 self.reason("constraint", f"GroupNorm grows by whole groups of {c // n_groups} channels"))
         self.module_attr(spec, "groups", (Seg(groups),))
-        if node.op == "call_function":  # num_groups is the call's second argument
-            self.rewrites.append(Rewrite(node.name, "arg", ((Seg(groups),),), 1, "num_groups"))
+        if node.op == "call_function":  # literals of the call: num_groups (core ATen's C too)
+            names = [n for n, _ in spec.signature]
+            for arg, layout in ((spec.options["groups"], (Seg(groups),)), (spec.options.get("channels"), x.layouts[ch])):
+                if arg is not None:
+                    self.rewrites.append(Rewrite(node.name, "arg", (layout,), names.index(arg), arg))
         return S.normalize(x.layouts[ch])
 
     def conv_transposed(self, spec: OpSpec, x: Val, w: Val, b: Any, groups: int, meta: TensorMetadata) -> Any:

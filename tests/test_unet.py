@@ -385,3 +385,17 @@ def test_diffusers_unet2d_widens_every_hidden_space_it_can() -> None:
 def test_diffusers_unet2d_with_and_without_attention_blocks(attention: bool) -> None:
     _check_unet(attention=attention, sample=16, channels=(32, 64), groups=8, widened=20 if attention else 18,
                 n_random=3)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_groupnorm_in_core_aten_rewrites_c_and_group(batch: int) -> None:
+    """run_decompositions() spells GroupNorm native_group_norm(x, w, b, N, C, HxW, group, eps)."""
+    model = _model("groupnorm_g2").eval()
+    x = _input(model, batch)
+    graph = torch.export.export(model, (x,)).run_decompositions().module()
+    plan = n2n_fx.plan(graph, (x,), factor=2.0)
+    assert not _hidden_widened(plan), plan
+    student = n2n_fx.apply_plan(plan)
+    call = next(n for n in student.graph.nodes if n.target is torch.ops.aten.native_group_norm.default)
+    assert (call.args[4], call.args[6]) == (8, 4), call.args
+    assert n2n_fx.verify(model, student, (x,)).ok
