@@ -979,8 +979,8 @@ class GroupNormNet(nn.Module):
 
 
 class TwoGroupNorms(nn.Module):
-    """One space under GroupNorms of 2 and 3 groups (groups of 3 and of 2 channels): no whole-group
-    map serves both."""
+    """One space under GroupNorms of 2 and 3 groups (groups of 3 and of 2 channels): it grows by
+    blocks of lcm(3, 2) = 6 channels, whole groups of both."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -1048,6 +1048,18 @@ class PixelShuffleNet(nn.Module):
         return self.c(F.pixel_unshuffle(h, 2) if self.functional else self.unshuffle(h))
 
 
+class StraddleNet(nn.Module):
+    """A group that straddles a concat of two spaces (2 + 6 channels, groups of 4): its channels
+    come from two maps."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.c, self.norm, self.b = nn.Conv2d(1, 2, 1), nn.Conv2d(1, 6, 1), nn.GroupNorm(2, 8), nn.Conv2d(8, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(self.norm(torch.cat([self.a(x), self.c(x)], dim=1)))
+
+
 def _frozen_codes(model: nn.Module, x: torch.Tensor) -> set[str]:
     return {p.reasons[0].code for p in n2n_fx.plan(model, x).spaces if p.reasons}
 
@@ -1067,8 +1079,10 @@ def group_norm() -> list[Claim]:
     claims.append(broken_claim("per-channel replication that splits groups (g = [0, 1, 2, 3, 0, 2], 3 groups of 2): "
                                "the new group (h0, h2) normalises h0 by other statistics",
                                sym.difference(teacher[:, 0], per_channel[:, 4])))
-    claims.append(Claim("a space under GroupNorms of groups of 3 and of 2 channels is frozen (no whole-group map)",
-                        "constraint" in _frozen_codes(TwoGroupNorms(), torch.randn(1, 1, 1, 2))))
+    claims.append(widen_claim("GroupNorms of groups of 3 and of 2 channels on one map: blocks of 6 channels (6 -> 12)",
+                              _affine(TwoGroupNorms()), torch.randn(1, 1, 1, 2), plan_kw={"factor": 2.0}))
+    claims.append(Claim("a group straddling a concat of two spaces (2 + 6 channels, groups of 4) freezes them",
+                        "constraint" in _frozen_codes(StraddleNet(), torch.randn(1, 1, 1, 2))))
     return claims
 
 
