@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 import itertools
+import math
 from dataclasses import dataclass, field
 
 
@@ -289,7 +290,11 @@ def unify(a: Layout, b: Layout, reason: Reason) -> None:
         if isinstance(sx, Seg) and isinstance(sy, Seg):
             if sx.inner == sy.inner:
                 union(sx.atom, sy.atom)
-            elif not _adopt(sx, sy) and not _adopt(sy, sx):
+            elif _adopt(sx, sy) or _adopt(sy, sx) or _common_block(sx, sy):
+                # an atom that occurs again further on (cat(h, h) under a GroupNorm) is now an alias:
+                # pair the rest in its new terms
+                return unify(a, b, reason)
+            else:
                 freeze(sx.atom, reason)
                 freeze(sy.atom, reason)
         elif isinstance(sx, Seg):
@@ -304,6 +309,24 @@ def _adopt(free: Seg, other: Seg) -> bool:
     if not r.free or r.children is not None or other.inner % free.inner:
         return False
     r.alias, r.free = (find(other.atom), other.inner // free.inner), False
+    for reason in r.frozen:  # its units are the other's now: a frozen one freezes them
+        freeze(other.atom, reason)
+    return True
+
+
+def _common_block(a: Seg, b: Seg) -> bool:
+    """Two free atoms whose units are a and b positions wide, neither dividing the other (GroupNorms
+    of groups of 8 and of 12 channels on one map): both become blocks of one new atom whose units
+    are lcm(a, b) wide, so every copy moves whole units of both."""
+    ra, rb = find(a.atom), find(b.atom)
+    block = math.lcm(a.inner, b.inner)
+    if not (ra.free and rb.free) or ra.children is not None or rb.children is not None or a.size % block:
+        return False
+    common = Atom(a.size // block, ra.origin, free=True, label=ra.label or rb.label)
+    for r, seg in ((ra, a), (rb, b)):
+        r.alias, r.free = (common, block // seg.inner), False
+        for reason in r.frozen:
+            freeze(common, reason)
     return True
 
 

@@ -48,10 +48,10 @@ Strategies and their contracts (everything they build is float64, seeded, determ
       layers (`MLP_NORMS`: none, LayerNorm, BatchNorm1d with random running statistics and
       affine parameters), dropout p in {0, 0.1, 0.5}, d_in 1..6, d_out 1..4, batch 1..max_batch.
   `architectures(max_steps=8, activations=ACTIVATIONS)` draws an `Arch`: a small program over
-      feature maps (N, C, H, W), one step a line when printed (convs, norms, attention, residual
-      adds, concats, splits, hooks, ...; see its docstring). `.build(dtype=float64, batch=3,
-      seed=0)` gives (`ArchNet`, x of shape (batch, in_channels, size, size)), output (batch,
-      classes=3); the model is in train mode when `arch.train` (compare it in mode="eval" or
+      feature maps (N, C, H, W), one step a line when printed (convs, transposed convs, norms,
+      GroupNorm, PReLU, attention, residual adds, concats, splits, hooks, ...; see its
+      docstring). `.build(dtype=float64, batch=3, seed=0)` gives (`ArchNet`, x of shape (batch,
+      in_channels, size, size)), output (batch, classes=3); the model is in train mode when `arch.train` (compare it in mode="eval" or
       "train" as you mean to grow it), else eval. Forward hooks in `HOOKS`.
   `widen_requests()` draws a `WidenRequest`; `.kwargs(plan.spaces)` gives valid arguments for
       n2n_fx.plan / widen (a factor in [1, 3], or per-space growth in [0, 2]; symmetry none or split).
@@ -112,10 +112,14 @@ class Arch:
     def build(self, dtype: torch.dtype = torch.float64, batch: int = 3, seed: int = 0):
         torch.manual_seed(seed)
         model = ArchNet(self).to(dtype).eval()
-        for m in model.modules():  # non-trivial BatchNorm statistics
+        for m in model.modules():  # non-trivial BatchNorm statistics, GroupNorm gains, PReLU slopes
             if isinstance(m, nn.BatchNorm2d):
                 m.running_mean.uniform_(-0.5, 0.5)
                 m.running_var.uniform_(0.5, 2.0)
+            elif isinstance(m, (nn.GroupNorm, nn.PReLU)):
+                with torch.no_grad():
+                    for t in m.parameters():
+                        t.uniform_(-1.0, 1.5)
         for step, kind in self.hooks:
             module = model.layers[str(step)]
             if kind.startswith("pre_"):
@@ -163,6 +167,18 @@ class ArchNet(nn.Module):
             elif op == "bn_act":
                 _, src, act = step
                 self.layers[str(i)] = nn.Sequential(nn.BatchNorm2d(chans[src]), ACTIVATIONS[act]())
+                chans.append(chans[src])
+            elif op == "gn_act":  # GroupNorm + activation, as in U-Nets
+                _, src, groups, act = step
+                self.layers[str(i)] = nn.Sequential(nn.GroupNorm(groups, chans[src]), ACTIVATIONS[act]())
+                chans.append(chans[src])
+            elif op == "up":  # a transposed conv (stride 1, odd kernel: the size is kept)
+                _, src, cout, k, groups = step
+                self.layers[str(i)] = nn.ConvTranspose2d(chans[src], cout, k, padding=k // 2, groups=groups)
+                chans.append(cout)
+            elif op == "prelu":  # one slope per channel or one for all
+                _, src, per_channel = step
+                self.layers[str(i)] = nn.PReLU(chans[src] if per_channel else 1)
                 chans.append(chans[src])
             elif op == "gate":
                 _, src, hidden = step
@@ -237,7 +253,7 @@ class ArchNet(nn.Module):
         maps = [x]
         for i, step in enumerate(self.arch.steps):
             op = step[0]
-            if op in ("conv", "bn_act"):
+            if op in ("conv", "bn_act", "gn_act", "up", "prelu"):
                 maps.append(self.layers[str(i)](maps[step[1]]))
             elif op == "gate":
                 src = maps[step[1]]
@@ -663,7 +679,8 @@ def mlps(draw, max_depth: int = 4, max_width: int = 8, activations: tuple[str, .
 
 @st.composite
 def architectures(draw, max_steps: int = 8, activations: tuple[str, ...] = tuple(ACTIVATIONS)) -> Arch:
-    """Random DAGs: convs (grouped, depthwise), BN + activation, residual add, gating mul,
+    """Random DAGs: convs (grouped, depthwise), transposed convs (groups 1, depthwise), BN or
+    GroupNorm + activation, PReLU (per channel or one slope), residual add, gating mul,
     squeeze-excitation, concat, channel split, channel shuffle, pooling, channels-last LayerNorm /
     RMSNorm, multi-head self-attention over positions (nn.MultiheadAttention, or projections, a
     heads view and F.scaled_dot_product_attention; q, k, v as separate projections or one fused
@@ -682,14 +699,25 @@ def architectures(draw, max_steps: int = 8, activations: tuple[str, ...] = tuple
         n = len(chans)
         src = draw(st.integers(0, n - 1))
         op = draw(st.sampled_from(["conv", "conv", "bn_act", "add", "mul", "cat", "chunk", "pool", "gate", "shuffle",
-                                   "norm", "attention", "sdpa", "position", "narrow", "wread", "slices"]))
+                                   "norm", "attention", "sdpa", "position", "narrow", "wread", "slices", "gn_act",
+                                   "up", "prelu"]))
+        divisors = [g for g in range(1, chans[src] + 1) if chans[src] % g == 0]
         if op == "conv":
-            cin = chans[src]
-            divisors = [g for g in range(1, cin + 1) if cin % g == 0]
             groups = draw(st.sampled_from(divisors))
             cout = groups * draw(st.integers(1, 3)) if groups > 1 else draw(st.integers(1, 6))
             steps.append(("conv", src, cout, draw(st.sampled_from([1, 3])), groups))
             chans.append(cout)
+        elif op == "up":  # transposed: groups 1 or depthwise (the engine's rule; other groups stop)
+            groups = draw(st.sampled_from([1, chans[src]]))
+            cout = groups * draw(st.integers(1, 2)) if groups > 1 else draw(st.integers(1, 6))
+            steps.append(("up", src, cout, draw(st.sampled_from([1, 3])), groups))
+            chans.append(cout)
+        elif op == "gn_act":
+            steps.append(("gn_act", src, draw(st.sampled_from(divisors)), draw(st.sampled_from(activations))))
+            chans.append(chans[src])
+        elif op == "prelu":
+            steps.append(("prelu", src, draw(st.booleans())))
+            chans.append(chans[src])
         elif op == "bn_act":
             steps.append(("bn_act", src, draw(st.sampled_from(activations))))
             chans.append(chans[src])
@@ -736,7 +764,7 @@ def architectures(draw, max_steps: int = 8, activations: tuple[str, ...] = tuple
             steps.append(("pool", src))
             chans.append(chans[src])
     heads = ["flatten", "mean", "tied", "tied_shared"] + (["merge"] if _has_torchvision() else [])
-    modules = [i for i, step in enumerate(steps) if step[0] in ("conv", "bn_act", "gate", "norm")]
+    modules = [i for i, step in enumerate(steps) if step[0] in ("conv", "bn_act", "gate", "norm", "gn_act", "up", "prelu")]
     hooks = draw(st.lists(st.tuples(st.sampled_from(modules), st.sampled_from(sorted(HOOKS))), max_size=2,
                           unique_by=lambda h: h[0])) if modules else []
     hooks = [h for h in hooks if steps[h[0]][0] != "norm" or h[1] == "scale"]  # channels-last: axis 1 is not C

@@ -35,6 +35,11 @@ RESERVED: dict[str, str] = {
     "space_to_depth": "patch merging: channels become copies of the input's layout",
     "attention_heads": "multi-head attention grows by whole heads; head_dim and its scale stay",
     "stop": "no identity: stop entries freeze what they touch",
+    "group_norm": "GroupNorm grows by whole groups: a copied group keeps its statistics",
+    "instance_norm": "InstanceNorm: per-sample, per-channel statistics commute with replication",
+    "prelu": "PReLU: per-channel slopes copied through g; a single slope is shared",
+    "conv_transpose": "ConvTranspose as a matrix over channels: weight (in, out), rows contracted",
+    "pixel_shuffle": "pixel (un)shuffle: channel c*r^2 + k is a stride map of channel c",
     "norm_fill": "fill: a normalised space grown to any width (mean/zero fill, values times sqrt(new/old))",
 }
 

@@ -702,6 +702,7 @@ ACTIVATIONS: dict[str, Callable[[Any], Any]] = {
     "tanh": sympy.tanh,
     "hardswish": lambda v: v * sympy.Min(sympy.Max(0, v + 3), 6) / 6,
     "hardsigmoid": lambda v: sympy.Min(sympy.Max(0, v / 6 + sympy.Rational(1, 2)), 1),
+    "prelu": lambda v: sympy.Max(0, v) + sympy.Min(0, v) / 4,  # nn.PReLU()'s initial slope 0.25
 }
 
 
@@ -1077,4 +1078,202 @@ def stop() -> list[Claim]:
     soft_s = sympy.exp(a) / (2 * sympy.exp(a) + sympy.exp(b))
     claims.append(broken_claim("softmax over a widened space changes (replicas count twice)",
                                sym.difference(np.array([soft_t]), np.array([soft_s]))))
+    return claims
+
+
+# ------------------------------------------------------------------------------ U-Net ops (issue 15)
+def _affine(model: nn.Module) -> nn.Module:
+    """Norm gains and running statistics away from their defaults (a copy through g must show)."""
+    gen = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        for name in ("weight", "bias", "running_mean"):
+            t = getattr(m, name, None)
+            if isinstance(m, (nn.GroupNorm, nn.modules.instancenorm._InstanceNorm, nn.PReLU)) and t is not None:
+                t.data = torch.randn(t.shape, generator=gen, dtype=t.dtype)
+        if isinstance(getattr(m, "running_var", None), torch.Tensor):
+            m.running_var.data = 0.5 + torch.rand(m.running_var.shape, generator=gen, dtype=m.running_var.dtype)
+    return model
+
+
+class GroupNormNet(nn.Module):
+    """conv -> GroupNorm (module or functional) -> activation -> conv."""
+
+    def __init__(self, groups: int, functional: bool = False) -> None:
+        super().__init__()
+        self.a, self.b, self.groups, self.functional = nn.Conv2d(2, 4, 1), nn.Conv2d(4, 2, 1), groups, functional
+        self.norm = nn.GroupNorm(groups, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a(x)
+        h = F.group_norm(h, self.groups, self.norm.weight, self.norm.bias) if self.functional else self.norm(h)
+        return self.b(F.silu(h))
+
+
+class TwoGroupNorms(nn.Module):
+    """One space under GroupNorms of 2 and 3 groups (groups of 3 and of 2 channels): it grows by
+    blocks of lcm(3, 2) = 6 channels, whole groups of both."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.n2, self.n3, self.b = nn.Conv2d(1, 6, 1), nn.GroupNorm(2, 6), nn.GroupNorm(3, 6), nn.Conv2d(6, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a(x)
+        return self.b(self.n2(h) + self.n3(h))
+
+
+class InstanceNormNet(nn.Module):
+    def __init__(self, functional: bool = False) -> None:
+        super().__init__()
+        self.a, self.b, self.functional = nn.Conv2d(2, 3, 1), nn.Conv2d(3, 2, 1), functional
+        self.norm = nn.InstanceNorm2d(3, affine=True, track_running_stats=not functional)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a(x)
+        h = F.instance_norm(h, weight=self.norm.weight, bias=self.norm.bias) if self.functional else self.norm(h)
+        return self.b(torch.relu(h))
+
+
+class PReLUNet(nn.Module):
+    def __init__(self, slopes: int, functional: bool = False) -> None:
+        super().__init__()
+        self.a, self.b, self.functional = nn.Conv2d(2, 3, 1), nn.Conv2d(3, 2, 1), functional
+        self.act = nn.PReLU(slopes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a(x)
+        return self.b(F.prelu(h, self.act.weight) if self.functional else self.act(h))
+
+
+class ConvTransposeNet(nn.Module):
+    def __init__(self, dims: int = 2, groups: int = 1, mult: int = 1, functional: bool = False) -> None:
+        super().__init__()
+        conv = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[dims - 1]
+        self.a, self.b, self.functional = conv(2, 3, 1), conv(3 * mult, 2, 1), functional
+        depthwise = groups > 1
+        self.up = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)[dims - 1](
+            3, 3 * mult, 2 if depthwise else 3, stride=2, padding=0 if depthwise else 1,
+            output_padding=0 if depthwise else 1, groups=groups)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(self.a(x))
+        if self.functional:
+            h = F.conv_transpose2d(h, self.up.weight, self.up.bias, 2, 1, 1)
+        else:
+            h = self.up(h)
+        return self.b(torch.tanh(h))
+
+
+class PixelShuffleNet(nn.Module):
+    """Sub-pixel upsampling (conv to C*r^2, pixel_shuffle) and its inverse (pixel_unshuffle, conv)."""
+
+    def __init__(self, functional: bool = False) -> None:
+        super().__init__()
+        self.a, self.b, self.c, self.functional = nn.Conv2d(2, 8, 1), nn.Conv2d(2, 3, 1), nn.Conv2d(12, 2, 1), functional
+        self.shuffle, self.unshuffle = nn.PixelShuffle(2), nn.PixelUnshuffle(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(self.a(x))
+        h = F.pixel_shuffle(h, 2) if self.functional else self.shuffle(h)
+        h = torch.tanh(self.b(h))
+        return self.c(F.pixel_unshuffle(h, 2) if self.functional else self.unshuffle(h))
+
+
+class StraddleNet(nn.Module):
+    """A group that straddles a concat of two spaces (2 + 6 channels, groups of 4): its channels
+    come from two maps."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.c, self.norm, self.b = nn.Conv2d(1, 2, 1), nn.Conv2d(1, 6, 1), nn.GroupNorm(2, 8), nn.Conv2d(8, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(self.norm(torch.cat([self.a(x), self.c(x)], dim=1)))
+
+
+def _frozen_codes(model: nn.Module, x: torch.Tensor) -> set[str]:
+    return {p.reasons[0].code for p in n2n_fx.plan(model, x).spaces if p.reasons}
+
+
+@proof("group_norm")
+def group_norm() -> list[Claim]:
+    """A copied group brings all C/G channels of its teacher group: its mean and variance (over its
+    channels and positions) are the teacher's; per-group size and eps stay."""
+    x = torch.randn(1, 2, 1, 2)
+    claims = [widen_claim(f"GroupNorm({g}, 4){' (F.group_norm)' if fn else ''}: groups {g} -> {q}, channels 4 -> "
+                          f"{4 * q // g}, num_groups rewritten", _affine(GroupNormNet(g, fn)), x,
+                          plan_kw={"factor": q / g, "seed": seed})
+              for g, q, fn, seed in ((2, 3, False, 1), (2, 4, True, 2), (1, 2, False, 3), (4, 6, False, 4))]
+    chans = sym.symbols_like("h", (1, 4, 1, 2))  # groups (h0, h1), (h2, h3)
+    teacher = sym.group_norm(chans, 2, None, None, 1e-5)
+    per_channel = sym.group_norm(np.take(chans, [0, 1, 2, 3, 0, 2], axis=1), 3, None, None, 1e-5)
+    claims.append(broken_claim("per-channel replication that splits groups (g = [0, 1, 2, 3, 0, 2], 3 groups of 2): "
+                               "the new group (h0, h2) normalises h0 by other statistics",
+                               sym.difference(teacher[:, 0], per_channel[:, 4])))
+    claims.append(widen_claim("GroupNorms of groups of 3 and of 2 channels on one map: blocks of 6 channels (6 -> 12)",
+                              _affine(TwoGroupNorms()), torch.randn(1, 1, 1, 2), plan_kw={"factor": 2.0}))
+    claims.append(Claim("a group straddling a concat of two spaces (2 + 6 channels, groups of 4) freezes them",
+                        "constraint" in _frozen_codes(StraddleNet(), torch.randn(1, 1, 1, 2))))
+    return claims
+
+
+@proof("instance_norm")
+def instance_norm() -> list[Claim]:
+    claims = [widen_claim("InstanceNorm2d eval: running statistics, weight and bias copied through g (3 -> 5)",
+                          _affine(InstanceNormNet()).eval(), torch.randn(1, 2, 1, 2), plan_kw={"factor": 1.7, "seed": 1}),
+              widen_claim("InstanceNorm2d train (batch 2): a replicated channel has its teacher's per-sample statistics",
+                          _affine(InstanceNormNet()).train(), torch.randn(2, 2, 1, 2), training=True,
+                          plan_kw={"factor": 1.7, "seed": 2}),
+              widen_claim("F.instance_norm with affine parameters (batch 2)", _affine(InstanceNormNet(True)),
+                          torch.randn(2, 2, 1, 2), plan_kw={"factor": 1.7, "seed": 3})]
+    return claims
+
+
+@proof("prelu")
+def prelu() -> list[Claim]:
+    x = torch.randn(1, 2, 1, 2)
+    claims = [widen_claim(f"PReLU({n}){' (F.prelu)' if fn else ''}: {'slopes copied through g' if n > 1 else 'one slope shared'}"
+                          " (3 -> 5)", _affine(PReLUNet(n, fn)), x, concrete=True, plan_kw={"factor": 1.7, "seed": seed})
+              for n, fn, seed in ((3, False, 1), (1, False, 2), (3, True, 3))]
+    a, b = sympy.symbols("a b", real=True)
+    v = np.array([[sympy.Integer(-1)]], dtype=object)  # a negative input, where the slope acts
+    claims.append(broken_claim("a replica given another unit's slope changes its output at v = -1",
+                               sym.difference(sym.prelu(v, np.array([a], dtype=object)),
+                                              sym.prelu(v, np.array([b], dtype=object)))))
+    return claims
+
+
+@proof("conv_transpose")
+def conv_transpose() -> list[Claim]:
+    """ConvTranspose's weight is (C_in, C_out/groups, *k): rows are contracted (gathered and divided
+    by replica counts), columns produced (copied); stride, padding, output_padding act on positions."""
+    claims = [widen_claim("ConvTranspose2d k=3, stride 2, padding 1, output_padding 1 (3 -> 5 in and out)",
+                          ConvTransposeNet(), torch.randn(1, 2, 2, 2), plan_kw={"factor": 1.7, "seed": 1}),
+              widen_claim("F.conv_transpose2d with the same weights", ConvTransposeNet(functional=True),
+                          torch.randn(1, 2, 2, 2), plan_kw={"factor": 1.7, "seed": 2}),
+              widen_claim("depthwise ConvTranspose2d (groups = C_in = 3, multiplier 2): the space passes through",
+                          ConvTransposeNet(groups=3, mult=2), torch.randn(1, 2, 1, 2), plan_kw={"factor": 1.7, "seed": 3}),
+              widen_claim("ConvTranspose1d and ConvTranspose3d", ConvTransposeNet(dims=1), torch.randn(1, 2, 2),
+                          plan_kw={"factor": 1.7, "seed": 4}),
+              widen_claim("ConvTranspose3d", ConvTransposeNet(dims=3), torch.randn(1, 2, 1, 1, 2),
+                          plan_kw={"factor": 1.7, "seed": 5})]
+    h, w = sym.symbols_like("h", (1, 2)), sym.symbols_like("W", (2, 2))  # a 1x1 transposed conv: h @ W
+    g = [0, 1, 0]
+    claims.append(broken_claim("the conv rule on a transposed weight (its input rows copied, not divided) counts "
+                               "replicas twice", sym.difference(h @ w, np.take(h, g, axis=1) @ np.take(w, g, axis=0))))
+    return claims
+
+
+@proof("pixel_shuffle")
+def pixel_shuffle() -> list[Claim]:
+    """pixel_shuffle reads input channel c*r^2 + k as output channel c at block offset k: a space on
+    its input moves whole blocks of r^2 channels (a stride map); pixel_unshuffle is the inverse."""
+    claims = [widen_claim(f"conv -> pixel_shuffle(2) -> conv -> pixel_unshuffle(2) -> conv{' (F.*)' if fn else ''}: "
+                          "blocks of 4 channels copied whole", PixelShuffleNet(fn), torch.randn(1, 2, 1, 2),
+                          plan_kw={"factor": 1.5, "seed": seed}) for fn, seed in ((False, 1), (True, 2))]
+    c = sym.symbols_like("c", (1, 4, 1, 1))
+    claims.append(broken_claim("copying one channel of a block (g = [0, 1, 2, 3, 0, 0, 0, 0]) makes an output "
+                               "channel that is no teacher channel",
+                               sym.difference(sym.pixel_shuffle(c, 2)[:, 0],
+                                              sym.pixel_shuffle(np.take(c, [0, 1, 2, 3, 0, 0, 0, 0], axis=1), 2)[:, 1])))
     return claims

@@ -214,6 +214,86 @@ def sdpa(q: Array, k: Array, v: Array, is_causal: bool = False, scale: Any = Non
     return out
 
 
+def group_norm(x: Array, groups: int, weight: Array | None, bias: Array | None, eps: float) -> Array:
+    """GroupNorm on (N, C, *spatial): mean and variance over each group's C/groups channels and all
+    positions; groups = C is InstanceNorm's per-channel statistics."""
+    n, c = x.shape[:2]
+    flat = x.reshape(n, groups, -1)
+    mean = flat.sum(axis=2, keepdims=True) / flat.shape[2]
+    var = ((flat - mean) ** 2).sum(axis=2, keepdims=True) / flat.shape[2]
+    eps_r = sympy.Rational(str(eps))  # exact() would round 1e-5 to 0 (its denominators are small)
+    y = ((flat - mean) / np.vectorize(sympy.sqrt, otypes=[object])(var + eps_r)).reshape(x.shape)
+    shape = [1] * x.ndim
+    shape[1] = -1
+    if weight is not None:
+        y = y * weight.reshape(shape)
+    return y + bias.reshape(shape) if bias is not None else y
+
+
+def instance_norm(x: Array, mean: Array | None, var: Array | None, weight: Array | None, bias: Array | None,
+                  use_input_stats: bool, eps: float) -> Array:
+    """InstanceNorm: per sample and channel over the spatial axes, or the running statistics."""
+    if use_input_stats:
+        return group_norm(x, x.shape[1], weight, bias, eps)
+    return batch_norm(x, mean, var, weight, bias, False, eps)
+
+
+def prelu(x: Array, weight: Array) -> Array:
+    """max(0, v) + a min(0, v); a per channel (axis 1) or one a for all."""
+    shape = [1] * x.ndim
+    if weight.size > 1:
+        shape[1] = -1
+    a = weight.reshape(shape)
+    return np.vectorize(lambda v: sympy.Max(0, v), otypes=[object])(x) + \
+        a * np.vectorize(lambda v: sympy.Min(0, v), otypes=[object])(x)
+
+
+def conv_transpose_nd(x: Array, w: Array, b: Array | None, stride, padding, output_padding, groups: int,
+                      dilation) -> Array:
+    """Transposed convolution on (N, C_in, *spatial) with weight (C_in, C_out/groups, *k): input
+    position i scatters into output position i*stride - padding + k*dilation."""
+    nsp = w.ndim - 2
+    as_t = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v,) * nsp  # noqa: E731
+    stride, padding, output_padding, dilation = map(as_t, (stride, padding, output_padding, dilation))
+    n, cin = x.shape[:2]
+    og, ig = w.shape[1], cin // groups
+    size = [(x.shape[2 + d] - 1) * stride[d] - 2 * padding[d] + dilation[d] * (w.shape[2 + d] - 1)
+            + output_padding[d] + 1 for d in range(nsp)]
+    out = np.full((n, og * groups, *size), sympy.Integer(0), dtype=object)
+    for bi, c, *pos in np.ndindex(*x.shape):
+        g = c // ig
+        for o in range(og):
+            for k in np.ndindex(*w.shape[2:]):
+                dst = tuple(pos[d] * stride[d] - padding[d] + k[d] * dilation[d] for d in range(nsp))
+                if all(0 <= dst[d] < size[d] for d in range(nsp)):
+                    out[(bi, g * og + o, *dst)] += w[(c, o, *k)] * x[(bi, c, *pos)]
+    if b is not None:
+        out = out + b.reshape([1, -1] + [1] * nsp)
+    return out
+
+
+def pixel_shuffle(x: Array, r: int) -> Array:
+    """(N, C*r^2, H, W) -> (N, C, H*r, W*r): channel c*r^2 + i*r + j lands at (h*r + i, w*r + j)."""
+    n, c, h, w = x.shape
+    return x.reshape(n, c // (r * r), r, r, h, w).transpose(0, 1, 4, 2, 5, 3).reshape(n, c // (r * r), h * r, w * r)
+
+
+def pixel_unshuffle(x: Array, r: int) -> Array:
+    n, c, h, w = x.shape
+    return x.reshape(n, c, h // r, r, w // r, r).transpose(0, 1, 3, 5, 2, 4).reshape(n, c * r * r, h // r, w // r)
+
+
+def resample(x: Array, fn: Callable[[torch.Tensor], torch.Tensor]) -> Array:
+    """A per-channel linear map of the spatial axes (nearest, bilinear, ... interpolation), as the
+    exact rationals of its matrix: torch applies `fn` to every basis image in float64."""
+    spatial = x.shape[2:]
+    basis = torch.eye(int(np.prod(spatial)), dtype=torch.float64).reshape(-1, 1, *spatial)
+    mat = fn(basis).reshape(basis.shape[0], -1)  # row: input position, column: output position
+    out_sp = tuple(fn(basis[:1]).shape[2:])
+    m = np.array([[exact(float(v)) for v in row] for row in mat.tolist()], dtype=object)
+    return (x.reshape(*x.shape[:2], -1) @ m).reshape(*x.shape[:2], *out_sp)
+
+
 def _pool(x: Array, k: int, stride: int, reduce: Callable) -> Array:
     n, c, h, w = x.shape
     ho, wo = (h - k) // stride + 1, (w - k) // stride + 1
@@ -255,7 +335,7 @@ class SymInterpreter(torch.fx.Interpreter):
 
     def run_node(self, n: torch.fx.Node) -> Any:
         spec = n2n_fx.load_table().lookup(n, self.module) if n.op.startswith("call") else None
-        if spec is not None and spec.activation:  # any activation of the table: an undefined f
+        if spec is not None and spec.activation and not spec.per_channel:  # an activation: an undefined f
             args, _ = self.fetch_args_kwargs_from_env(n)
             return self._act(spec.name, args[0])
         return super().run_node(n)
@@ -330,6 +410,12 @@ def _linear_module(it: SymInterpreter, m: nn.Module, target: str, args: tuple, k
     return y + it._p(target, "bias") if m.bias is not None else y
 
 
+@sym_impl(nn.modules.conv._ConvTransposeNd)  # before _ConvNd, its base class: the first match wins
+def _conv_transpose_module(it: SymInterpreter, m: nn.Module, target: str, args: tuple, kwargs: dict) -> Any:
+    return conv_transpose_nd(args[0], it._p(target, "weight"), it._p(target, "bias"), m.stride, m.padding,
+                             m.output_padding, m.groups, m.dilation)
+
+
 @sym_impl(nn.modules.conv._ConvNd)
 def _conv_module(it: SymInterpreter, m: nn.Module, target: str, args: tuple, kwargs: dict) -> Any:
     return conv_nd(args[0], it._p(target, "weight"), it._p(target, "bias"), m.stride, m.padding, m.dilation,
@@ -340,6 +426,38 @@ def _conv_module(it: SymInterpreter, m: nn.Module, target: str, args: tuple, kwa
 def _batch_norm_module(it: SymInterpreter, m: nn.Module, target: str, args: tuple, kwargs: dict) -> Any:
     return batch_norm(args[0], it._p(target, "running_mean"), it._p(target, "running_var"),
                       it._p(target, "weight"), it._p(target, "bias"), it.training, m.eps)
+
+
+@sym_impl(nn.GroupNorm)
+def _group_norm_module(it: SymInterpreter, m: nn.Module, target: str, args: tuple, kwargs: dict) -> Any:
+    return group_norm(args[0], m.num_groups, it._p(target, "weight"), it._p(target, "bias"), m.eps)
+
+
+@sym_impl(nn.modules.instancenorm._InstanceNorm)
+def _instance_norm_module(it: SymInterpreter, m: nn.Module, target: str, args: tuple, kwargs: dict) -> Any:
+    return instance_norm(args[0], it._p(target, "running_mean"), it._p(target, "running_var"),
+                         it._p(target, "weight"), it._p(target, "bias"), it.training or not m.track_running_stats,
+                         m.eps)
+
+
+@sym_impl(nn.PReLU)
+def _prelu_module(it: SymInterpreter, m: nn.Module, target: str, args: tuple, kwargs: dict) -> Any:
+    return prelu(args[0], it._p(target, "weight"))
+
+
+@sym_impl(nn.PixelShuffle)
+def _pixel_shuffle_module(it: SymInterpreter, m: nn.Module, target: str, args: tuple, kwargs: dict) -> Any:
+    return pixel_shuffle(args[0], m.upscale_factor)
+
+
+@sym_impl(nn.PixelUnshuffle)
+def _pixel_unshuffle_module(it: SymInterpreter, m: nn.Module, target: str, args: tuple, kwargs: dict) -> Any:
+    return pixel_unshuffle(args[0], m.downscale_factor)
+
+
+@sym_impl(nn.Upsample)
+def _upsample_module(it: SymInterpreter, m: nn.Module, target: str, args: tuple, kwargs: dict) -> Any:
+    return resample(args[0], m)
 
 
 @sym_impl(nn.LayerNorm, nn.RMSNorm)
@@ -459,13 +577,36 @@ def _layer_norm(it: SymInterpreter, args: tuple, kwargs: dict) -> Any:  # (input
 
 
 @sym_impl(F.interpolate)
-def _interpolate(it: SymInterpreter, args: tuple, kwargs: dict) -> Any:
-    if kwargs.get("mode", "nearest") != "nearest":
-        raise NotImplementedError(f"symbolic interpolate mode {kwargs.get('mode')}")
-    out, k = args[0], int(kwargs["scale_factor"])  # integer scale_factor
-    for axis in range(2, out.ndim):
-        out = np.repeat(out, k, axis=axis)
-    return out
+def _interpolate(it: SymInterpreter, args: tuple, kwargs: dict) -> Any:  # any mode, scale_factor or size
+    return resample(args[0], lambda t: F.interpolate(t, *args[1:], **kwargs))
+
+
+@sym_impl(F.group_norm)
+def _group_norm(it: SymInterpreter, args: tuple, kwargs: dict) -> Any:  # (input, num_groups, weight, bias, eps)
+    full = list(args) + [None] * (5 - len(args))
+    return group_norm(full[0], full[1], full[2] if full[2] is not None else kwargs.get("weight"),
+                      full[3] if full[3] is not None else kwargs.get("bias"), kwargs.get("eps", full[4] or 1e-5))
+
+
+@sym_impl(F.instance_norm)
+def _instance_norm(it: SymInterpreter, args: tuple, kwargs: dict) -> Any:
+    full = list(args) + [None] * (8 - len(args))  # (input, running_mean, running_var, weight, bias, use_input_stats, ...)
+    use = kwargs.get("use_input_stats", full[5] if full[5] is not None else True)
+    return instance_norm(full[0], full[1], full[2], full[3], full[4], use, kwargs.get("eps", full[7] or 1e-5))
+
+
+sym_impl(F.prelu)(lambda it, args, kwargs: prelu(args[0], args[1]))
+sym_impl(F.pixel_shuffle)(lambda it, args, kwargs: pixel_shuffle(args[0], args[1]))
+sym_impl(F.pixel_unshuffle)(lambda it, args, kwargs: pixel_unshuffle(args[0], args[1]))
+
+
+@sym_impl(F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)
+def _conv_transpose(it: SymInterpreter, args: tuple, kwargs: dict) -> Any:
+    full = list(args) + [None] * (8 - len(args))
+    opts = {k: kwargs.get(k, full[i] if full[i] is not None else d) for i, k, d in
+            ((3, "stride", 1), (4, "padding", 0), (5, "output_padding", 0), (6, "groups", 1), (7, "dilation", 1))}
+    return conv_transpose_nd(args[0], args[1], full[2] if full[2] is not None else kwargs.get("bias"),
+                             opts["stride"], opts["padding"], opts["output_padding"], opts["groups"], opts["dilation"])
 
 
 @sym_impl(F.pad)

@@ -166,13 +166,17 @@ class Context:
             out.append(S.normalize(cands[0]))
         return tuple(out)
 
-    def carry_per_unit(self, spec: OpSpec, a: dict[str, Any], layout: Layout, size: int) -> None:
+    def carry_per_unit(self, spec: OpSpec, a: dict[str, Any], layout: Layout, size: int) -> bool:
         """Per-unit tensors of the axis (BatchNorm statistics, norm gains and biases) are copied
-        through its g; one that is not a 1-D parameter of that size freezes the axis."""
-        whole = Val((size,), (layout,))
+        through its g; one that is not a 1-D parameter of that size freezes the axis. True when
+        one was a single value shared by every unit (the table's `shared`)."""
+        whole, shared = Val((size,), (layout,)), False
         for name in spec.per_channel:
             t = a.get(name)
             if not isinstance(t, Val):
+                continue
+            if spec.options.get("shared") and t.shape == (1,) and size != 1:
+                shared = True  # one value for every unit (PReLU's single slope): replicas share it
                 continue
             if t.ndim != 1 or t.shape[0] != size:
                 self.freeze_all(whole, self.reason(Code.UNSUPPORTED_OP, f"{name} is not one value per unit"))
@@ -180,6 +184,7 @@ class Context:
             S.unify(layout, t.layouts[0], self.reason(Code.FIXED_COUPLING, f"{name} is not a parameter"))
             if not self.role(t, 0, Role.CARRY):
                 self.freeze_all(whole, self.reason(Code.FIXED_COUPLING, f"{name} is computed"))
+        return shared
 
     def module_attr(self, spec: OpSpec, role: str, layout: Layout) -> None:
         node = self.node

@@ -87,8 +87,11 @@ def conv(ctx: Context, spec: OpSpec, a: dict[str, Any]) -> Any:
     if not (isinstance(x, Val) and isinstance(w, Val) and w.param_axes and isinstance(groups, int)
             and isinstance(meta, TensorMetadata)):
         return ctx.stop(a, {}, ctx.reason(Code.UNSUPPORTED_OP, "conv whose weight is not a parameter (computed in forward: a reparametrisation, a product)"))
-    if "transposed" in spec.options and a.get(spec.options["transposed"]) is not False:
-        return ctx.stop(a, {}, ctx.reason(Code.UNSUPPORTED_OP, "transposed convolutions have no rule yet"))
+    transposed = _transposed(spec, a)
+    if transposed is None:
+        return ctx.stop(a, {}, ctx.reason(Code.UNSUPPORTED_OP, "whether the convolution is transposed is computed"))
+    if transposed:
+        return _conv_transposed(ctx, spec, x, w, b, groups, meta)
     shape = tuple(int(d) for d in meta.shape)
     ch = x.ndim - (w.ndim - 2) - 1
     c_in, c_out = x.shape[ch], w.shape[0]
@@ -123,6 +126,46 @@ def conv(ctx: Context, spec: OpSpec, a: dict[str, Any]) -> Any:
     ctx.module_attr(spec, "out", out)
     layouts = x.layouts[:ch] + (out,) + tuple(S.fixed(d) for d in shape[ch + 1:])
     return Val(shape, layouts)
+
+
+def _transposed(spec: OpSpec, a: dict[str, Any]) -> bool | None:
+    """Is this convolution transposed? The table says so (true) or names the argument that does."""
+    flag = spec.options.get("transposed", False)
+    flag = a.get(flag) if isinstance(flag, str) else flag
+    return flag if isinstance(flag, bool) else None
+
+
+def _conv_transposed(ctx: Context, spec: OpSpec, x: Val, w: Val, b: Any, groups: int, meta: TensorMetadata) -> Any:
+    """ConvTranspose: weight (C_in, C_out/groups, *k), so axis 0 is contracted (rows gathered and
+    divided by replica counts) and axis 1 produces the output channels; stride, padding,
+    output_padding and dilation act on the spatial axes only. Depthwise: output channel
+    c*m + j reads input channel c alone (the space passes through, x m)."""
+    shape = tuple(int(d) for d in meta.shape)
+    ch = x.ndim - (w.ndim - 2) - 1
+    fixed_reason = ctx.reason(Code.FIXED_COUPLING, "conv channels meet a fixed axis")
+    for k in range(ch + 1, x.ndim):
+        if S.is_spaced(x.layouts[k]):
+            ctx.freeze_all(Val((1,), (x.layouts[k],)), ctx.reason(Code.POOLED_OVER, "spatial axis is a space"))
+    if groups == 1:
+        S.unify(x.layouts[ch], w.layouts[0], fixed_reason)
+        ctx.role(w, 0, Role.CONTRACT)
+        ctx.role(w, 1, Role.OUT)
+        out = S.normalize(w.layouts[1])
+    elif groups == x.shape[ch]:
+        out = S.stride(x.layouts[ch], w.shape[1])
+        S.unify(x.layouts[ch], w.layouts[0], fixed_reason)
+        ctx.role(w, 0, Role.CARRY)
+        _rewrite_groups(ctx, spec, x.layouts[ch])
+    else:
+        ctx.freeze_all(x, ctx.reason(Code.UNSUPPORTED_OP, f"grouped transposed conv (groups={groups}) has no rule"))
+        return ctx.from_meta(meta)
+    if isinstance(b, Val):
+        S.unify(out, b.layouts[0], fixed_reason)
+        if not ctx.role(b, 0, Role.CARRY):
+            ctx.freeze_all(b, ctx.reason(Code.FIXED_COUPLING, "bias is computed, not a parameter"))
+    ctx.module_attr(spec, "in", x.layouts[ch])
+    ctx.module_attr(spec, "out", out)
+    return Val(shape, x.layouts[:ch] + (out,) + tuple(S.fixed(d) for d in shape[ch + 1:]))
 
 
 def _rewrite_groups(ctx: Context, spec: OpSpec, layout: Layout) -> None:

@@ -7,7 +7,7 @@ from typing import Any
 from torch.fx.passes.shape_prop import TensorMetadata
 
 from ... import spaces as S
-from ...spaces import Atom, Code, Fixed, Seg
+from ...spaces import Atom, Code, Fixed, Layout, Seg
 from ...spec import OpSpec
 from ..context import Context
 from ..layouts import _broadcast_param_axes
@@ -44,17 +44,41 @@ def channelwise(ctx: Context, spec: OpSpec, a: dict[str, Any]) -> Any:
         if ch >= x.ndim - len(pad) // 2:  # the pad reaches the channel axis: its units are not one space
             ctx.freeze_all(x, ctx.reason(Code.PADDED, "the pad reaches the channel axis"))
             return Val(shape, tuple(S.fixed(d) for d in shape))
+    if "groups" in spec.options and _whole_groups(ctx, spec, a, x, ch) is None:
+        return ctx.stop(a, {}, ctx.reason(Code.UNSUPPORTED_OP, "GroupNorm's num_groups is computed or does not divide C"))
     layouts = []
     for k in range(x.ndim):
         if k == ch:
-            layouts.append(x.layouts[k])
+            layouts.append(S.normalize(x.layouts[k]))
         else:  # batch and spatial axes: pooled over, or reduced by batch statistics
             if S.is_spaced(x.layouts[k]):
                 ctx.freeze_all(Val((x.shape[k],), (x.layouts[k],)), ctx.reason(Code.POOLED_OVER, f"axis {k} is pooled"))
             layouts.append(S.fixed(shape[k]))
-    ctx.carry_per_unit(spec, a, x.layouts[ch], x.shape[ch])
-    ctx.module_attr(spec, "channels", x.layouts[ch])
+    if not ctx.carry_per_unit(spec, a, x.layouts[ch], x.shape[ch]):  # PReLU(1) keeps num_parameters=1
+        ctx.module_attr(spec, "channels", x.layouts[ch])
     return Val(shape, tuple(layouts))
+
+
+def _whole_groups(ctx: Context, spec: OpSpec, a: dict[str, Any], x: Val, ch: int) -> Layout | None:
+    """GroupNorm: channel c is unit c // (C/G) of a groups space, each unit C/G channels wide (as
+    attention heads are head_dim wide): a copied group brings all its channels, so it keeps its
+    teacher's mean and variance. A space that cannot move by whole groups (a stride-1 space
+    already bound elsewhere, groups cut by a concat) is frozen. None: G is not a literal divisor."""
+    n_groups, c = a.get(spec.options["groups"]), x.shape[ch]
+    if not isinstance(n_groups, int) or isinstance(n_groups, bool) or n_groups <= 0 or c % n_groups:
+        return None
+    node = ctx.node
+    owner = str(node.target) if node.op == "call_module" else node.name
+    groups = Atom(n_groups, f"{node.name}:groups", label=f"{owner}.groups", free=True)
+    S.unify(x.layouts[ch], (Seg(groups, c // n_groups),),
+            ctx.reason(Code.CONSTRAINT, f"GroupNorm grows by whole groups of {c // n_groups} channels"))
+    ctx.module_attr(spec, "groups", (Seg(groups),))
+    if node.op == "call_function":  # literals of the call: num_groups (core ATen's C too)
+        names = [n for n, _ in spec.signature]
+        for arg, layout in ((spec.options["groups"], (Seg(groups),)), (spec.options.get("channels"), x.layouts[ch])):
+            if arg is not None:
+                ctx.rewrites.append(Rewrite(node.name, RewriteKind.ARG, (layout,), names.index(arg), arg))
+    return S.normalize(x.layouts[ch])
 
 
 @rule("normalize")

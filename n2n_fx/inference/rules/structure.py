@@ -7,7 +7,7 @@ from typing import Any
 from torch.fx.passes.shape_prop import TensorMetadata
 
 from ... import spaces as S
-from ...spaces import Code, Fixed, Layout
+from ...spaces import Atom, Code, Fixed, Layout, Seg
 from ...spec import OpSpec
 from ..context import Context
 from ..layouts import _bounds, _feeds_attention, _fold_batch, reshape_layouts
@@ -268,14 +268,32 @@ def space_to_depth(ctx: Context, spec: OpSpec, a: dict[str, Any]) -> Any:
         return ctx.stop(a, {}, ctx.reason(Code.UNSUPPORTED_OP, "space_to_depth of a non-tensor"))
     ch = _norm_dim(spec.channel_axis if spec.channel_axis is not None else 1, x.ndim)
     shape = tuple(int(d) for d in meta.shape)
-    if shape[ch] % x.shape[ch]:
+    channels = _depth_layout(ctx, spec, x, ch, shape[ch])
+    if channels is None:
         return ctx.stop(a, {}, ctx.reason(Code.UNSUPPORTED_OP, "channels are not whole copies of the input's"))
     layouts = []
     for k in range(x.ndim):
-        if k == ch:  # each spatial offset of a patch contributes one copy of every channel
-            layouts.append(S.normalize(x.layouts[ch]) * (shape[ch] // x.shape[ch]))
+        if k == ch:
+            layouts.append(channels)
         else:
             if S.is_spaced(x.layouts[k]):
                 ctx.freeze_all(Val((1,), (x.layouts[k],)), ctx.reason(Code.POOLED_OVER, f"axis {k} is folded into channels"))
             layouts.append(S.fixed(shape[k]))
     return Val(shape, tuple(layouts))
+
+
+def _depth_layout(ctx: Context, spec: OpSpec, x: Val, ch: int, out_channels: int) -> Layout | None:
+    """The output channel layout of a space_to_depth op; None when the sizes do not fit it."""
+    how, c = spec.options.get("channels", "copies"), x.shape[ch]
+    if how == "merge":  # pixel_shuffle: input channel c*r^2 + k -> output channel c
+        if c % out_channels:
+            return None
+        unit = Atom(out_channels, f"{ctx.node.name}:channels", free=True)
+        S.unify(x.layouts[ch], (Seg(unit, c // out_channels),),
+                ctx.reason(Code.RESHAPE_SPLITS_SPACE, "pixel_shuffle takes whole blocks of r^2 channels"))
+        return S.normalize((Seg(unit),))
+    if out_channels % c:
+        return None
+    if how == "stride":  # pixel_unshuffle: input channel c -> output channels c*r^2 .. c*r^2 + r^2 - 1
+        return S.stride(x.layouts[ch], out_channels // c)
+    return S.normalize(x.layouts[ch]) * (out_channels // c)  # a copy of every channel per patch offset
