@@ -212,6 +212,22 @@ def target_config(config: Any, changes: dict[str, Any]) -> Any:
     return cfg
 
 
+def _check_depth_adds_blocks(model: torch.nn.Module, target: torch.nn.Module, layer_map: Any) -> None:
+    """More layers in the config must mean more blocks of weights. A family that shares one set of
+    layer weights across its depth (ALBERT) would rerun the trained layer more times, another
+    function no new-block initialisation can undo: refuse it here instead of after growing."""
+    from .growth import GrowError, find_stacks
+
+    depth = _field(model.config, "num_hidden_layers")
+    old, new = getattr(model.config, depth, None), getattr(target.config, depth, None)
+    if not (isinstance(old, int) and isinstance(new, int) and new > old) or find_stacks(model, target, layer_map):
+        return
+    raise GrowError(f"{depth} {old} -> {new} adds no block of weights to {type(model).__name__}: its layers share "
+                    f"weights, so the deeper config reruns the trained ones, which computes another function",
+                    node=depth, op="hf.grow", fix=f"keep {depth}={old} and grow widths only (new shared layers "
+                    "cannot start as the identity without changing the trained ones)")
+
+
 def _check_layer_types(model: torch.nn.Module, target: torch.nn.Module, layer_map: Any) -> None:
     """A teacher block placed on a layer of another kind (sliding vs full attention) would compute
     another function on long inputs: refuse the placement."""
@@ -260,6 +276,7 @@ def grow(model: torch.nn.Module, config: Any = None, example_inputs: Any = None,
     except Exception as exc:  # the family's own validation (hidden size not divisible by heads, ...)
         raise N2NError(f"{type(model).__name__} refuses the target config: {exc}", op="hf.grow",
                        fix="choose sizes the family accepts") from exc
+    _check_depth_adds_blocks(model, target, layer_map)
     _check_layer_types(model, target, layer_map)
     if example_inputs is None:
         vocab = getattr(base, "vocab_size", None)
