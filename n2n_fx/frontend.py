@@ -270,7 +270,8 @@ def trace(model: torch.nn.Module, example_inputs: Any, *, leaf_modules: Sequence
     elif frontend == "auto" and not isinstance(model, torch.fx.GraphModule) and not leaf_modules \
             and concrete_args is None:
         try:
-            return _fx(private, model, inputs, leaf_modules, concrete_args)
+            gm = _fx(private, model, inputs, leaf_modules, concrete_args)
+            return _seen_inside(gm, model, inputs, share_tensors, mode, dynamic_shapes)
         except TraceFailure as fx_failure:  # e.g. Hugging Face models: export traces them
             private = _private(model, share_tensors, mode)  # the failed trace may have written into the copy
             try:
@@ -281,6 +282,46 @@ def trace(model: torch.nn.Module, example_inputs: Any, *, leaf_modules: Sequence
     else:
         return _fx(private, model, inputs, leaf_modules, concrete_args)
     return _finish(gm, model, inputs, used)
+
+
+def _opaque_parameters(gm: torch.fx.GraphModule) -> int:
+    """Parameter elements only ops the table does not know read: what such a trace cannot widen."""
+    table, seen, total = load_table(), set(), 0
+    for node in gm.graph.nodes:
+        if node.op not in ("call_module", "call_function", "call_method") or table.lookup(node, gm) is not None:
+            continue
+        if node.op == "call_module":
+            tensors = list(gm.get_submodule(node.target).parameters())
+        else:
+            tensors = [_parameter(gm, str(a.target)) for a in node.all_input_nodes if a.op == "get_attr"]
+        for t in tensors:
+            if t is not None and id(t) not in seen:
+                seen.add(id(t))
+                total += t.numel()
+    return total
+
+
+def _parameter(gm: torch.nn.Module, target: str) -> torch.nn.Parameter | None:
+    try:
+        return gm.get_parameter(target)
+    except AttributeError:  # a buffer or constant
+        return None
+
+
+def _seen_inside(gm: torch.fx.GraphModule, model: torch.nn.Module, inputs: Inputs, share_tensors: bool, mode: str,
+                 dynamic_shapes: Any) -> torch.fx.GraphModule:
+    """frontend='auto' after symbolic_trace: torch.nn modules the table does not know are fx leaves
+    (nn.TransformerEncoder), opaque; torch.export traces into them. Its graph is taken when it leaves
+    fewer parameters to unknown ops, else symbolic_trace's (nn.LSTM: aten.lstm is as opaque)."""
+    opaque = _opaque_parameters(gm)
+    if not opaque:
+        return gm
+    try:
+        exported = _finish(_export(_private(model, share_tensors, mode), inputs, dynamic_shapes), model, inputs,
+                           "export")
+    except N2NError:
+        return gm
+    return exported if _opaque_parameters(exported) < opaque else gm
 
 
 def _private(model: torch.nn.Module, share_tensors: bool, mode: str) -> torch.nn.Module:
