@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+import n2n_fx
 from n2n_fx.cli import main
 from n2n_fx.paper import lm
 
@@ -76,6 +77,29 @@ def test_carry_optimizer_keeps_moved_parameters_state_and_starts_new_blocks_empt
                                                             for g in carried.param_groups)
 
 
+def test_hf_grow_split_is_exact_and_gives_replicas_different_outgoing_weights():
+    from n2n_fx import hf
+
+    c, teacher = _tiny()
+    teacher = teacher.double()
+    ids = (torch.randint(0, 256, (2, 8)),)
+    grown = {sym: hf.grow(teacher, hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=4,
+                          num_hidden_layers=2, example_inputs=ids, symmetry=sym) for sym in ("none", "split")}
+    for model in grown.values():
+        assert n2n_fx.verify(teacher, model, ids, rtol=1e-6).ok  # Llama's RMSNorm computes in float32
+    # MLP replicas share incoming weights (up_proj rows); their outgoing ones (down_proj columns) are
+    # equal under 'none' (each divided by the count) and differ under 'split'
+    for sym, model in grown.items():
+        mlp = model.model.layers[0].mlp
+        up, down = mlp.up_proj.weight, mlp.down_proj.weight
+        pairs = [(i, j) for i in range(len(up)) for j in range(i) if torch.equal(up[i], up[j])]
+        assert pairs, sym  # 32 -> 64 units: every teacher unit has a replica
+        same = [torch.equal(down[:, i], down[:, j]) for i, j in pairs]
+        assert all(same) if sym == "none" else not any(same), sym
+    with pytest.raises(n2n_fx.N2NError):
+        hf.grow(teacher, hidden_size=32, example_inputs=ids, symmetry="noise")  # not exact: grow refuses it
+
+
 def test_cuda_without_a_gpu_is_a_usage_error(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("a GPU is here")
@@ -85,7 +109,7 @@ def test_cuda_without_a_gpu_is_a_usage_error(tmp_path):
 def test_smoke_run_end_to_end(tmp_path):
     """`n2n-fx experiment lm --quick`: every arm and seed trains, grown arms start at the teacher,
     scratch starts at the uniform 8 bits/byte, and the files say so."""
-    assert main(["experiment", "lm", "--quick", "--seeds", "2", "--out", str(tmp_path)]) == 0
+    assert main(["experiment", "lm", "--quick", "--out", str(tmp_path)]) == 0
     c = lm.Config.smoke(tmp_path)
     for name in ("lm_curves.csv", "lm_summary.csv", "lm_summary.md", "lm_bpb.png"):
         assert (tmp_path / name).stat().st_size > 0, name
@@ -96,7 +120,7 @@ def test_smoke_run_end_to_end(tmp_path):
     evals = c.student_steps // c.eval_every + 1
     for setting, names in lm.ARMS.items():
         for arm in names:
-            for seed in range(2):
+            for seed in range(c.seeds):
                 run = [r for r in rows if (r["setting"], r["arm"], r["seed"]) == (setting, arm, str(seed))]
                 assert len(run) == evals, (setting, arm, seed)
                 start = float(run[0]["val_bpb"])
@@ -110,5 +134,5 @@ def test_smoke_run_end_to_end(tmp_path):
                     else:
                         assert abs(start - t_bpb) <= lm.START_TOL, (setting, arm, seed, start, t_bpb)
     summary = list(csv.DictReader((tmp_path / "lm_summary.csv").open()))
-    assert len(summary) == sum(len(v) for v in lm.ARMS.values()) and all(s["seeds"] == "2" for s in summary)
+    assert len(summary) == sum(len(v) for v in lm.ARMS.values()) and all(s["seeds"] == str(c.seeds) for s in summary)
     assert "compute saved" in (tmp_path / "lm_summary.md").read_text()

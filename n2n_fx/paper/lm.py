@@ -10,14 +10,18 @@ bytes depend on the interpreter's version (recorded in the summary). Nothing dow
 
 Models: `LlamaForCausalLM` from a config (pre-norm RMSNorm, rotary, SwiGLU, untied head), random
 weights. The teacher has `hidden` x `layers`; the students of each setting:
-  wider   2x hidden (heads, MLP), same depth: widen (random replication), widen (uniform), widen
-          (uniform) + the teacher's AdamW state handed over exactly (widen_optimizer), random pad
-          (the teacher's weights in the leading units, the new ones freshly drawn: no function
-          preservation), scratch
-  deeper  2x layers: new identity blocks interleaved (hf.grow), the same + the teacher's optimizer
-          state (new blocks start with none), scratch
-  both    2x hidden and 2x layers: hf.grow into the bigger config, widen (uniform) + handed-over
-          optimizer + new blocks, scratch
+  wider   2x hidden (heads, MLP), same depth: widen with random and with uniform replication,
+          symmetry 'split' (exact; replicas get different outgoing weights), the latter also with
+          the teacher's AdamW moments handed over (widen_optimizer); widen with symmetry 'none'
+          (exact, but a unit's replicas then get equal gradients forever: the student stays the
+          teacher's function class); random pad (the teacher's weights in the leading units, new
+          ones freshly drawn: not function preserving); scratch
+  deeper  2x layers: new identity blocks interleaved (hf.grow), the same with the teacher's
+          optimizer state carried over (new blocks start with none), scratch
+  both    2x hidden and 2x layers: hf.grow into the bigger config (split), widen (uniform, split)
+          with handed-over optimizer then new blocks, scratch
+The exact hand-over (widen_optimizer(exact=True)) needs symmetry 'none', under which the student
+provably keeps computing the teacher (its step is the widened teacher step): it is not an arm.
 Every student trains the same number of tokens with the same schedule (linear warm-up, cosine to
 `min_lr_ratio`) and the same data order for a seed. One teacher (seed 0) serves every seed; the
 seeds change the student's data order, replication draws and fresh weights.
