@@ -135,4 +135,16 @@ def test_smoke_run_end_to_end(tmp_path):
                         assert abs(start - t_bpb) <= lm.START_TOL, (setting, arm, seed, start, t_bpb)
     summary = list(csv.DictReader((tmp_path / "lm_summary.csv").open()))
     assert len(summary) == sum(len(v) for v in lm.ARMS.values()) and all(s["seeds"] == str(c.seeds) for s in summary)
-    assert "compute saved" in (tmp_path / "lm_summary.md").read_text()
+    assert "FLOPs saved" in (tmp_path / "lm_summary.md").read_text() and "tokens_saved" in summary[0]
+    # the report is rebuilt from the CSV alone: the same table again
+    assert lm.summarise(lm.runs_from_csv(tmp_path / "lm_curves.csv")) == lm.write_report(c)
+
+
+def test_gpu_configuration_builds_and_is_bigger():
+    cpu, gpu = lm.Config(out=None), lm.Config.gpu(out=None)  # type: ignore[arg-type]
+    assert gpu.device == "cuda" and gpu.settings == cpu.settings
+    sizes = {}
+    for c in (cpu, gpu):
+        for mult in lm.SETTINGS.values():
+            sizes[c.device, mult] = lm.flops_per_token(lm._meta_llama(c.llama(*mult)), c.seq_len)
+    assert all(sizes["cuda", m] > 10 * sizes["cpu", m] for m in lm.SETTINGS.values())

@@ -36,6 +36,7 @@ byte first reaches that seed's from-scratch final value (linear between evaluati
 from __future__ import annotations
 
 import copy
+import csv
 import hashlib
 import math
 import statistics
@@ -228,15 +229,16 @@ class Run:
     def final(self) -> float:
         return self.rows[-1]["val_bpb"]
 
-    def flops_to(self, target: float) -> float | None:
-        """FLOPs (teacher charged) where val bpb first reaches `target`, linear between evaluations."""
+    def cost_to(self, target: float, key: str = "flops_total") -> float | None:
+        """`key` (flops_total or tokens_total, teacher charged) where val bpb first reaches `target`,
+        linear between evaluations; None when it never does."""
         prev = None
         for r in self.rows:
             if r["val_bpb"] <= target + 1e-12:
                 if prev is None or prev["val_bpb"] == r["val_bpb"]:
-                    return r["flops_total"]
+                    return r[key]
                 t = (prev["val_bpb"] - target) / (prev["val_bpb"] - r["val_bpb"])
-                return prev["flops_total"] + t * (r["flops_total"] - prev["flops_total"])
+                return prev[key] + t * (r[key] - prev[key])
             prev = r
         return None
 
@@ -479,8 +481,13 @@ class Study:
 
 
 # ---------------------------------------------------------------------- reporting
+def _mean_sd(values: list[float]) -> tuple[float | None, float | None]:
+    return (statistics.fmean(values) if values else None, statistics.stdev(values) if len(values) > 1 else None)
+
+
 def summarise(runs: list[Run]) -> list[dict]:
-    """One row per (setting, arm): start, final and compute saved against that setting's scratch."""
+    """One row per (setting, arm): start, final, and the FLOPs and tokens saved (teacher charged)
+    to reach that setting's scratch final, seed by seed."""
     groups: dict[tuple[str, str], list[Run]] = {}
     for r in runs:
         if r.setting != "teacher":
@@ -488,57 +495,93 @@ def summarise(runs: list[Run]) -> list[dict]:
     out = []
     for (setting, arm), group in groups.items():
         scratch = {r.seed: r for r in groups[(setting, SCRATCH)]}
-        saved = []
+        saved: dict[str, list[float]] = {"flops_total": [], "tokens_total": []}
         for r in group:
             s = scratch.get(r.seed)
-            cost, base = (r.flops_to(s.final), s.flops_to(s.final)) if s else (None, None)
-            saved.append(None if cost is None or not base else 1 - cost / base)
-        hit = [v for v in saved if v is not None]
+            for key, values in saved.items():
+                cost, base = (r.cost_to(s.final, key), s.cost_to(s.final, key)) if s else (None, None)
+                if cost is not None and base:
+                    values.append(1 - cost / base)
         gaps = [abs(r.start_gap) for r in group if r.start_gap is not None]
         finals = [r.final for r in group]
+        flops, flops_sd = _mean_sd(saved["flops_total"])
+        tokens, tokens_sd = _mean_sd(saved["tokens_total"])
         out.append({
             "setting": setting, "arm": arm, "seeds": len(group),
             "start_bpb": statistics.fmean(r.rows[0]["val_bpb"] for r in group),
             "max_start_gap": max(gaps) if gaps else None,
             "final_bpb": statistics.fmean(finals), "final_bpb_sd": statistics.stdev(finals) if len(finals) > 1 else 0.0,
             "scratch_final_bpb": statistics.fmean(s.final for s in scratch.values()),
-            "reached_scratch_final": len(hit),
-            "compute_saved": statistics.fmean(hit) if hit else None,
-            "compute_saved_sd": statistics.stdev(hit) if len(hit) > 1 else None,
+            "reached_scratch_final": len(saved["flops_total"]),
+            "compute_saved": flops, "compute_saved_sd": flops_sd, "tokens_saved": tokens, "tokens_saved_sd": tokens_sd,
             "student_flops": group[0].rows[-1]["flops_total"] - group[0].rows[0]["flops_total"],
             "charged_flops": group[0].rows[0]["flops_total"],
         })
     return out
 
 
-def _saved(s: dict) -> str:
+def _saved(s: dict, key: str) -> str:
     if s["arm"] == SCRATCH:
         return "(baseline)"
     n, k = s["seeds"], s["reached_scratch_final"]
     if k == 0:
         return f"not reached (0/{n} seeds)"
-    sd = f" ± {100 * s['compute_saved_sd']:.0f}" if s["compute_saved_sd"] is not None else ""
-    return f"{100 * s['compute_saved']:.0f}%{sd}" + (f" (reached in {k}/{n} seeds only)" if k < n else "")
+    sd = f" ± {100 * s[key + '_sd']:.0f}" if s[key + "_sd"] is not None else ""
+    return f"{100 * s[key]:.0f}%{sd}" + (f" (reached in {k}/{n} seeds only)" if k < n else "")
 
 
-def markdown(summary: list[dict], study: Study) -> str:
-    c, t = study.config, study.teacher
-    corpus = study.corpus
+def markdown(summary: list[dict], c: Config, teacher: Run, corpus: Corpus) -> str:
     lines = ["| setting | arm | start bpb | start - teacher (max abs) | final bpb (mean ± sd) | "
-             "compute saved to scratch's final (mean ± sd) |", "|---|---|---|---|---|---|"]
+             "FLOPs saved to scratch's final (mean ± sd) | tokens saved to scratch's final |",
+             "|---|---|---|---|---|---|---|"]
     for s in summary:
         gap = f"{s['max_start_gap']:.1e}" if s["max_start_gap"] is not None else "-"
         lines.append(f"| {s['setting']} | {s['arm']} | {s['start_bpb']:.3f} | {gap} | "
-                     f"{s['final_bpb']:.3f} ± {s['final_bpb_sd']:.3f} | {_saved(s)} |")
+                     f"{s['final_bpb']:.3f} ± {s['final_bpb_sd']:.3f} | {_saved(s, 'compute_saved')} | "
+                     f"{_saved(s, 'tokens_saved')} |")
     big = {k: flops_per_token(_meta_llama(c.llama(*SETTINGS[k])), c.seq_len) for k in c.settings}
+    t = teacher.rows[-1]
     return "\n".join(lines) + (
         f"\n\nTeacher: Llama hidden {c.hidden}, {c.layers} layers, head size {c.head_dim}, MLP {c.mlp_ratio}x; "
-        f"{c.teacher_steps} steps, val {t.bpb:.3f} bits/byte, {t.flops:.2e} FLOPs (charged to every arm that starts "
-        f"from it). Students: {c.student_steps} steps of {c.batch} x {c.seq_len} bytes, AdamW peak lr {c.lr:g} "
-        f"(warm-up {c.warmup}, cosine to {c.min_lr_ratio:g}x), {c.seeds} seeds; training FLOPs per token "
+        f"{c.teacher_steps} steps ({t['tokens_total']:,} tokens), val {t['val_bpb']:.3f} bits/byte, "
+        f"{t['flops_total']:.2e} FLOPs (charged to every arm that starts from it, random pad included). Students: "
+        f"{c.student_steps} steps of {c.batch} x {c.seq_len} bytes, AdamW peak lr {c.lr:g} (warm-up {c.warmup}, "
+        f"cosine to {c.min_lr_ratio:g}x), {c.seeds} seeds; training FLOPs per token "
         + ", ".join(f"{k} {v:.2e}" for k, v in big.items()) + f". Data: Python {sys.version.split()[0]} standard "
         f"library, {corpus.train_files} training files ({len(corpus.train):,} bytes), {corpus.val_files} validation "
-        f"files ({len(corpus.val):,} bytes; {c.val_windows} windows evaluated). Device {c.device}.\n")
+        f"files ({len(corpus.val):,} bytes; {c.val_windows} windows evaluated). Device {c.device}, "
+        f"{c.threads} CPU thread(s).\n")
+
+
+def runs_from_csv(path: Path) -> list[Run]:
+    """The runs of an lm_curves.csv (re-summarise or re-plot a study without training again)."""
+    groups: dict[tuple[str, str, int], list[dict]] = {}
+    with path.open() as f:
+        for row in csv.DictReader(f):
+            key = (row.pop("setting"), row.pop("arm"), int(row.pop("seed")))
+            groups.setdefault(key, []).append({k: int(v) if k in ("step", "tokens", "tokens_total") else float(v)
+                                               for k, v in row.items()})
+    teacher = next(rows for (s, _, _), rows in groups.items() if s == "teacher")[-1]["val_bpb"]
+    return [Run(s, arm, seed, rows, rows[0]["val_bpb"] - teacher if s != "teacher" and arm != SCRATCH else None)
+            for (s, arm, seed), rows in groups.items()]
+
+
+def write_report(c: Config, wall: float | None = None) -> list[dict]:
+    """lm_summary.csv, lm_summary.md and lm_bpb.png from config.out's lm_curves.csv."""
+    out = c.out
+    runs = runs_from_csv(out / "lm_curves.csv")
+    summary = summarise(runs)
+    write_csv(out / "lm_summary.csv", summary)
+    teacher = next(r for r in runs if r.setting == "teacher")
+    table = markdown(summary, c, teacher, load_corpus(c.train_bytes, c.val_bytes))
+    table += f"Wall time {wall:.0f} s.\n" if wall is not None else ""
+    (out / "lm_summary.md").write_text("# Growth vs scratch for a byte-level Llama: summary "
+                                       f"(written by `n2n-fx experiment lm`)\n\n{table}")
+    plots = plot(runs, c.settings, out)
+    print("\n" + table)
+    print(f"wrote {out / 'lm_curves.csv'}, {out / 'lm_summary.csv'}, {out / 'lm_summary.md'}"
+          + "".join(f", {p}" for p in plots))
+    return summary
 
 
 def _meta_llama(config: Any) -> nn.Module:
@@ -575,7 +618,7 @@ def plot(runs: list[Run], settings: tuple[str, ...], out: Path) -> list[Path]:
     fig.suptitle("Byte-level Llama on the Python standard library: growth vs scratch (mean and range over seeds)")
     fig.tight_layout()
     path = out / "lm_bpb.png"
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=72)
     plt.close(fig)
     return [path]
 
@@ -597,17 +640,7 @@ def run_lm_study(config: Config) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
     write_csv(out / "lm_curves.csv", [{"setting": r.setting, "arm": r.arm, "seed": r.seed, **row}
                                       for r in study.runs for row in r.rows])
-    summary = summarise(study.runs)
-    write_csv(out / "lm_summary.csv", summary)
-    wall = time.perf_counter() - t0
-    table = markdown(summary, study) + f"Wall time {wall:.0f} s.\n"
-    (out / "lm_summary.md").write_text("# Growth vs scratch for a byte-level Llama: summary "
-                                       f"(written by `n2n-fx experiment lm`)\n\n{table}")
-    plots = plot(study.runs, config.settings, out)
-    print("\n" + table)
-    print(f"wrote {out / 'lm_curves.csv'}, {out / 'lm_summary.csv'}, {out / 'lm_summary.md'}"
-          + "".join(f", {p}" for p in plots) + f" in {wall:.0f} s")
-    return summary
+    return write_report(config, time.perf_counter() - t0)
 
 
-__all__ = ["Config", "Corpus", "Run", "Study", "load_corpus", "run_lm_study"]
+__all__ = ["Config", "Corpus", "Run", "Study", "load_corpus", "run_lm_study", "runs_from_csv", "write_report"]
