@@ -718,10 +718,11 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("settings", nargs="*", help="all (default: the digits study), any of: wider deeper explore "
                    "sweep, and/or lm (a byte-level Llama on the Python standard library, issue 17)")
     p.add_argument("--seeds", type=int, default=None, help="seeds per arm (default 3; --quick: 1)")
-    p.add_argument("--device", default="cpu", help="lm: cpu (default configuration, ~30 min on 2 cores) or cuda "
+    p.add_argument("--device", default="cpu", help="lm: cpu (default configuration, ~15 min on 2 shared cores) or cuda "
                    "(a larger configuration for one GPU)")
     p.add_argument("--out", default="n2n_experiment",
-                   help="a new folder for curves.csv, summary.csv/.md and the plots (default ./n2n_experiment)")
+                   help="a new folder for curves.csv, summary.csv/.md and the plots (lm: lm_*.csv/.md/.png; default "
+                        "./n2n_experiment)")
     p.add_argument("--overwrite", action="store_true", help="write into a --out folder that already has files")
     p.add_argument("--quick", action="store_true", help="a smoke-sized run (seconds): the same code paths")
     p.set_defaults(func=cmd_experiment)
