@@ -252,14 +252,17 @@ def _check_layer_types(model: torch.nn.Module, target: torch.nn.Module, layer_ma
 
 
 def grow(model: torch.nn.Module, config: Any = None, example_inputs: Any = None, *, seed: int = 0,
-         layer_map: Any = "interleave", rtol: float | None = None, **changes: Any) -> torch.nn.Module:
+         layer_map: Any = "interleave", rtol: float | None = None, symmetry: str = "none",
+         **changes: Any) -> torch.nn.Module:
     """A Hugging Face model grown into a bigger config of its family: `grow(model, hidden_size=960,
     num_hidden_layers=32)` or `grow(model, bigger_config)`. Returns `type(model)` with that config,
     verified to compute the teacher's function, ready for save_pretrained.
 
     The target is built on the meta device (no memory for its weights until they are computed);
     example_inputs default to two sequences of random token ids (seeded), as long as the model's
-    positions allow up to 64, so settings that act on long inputs are exercised."""
+    positions allow up to 64, so settings that act on long inputs are exercised. symmetry='split'
+    (exact too) gives the replicas of a unit different outgoing weights, so training can tell them
+    apart; with 'none' they receive equal updates and stay copies."""
     from .growth import grow as grow_into
 
     base = getattr(model, "config", None)
@@ -286,7 +289,7 @@ def grow(model: torch.nn.Module, config: Any = None, example_inputs: Any = None,
         length = min(64, getattr(base, _field(base, "max_position_embeddings"), None) or 64)
         gen = torch.Generator().manual_seed(seed)
         example_inputs = (torch.randint(0, vocab, (2, length), generator=gen),)
-    grown = grow_into(model, target, example_inputs, seed=seed, layer_map=layer_map, rtol=rtol)
+    grown = grow_into(model, target, example_inputs, seed=seed, layer_map=layer_map, rtol=rtol, symmetry=symmetry)
     if getattr(model, "generation_config", None) is not None:
         grown.generation_config = copy.deepcopy(model.generation_config)
     return grown
