@@ -45,24 +45,41 @@ class _GatherOnly(TorchArrays):
 GATHER = _GatherOnly()
 
 
-def factors(plan: Plan, param: str, axes: list[int], shape: torch.Size,
-            grouped: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(a, b) for one parameter, each broadcastable to the student's shape: a divides the gradient
-    (replicas along copied axes), b divides the parameter (replicas along contracted axes).
-    `grouped`: the parameter's GroupedContract when it is a grouped conv weight."""
+def gradient_divisor(plan: Plan, param: str, axes: list[int], ndim: int) -> torch.Tensor:
+    """a for one parameter, broadcastable to the student's shape (size 1 on every other axis): the
+    product of replica counts along its copied axes, which divides its gradient."""
     an = plan.analysis
-    ones = torch.ones(shape, dtype=torch.float64)
-    inv_b = remap_tensor(ones, param, axes, plan, grouped=grouped)  # the scales the pass applied
-    new_shape = inv_b.shape
-    a = torch.ones(new_shape, dtype=torch.float64)
+    a = torch.ones([1] * ndim, dtype=torch.float64)
     for axis in axes:
         roles = an.roles.get((param, axis), {"carry"})
         if roles & {"contract", "divide", "grouped"}:
             continue
-        view = [1] * len(new_shape)
+        view = [1] * ndim
         view[axis] = -1
         a = a * plan.layout_counts(an.param_layouts[(param, axis)]).reshape(view)
-    return a, 1.0 / inv_b
+    return a
+
+
+def exact_divisors(plan: Plan, param: str, axes: list[int], grouped: Any = None) -> tuple[float, float]:
+    """(a, b) of one parameter as the numbers exact=True needs: one gradient divisor and one
+    parameter divisor for the whole tensor (ConstraintError where replica counts differ). Read off
+    the per-axis maps (the pass's scales: replica counts along copied axes, 1/scale along divided
+    ones and grouped pieces), never a tensor of the parameter's size."""
+    an = plan.analysis
+    a = b = 1.0
+    for axis in axes:
+        roles = an.roles.get((param, axis), {"carry"})
+        layout = an.param_layouts[(param, axis)]
+        if "grouped" in roles:
+            continue
+        if roles & {"contract", "divide"}:
+            b *= _uniform(1.0 / plan.layout_scale(layout, (param, axis)), "parameter divisor", param)
+        else:
+            a *= _uniform(plan.layout_counts(layout), "gradient divisor", param)
+    if grouped is not None:  # every group's columns are divided by its input piece's counts
+        b *= _uniform(torch.cat([1.0 / plan.layout_scale(piece, (param, "group", k))
+                                 for k, piece in enumerate(grouped.in_pieces)]), "parameter divisor", param)
+    return a, b
 
 
 def widen_optimizer(plan: Plan, teacher: torch.nn.Module, optimizer: torch.optim.Optimizer,
@@ -93,11 +110,12 @@ def widen_optimizer(plan: Plan, teacher: torch.nn.Module, optimizer: torch.optim
             sp = student_params[name]
             axes = axes_of.get(name, [])
             grouped = grouped_of.get(name)
-            a, b = factors(plan, name, axes, p.shape, grouped) if axes else (torch.ones(()), torch.ones(()))
+            a = gradient_divisor(plan, name, axes, p.ndim) if axes else torch.ones(())
             if p in optimizer.state:
                 state[sp] = _remap_state(optimizer.state[p], plan, name, axes, a, grouped)
             if exact:
-                groups.append({**_exact_hyper(type(optimizer), hyper, a, b, name), "params": [sp]})
+                ab = exact_divisors(plan, name, axes, grouped)
+                groups.append({**_exact_hyper(type(optimizer), hyper, *ab), "params": [sp]})
             else:
                 shared.append(sp)
         if not exact:
@@ -118,9 +136,13 @@ def _remap_state(st: dict, plan: Plan, name: str, axes: list[int], a: torch.Tens
         if key not in FIRST_MOMENTS + SECOND_MOMENTS:
             raise N2NError(f"optimizer state {key!r} of {name} has no mapping", op="widen_optimizer",
                            fix="use SGD, Adam or AdamW state, or start the student's optimizer afresh")
-        moved = remap_tensor(value.detach(), name, axes, plan, GATHER, grouped) if axes else value.detach()
-        power = 1 if key in FIRST_MOMENTS else 2
-        out[key] = (moved / a.to(moved.dtype) ** power).contiguous() if axes else moved.clone()
+        teacher_state = value.detach()
+        moved = remap_tensor(teacher_state, name, axes, plan, GATHER, grouped) if axes else teacher_state
+        if moved is teacher_state:  # nothing gathered: the student still gets its own tensor
+            moved = teacher_state.clone()
+        if not bool((a == 1).all()):  # in place on the fresh gather: no second student-sized tensor
+            moved.div_(a.to(moved.dtype) ** (1 if key in FIRST_MOMENTS else 2))
+        out[key] = moved.contiguous()
     return out
 
 
@@ -133,8 +155,7 @@ def _uniform(t: torch.Tensor, what: str, name: str) -> float:
     return hi
 
 
-def _exact_hyper(cls: type, hyper: dict, a_t: torch.Tensor, b_t: torch.Tensor, name: str) -> dict:
-    a, b = _uniform(a_t, "gradient divisor", name), _uniform(b_t, "parameter divisor", name)
+def _exact_hyper(cls: type, hyper: dict, a: float, b: float) -> dict:
     out = dict(hyper)
     wd = hyper.get("weight_decay", 0.0)
     if cls is torch.optim.SGD:

@@ -160,3 +160,29 @@ def test_exact_hand_over_keeps_a_tied_table_tied(kind: str) -> None:
         err = float((p.detach() - q).abs().max() / q.abs().max().clamp_min(1e-300))
         assert err < 1e-12, f"{kind} {name}: {err:.2e}"
     assert n2n_fx.verify(teacher.eval(), student.eval(), x).ok
+
+
+def _state_copy(opt: torch.optim.Optimizer) -> list:
+    return [(id(p), {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in st.items()})
+            for p, st in opt.state.items()]
+
+
+@pytest.mark.parametrize("exact", [True, False])
+@pytest.mark.parametrize("factor", [2.0, 3.0])
+def test_the_teachers_optimizer_is_bit_identical_after_the_hand_over(exact: bool, factor: float) -> None:
+    teacher, opt = _trained("amsgrad")
+    x = _batch(99)[0]
+    plan = n2n_fx.plan(teacher, x, factor=factor, replication="uniform")
+    before, groups = _state_copy(opt), [dict(g) for g in opt.param_groups]
+    student = n2n_fx.apply_plan(plan)
+    opt_s = n2n_fx.widen_optimizer(plan, teacher, opt, student, exact=exact)
+    after = _state_copy(opt)
+    assert [g for g in opt.param_groups] == groups
+    for (i, st), (j, st2) in zip(before, after):
+        assert i == j and st.keys() == st2.keys()
+        for k in st:
+            assert torch.equal(torch.as_tensor(st[k]), torch.as_tensor(st2[k])), k
+    teacher_storages = {v.untyped_storage().data_ptr() for _, st in opt.state.items() for v in st.values()
+                        if isinstance(v, torch.Tensor)}
+    assert not teacher_storages & {v.untyped_storage().data_ptr() for st in opt_s.state.values()
+                                   for v in st.values() if isinstance(v, torch.Tensor)}
