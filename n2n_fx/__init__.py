@@ -24,7 +24,7 @@ __all__ = [
     "InternalError", "LiftedGraphError", "N2NError", "Net2DeeperNet", "Net2WiderNet", "NotPreservedError", "Plan", "Report", "Space",
     "SpecError", "StalePlanError", "TraceFailure", "UnknownNodeError", "UnknownSpaceError", "WidthError", "apply_plan", "deepen",
     "grow", "grow_checkpoint", "infer", "load", "load_table", "plan", "save", "trace", "verify", "widen",
-    "widen_optimizer",
+    "widen_optimizer", "widen_scheduler",
 ]
 
 
@@ -82,4 +82,5 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
         verify,
         widen,
         widen_optimizer,
+        widen_scheduler,
     )

@@ -32,7 +32,7 @@ from .frontend import as_inputs, as_module, own_tensors, trace
 from .growth import GrowError
 from .growth import grow as _grow
 from .inference import Analysis, Space, infer
-from .optim import widen_optimizer
+from .optim import widen_optimizer, widen_scheduler
 from .planning import Plan
 from .saving import load, save  # noqa: F401 (re-exported)
 from .spec import load_table
@@ -146,11 +146,12 @@ trace = typed("trace")(trace)
 infer = typed("infer")(infer)
 verify = typed("verify")(verify)
 widen_optimizer = typed("widen_optimizer")(widen_optimizer)
+widen_scheduler = typed("widen_scheduler")(widen_scheduler)
 
 __all__ = [
     "Analysis", "CheckpointError", "ConstraintError", "DeepenError", "FrozenSpaceError", "GrowError", "HookError", "InternalError", "LiftedGraphError", "N2NError", "Net2DeeperNet",
     "Net2WiderNet", "NotPreservedError", "Plan", "Report", "Space", "SpecError", "StalePlanError", "TraceFailure",
     "UnknownNodeError", "UnknownSpaceError", "WidthError", "apply_plan", "deepen", "grow", "grow_checkpoint", "infer", "load_table",
-    "widen_optimizer",
+    "widen_optimizer", "widen_scheduler",
     "load", "plan", "save", "trace", "verify", "widen",
 ]
