@@ -21,10 +21,10 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Analysis", "CheckpointError", "ConstraintError", "DeepenError", "FrozenSpaceError", "GrowError", "HookError",
-    "InternalError", "N2NError", "Net2DeeperNet", "Net2WiderNet", "NotPreservedError", "Plan", "Report", "Space",
-    "SpecError", "TraceFailure", "UnknownNodeError", "UnknownSpaceError", "WidthError", "apply_plan", "deepen",
+    "InternalError", "LiftedGraphError", "N2NError", "Net2DeeperNet", "Net2WiderNet", "NotPreservedError", "Plan", "Report", "Space",
+    "SpecError", "StalePlanError", "TraceFailure", "UnknownNodeError", "UnknownSpaceError", "WidthError", "apply_plan", "deepen",
     "grow", "grow_checkpoint", "infer", "load", "load_table", "plan", "save", "trace", "verify", "widen",
-    "widen_optimizer",
+    "widen_optimizer", "widen_scheduler",
 ]
 
 
@@ -55,6 +55,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
         GrowError,
         HookError,
         InternalError,
+        LiftedGraphError,
         N2NError,
         Net2DeeperNet,
         Net2WiderNet,
@@ -63,6 +64,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
         Report,
         Space,
         SpecError,
+        StalePlanError,
         TraceFailure,
         UnknownNodeError,
         UnknownSpaceError,
@@ -80,4 +82,5 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
         verify,
         widen,
         widen_optimizer,
+        widen_scheduler,
     )

@@ -3,7 +3,6 @@ plugin it registers, do not import torch)."""
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,20 +17,22 @@ from .errors import (
     FrozenSpaceError,
     HookError,
     InternalError,
+    LiftedGraphError,
     N2NError,
     NotPreservedError,
     SpecError,
+    StalePlanError,
     TraceFailure,
     UnknownNodeError,
     UnknownSpaceError,
     WidthError,
     typed,
 )
-from .frontend import as_inputs, own_tensors, trace
+from .frontend import as_inputs, as_module, own_tensors, trace
 from .growth import GrowError
 from .growth import grow as _grow
 from .inference import Analysis, Space, infer
-from .optim import widen_optimizer
+from .optim import widen_optimizer, widen_scheduler
 from .planning import Plan
 from .saving import load, save  # noqa: F401 (re-exported)
 from .spec import load_table
@@ -97,6 +98,7 @@ def widen(model: torch.nn.Module, example_inputs: Any, *, factor: float | None =
     """
     if factor is None and not widths:
         factor = 2.0
+    model = as_module(model)  # an ExportedProgram: the module it runs
     # the traced graph shares the teacher's tensors (no deep copy); the pass replaces the ones it
     # widens, and own_tensors clones the rest, so the teacher is never touched
     p = _plan(model, example_inputs, factor, widths, seed, symmetry, noise_std, leaf_modules, True, replication,
@@ -108,8 +110,9 @@ def widen(model: torch.nn.Module, example_inputs: Any, *, factor: float | None =
 
 @typed("apply_plan")
 def apply_plan(p: Plan) -> torch.fx.GraphModule:
-    """Run the Net2WiderNet pass on a copy of the plan's graph (the plan stays reusable)."""
-    return Net2WiderNet(p)(copy.deepcopy(p.analysis.gm)).graph_module
+    """Run the Net2WiderNet pass on the plan's graph (the pass writes into a copy of it, so the plan
+    stays reusable)."""
+    return Net2WiderNet(p)(p.analysis.gm).graph_module
 
 
 @typed("deepen")
@@ -128,7 +131,9 @@ def deepen(model: torch.nn.Module, example_inputs: Any, *, after: Sequence[str],
     if isinstance(after, str):
         after = [after]
     inputs = as_inputs(example_inputs)
-    gm = trace(model, inputs, leaf_modules=leaf_modules, frontend=frontend, mode=mode, dynamic_shapes=dynamic_shapes)
+    # the trace shares the teacher's tensors; the pass inserts into a copy and clones what it keeps
+    gm = trace(model, inputs, leaf_modules=leaf_modules, frontend=frontend, mode=mode, dynamic_shapes=dynamic_shapes,
+               share_tensors=True)
     deeper = Net2DeeperNet(after, inputs, activation=activation, batch_norm=batch_norm, bn_mode=bn_mode,
                            kernel_size=kernel_size, block=block, hidden=hidden, seed=seed)
     return deeper(gm).graph_module
@@ -141,11 +146,12 @@ trace = typed("trace")(trace)
 infer = typed("infer")(infer)
 verify = typed("verify")(verify)
 widen_optimizer = typed("widen_optimizer")(widen_optimizer)
+widen_scheduler = typed("widen_scheduler")(widen_scheduler)
 
 __all__ = [
-    "Analysis", "CheckpointError", "ConstraintError", "DeepenError", "FrozenSpaceError", "GrowError", "HookError", "InternalError", "N2NError", "Net2DeeperNet",
-    "Net2WiderNet", "NotPreservedError", "Plan", "Report", "Space", "SpecError", "TraceFailure",
+    "Analysis", "CheckpointError", "ConstraintError", "DeepenError", "FrozenSpaceError", "GrowError", "HookError", "InternalError", "LiftedGraphError", "N2NError", "Net2DeeperNet",
+    "Net2WiderNet", "NotPreservedError", "Plan", "Report", "Space", "SpecError", "StalePlanError", "TraceFailure",
     "UnknownNodeError", "UnknownSpaceError", "WidthError", "apply_plan", "deepen", "grow", "grow_checkpoint", "infer", "load_table",
-    "widen_optimizer",
+    "widen_optimizer", "widen_scheduler",
     "load", "plan", "save", "trace", "verify", "widen",
 ]

@@ -559,18 +559,50 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise UsageError(f"the experiments need extra packages: {exc}", op="experiment",
                          fix="pip install -e '.[paper]' (scikit-learn for the data, matplotlib for the plots)") from exc
-    settings = list(SETTINGS) if not args.settings or "all" in args.settings else args.settings
+    asked = args.settings or ["all"]
+    lm = "lm" in asked
+    settings = list(SETTINGS) if "all" in asked else [s for s in asked if s != "lm"]
     unknown = sorted(set(settings) - set(SETTINGS))
     if unknown:
-        raise UsageError(f"unknown settings {unknown}", op="experiment", fix=f"choose from all {' '.join(SETTINGS)}")
+        raise UsageError(f"unknown settings {unknown}", op="experiment",
+                         fix=f"choose from all {' '.join(SETTINGS)} lm")
     out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not args.overwrite:
         raise UsageError(f"{out} exists and is not empty", op="experiment",
                          fix="give a new --out folder, or --overwrite to replace its files")
-    config = Config.quick(out) if args.quick else Config(seeds=args.seeds, out=out)
-    summary = run_study(settings, config)
-    broken = [s for s in summary if s["max_rel_err"] is not None and not s["acc0_equals_teacher"]]
+    broken = []
+    if settings:
+        config = Config.quick(out) if args.quick else Config(seeds=args.seeds or 3, out=out)
+        summary = run_study(settings, config)
+        broken = [s for s in summary if s["max_rel_err"] is not None and not s["acc0_equals_teacher"]]
+    if lm:
+        _experiment_lm(args, out)  # a grown arm that does not start at the teacher raises NotPreservedError
     return 1 if broken else 0
+
+
+def _experiment_lm(args: argparse.Namespace, out: Path) -> None:
+    """issue 17: growth vs scratch for a byte-level Llama (needs transformers; see n2n_fx.paper.lm)."""
+    try:
+        import transformers  # noqa: F401
+    except ImportError as exc:
+        raise UsageError(f"the LM experiment needs transformers: {exc}", op="experiment",
+                         fix="pip install -e '.[paper]'") from exc
+    from dataclasses import replace
+
+    from .paper.lm import Config as LMConfig
+    from .paper.lm import run_lm_study
+
+    device = args.device
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {device}: no CUDA device here", op="experiment",
+                         fix="run on a machine with a GPU, or --device cpu (the default configuration)")
+    if args.quick:
+        config = LMConfig.smoke(out, device=device)
+    elif device.startswith("cuda"):
+        config = LMConfig.gpu(out, device=device)
+    else:
+        config = LMConfig(out=out, device=device)
+    run_lm_study(replace(config, seeds=args.seeds if args.seeds is not None else config.seeds))
 
 
 class _Parser(argparse.ArgumentParser):
@@ -677,11 +709,16 @@ def make_parser() -> argparse.ArgumentParser:
     p = command("demo", "trace, explain, widen, deepen and verify a built-in Inception-BN net")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_demo)
-    p = command("experiment", "reproduce the paper's experiments on digits (CSV, plots, summary)")
-    p.add_argument("settings", nargs="*", help="all (default), or any of: wider deeper explore sweep")
-    p.add_argument("--seeds", type=int, default=3)
+    p = command("experiment", "reproduce the paper's experiments on digits, or growth vs scratch for a "
+                "language model (lm); CSV, plots, summary")
+    p.add_argument("settings", nargs="*", help="all (default: the digits study), any of: wider deeper explore "
+                   "sweep, and/or lm (a byte-level Llama on the Python standard library, issue 17)")
+    p.add_argument("--seeds", type=int, default=None, help="seeds per arm (default 3; --quick: 1)")
+    p.add_argument("--device", default="cpu", help="lm: cpu (default configuration, ~15 min on 2 shared cores) or cuda "
+                   "(a larger configuration for one GPU)")
     p.add_argument("--out", default="n2n_experiment",
-                   help="a new folder for curves.csv, summary.csv/.md and the plots (default ./n2n_experiment)")
+                   help="a new folder for curves.csv, summary.csv/.md and the plots (lm: lm_*.csv/.md/.png; default "
+                        "./n2n_experiment)")
     p.add_argument("--overwrite", action="store_true", help="write into a --out folder that already has files")
     p.add_argument("--quick", action="store_true", help="a smoke-sized run (seconds): the same code paths")
     p.set_defaults(func=cmd_experiment)

@@ -27,7 +27,7 @@ from torch.fx.passes.shape_prop import TensorMetadata
 
 from . import spaces as S
 from .errors import DeepenError, UnknownNodeError
-from .frontend import Inputs, as_inputs, positional
+from .frontend import Inputs, as_inputs, own_tensors, positional, private_tree, propagate_shapes
 from .inference import infer, op_label
 from .spec import load_table
 
@@ -211,7 +211,11 @@ class Net2DeeperNet(PassBase):
         self.batch_norm, self.bn_mode, self.kernel_size = batch_norm, bn_mode, kernel_size
 
     def call(self, graph_module: torch.fx.GraphModule) -> PassResult:
-        gm, table = graph_module, load_table()
+        """Insert the layers into a copy of the module tree (symbolic_trace(model) shares the model's
+        submodules; the input is never written); the student owns every tensor it holds."""
+        gm, table = private_tree(graph_module), load_table()
+        # shapes from this graph, not what an earlier pass left (fuse and user passes keep no tensor_meta)
+        propagate_shapes(gm, self.inputs)
         nodes = [_find_node(gm, name) for name in self.after]
         for node in nodes:
             _check_insertable(gm, node)
@@ -224,6 +228,7 @@ class Net2DeeperNet(PassBase):
                 self._insert(gm, node, analysis.vals.get(node.name), captured.get(node.name), table)
         gm.graph.lint()
         gm.recompile()
+        own_tensors(gm, graph_module)
         return PassResult(gm, bool(nodes))
 
     def _insert(self, gm: torch.fx.GraphModule, node: torch.fx.Node, val: Any, value: torch.Tensor | None,

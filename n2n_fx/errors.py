@@ -88,6 +88,20 @@ class NotPreservedError(N2NError):
     code = "not_preserved"
 
 
+class StalePlanError(N2NError):
+    """A pass got a graph other than the one its plan was made for (run twice, after another pass
+    that changed nodes or parameter shapes, on a different model): the plan's maps would be wrong."""
+
+    code = "stale_plan"
+
+
+class LiftedGraphError(N2NError):
+    """The graph takes its parameters as inputs (a Dynamo backend's graph, torch.export's lifted
+    graph_module): widening it would change nothing the model runs with."""
+
+    code = "parameters_are_inputs"
+
+
 class InternalError(N2NError):
     """An unexpected exception inside n2n_fx (a bug, or an op it misreads): raised as an N2NError
     naming the stage and line where it happened, with the original as its cause."""

@@ -19,7 +19,7 @@ import torch
 import torch.fx
 from torch.fx.passes.shape_prop import ShapeProp
 
-from .errors import HookError, N2NError, TraceFailure
+from .errors import HookError, LiftedGraphError, N2NError, TraceFailure
 from .spec import load_table
 
 _TORCH_DIR = os.path.dirname(torch.__file__)
@@ -169,6 +169,62 @@ def _copy(model: torch.nn.Module, share_tensors: bool) -> torch.nn.Module:
                            fix="move objects that cannot be deep-copied out of the model's attributes") from exc
 
 
+def private_tree(gm: torch.nn.Module) -> torch.nn.Module:
+    """A copy of the module tree that shares the tensors: a pass replaces tensors in it without
+    writing into the modules of its input (which `symbolic_trace(model)` shares with the model)."""
+    copied = _copy(gm, share_tensors=True)
+    # copying a GraphModule registers the plain tensor attributes its get_attr nodes read (an exported
+    # graph's lifted constants) as buffers: they stay out of the state_dict, as in the original
+    old = dict(gm.named_modules(remove_duplicate=False))
+    for name, m in copied.named_modules(remove_duplicate=False):
+        if name in old:
+            m._non_persistent_buffers_set |= set(m._buffers) - set(old[name]._buffers)
+    return copied
+
+
+def as_module(model: Any) -> Any:
+    """An ExportedProgram as the module it runs (`ep.module()`: parameters get_attr again, as
+    in an fx trace); anything else as it is."""
+    if isinstance(model, torch.export.ExportedProgram):
+        try:
+            module = model.module()
+        except Exception as exc:
+            raise TraceFailure(f"the ExportedProgram cannot be unlifted into a module ({type(exc).__name__}: "
+                               f"{exc})", op="ExportedProgram.module",
+                               fix="pass the nn.Module it was exported from") from exc
+        module.meta["n2n_frontend"] = "export"
+        return module
+    return model
+
+
+_LIFTED_FIX = ("grow the nn.Module before compiling (student = n2n_fx.widen(model, x); "
+               "torch.compile(student)), or pass the ExportedProgram itself (n2n_fx unlifts it with ep.module())")
+
+
+def check_lifted(gm: torch.nn.Module, inputs: Inputs) -> None:
+    """LiftedGraphError for a graph that takes its parameters as inputs: widening it would change
+    nothing the caller runs (a Dynamo backend calls it with the model's own parameters)."""
+    if not isinstance(gm, torch.fx.GraphModule):
+        return
+    values = list(inputs.values()) if isinstance(inputs, dict) else list(inputs)
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    params = [n.name for n, v in zip(placeholders, values) if isinstance(v, torch.nn.Parameter)]
+    params += [n.name for n in placeholders if "ParamBuffer" in repr(getattr(n.meta.get("grapharg"), "source", ""))
+               and n.name not in params]
+    if params:
+        raise LiftedGraphError(f"the graph takes the model's parameters as inputs ({params[:3]}"
+                               + (f", +{len(params) - 3}" if len(params) > 3 else "") + "): it is a torch.compile "
+                               "(Dynamo) graph, and a shape-changing pass inside the compiler cannot reach the "
+                               "parameters the model runs with", node=params[0], op="placeholder", fix=_LIFTED_FIX)
+    required = [n for n in placeholders if not n.args]  # a placeholder with a default may be left out
+    if not isinstance(inputs, dict) and len(values) < len(required):
+        names = [n.name for n in required]
+        raise LiftedGraphError(f"the graph has {len(required)} inputs ({names[:4]}"
+                               + (f", +{len(names) - 4}" if len(names) > 4 else "") + f") but {len(values)} example "
+                               "inputs were given: the others look like lifted parameters (torch.export's "
+                               "ep.graph_module, aot_autograd)", node=names[-1], op="placeholder", fix=_LIFTED_FIX)
+
+
 def _storage(t: torch.Tensor) -> int | None:
     return None if t.device.type == "meta" else t.untyped_storage().data_ptr()
 
@@ -251,6 +307,7 @@ def trace(model: torch.nn.Module, example_inputs: Any, *, leaf_modules: Sequence
     (the student then runs at batch 1 too). The plan does not depend on it: shapes, spaces and
     widths are those of the example inputs.
     """
+    model = as_module(model)
     if not isinstance(model, torch.nn.Module):
         raise N2NError(f"expected an nn.Module, got {type(model).__name__}", fix="pass the model object itself")
     if frontend not in FRONTENDS:
@@ -260,6 +317,7 @@ def trace(model: torch.nn.Module, example_inputs: Any, *, leaf_modules: Sequence
         raise N2NError(f"mode must be one of {MODES}, got {mode!r}", op="trace",
                        fix="mode='eval' (the default) traces inference semantics, 'train' training semantics")
     inputs = as_inputs(example_inputs)
+    check_lifted(model, inputs)
     _check_hooks(model)
     private = _private(model, share_tensors, mode)
     if isinstance(model, torch.fx.GraphModule) and not leaf_modules and concrete_args is None \
@@ -270,7 +328,8 @@ def trace(model: torch.nn.Module, example_inputs: Any, *, leaf_modules: Sequence
     elif frontend == "auto" and not isinstance(model, torch.fx.GraphModule) and not leaf_modules \
             and concrete_args is None:
         try:
-            return _fx(private, model, inputs, leaf_modules, concrete_args)
+            gm = _fx(private, model, inputs, leaf_modules, concrete_args)
+            return _seen_inside(gm, model, inputs, share_tensors, mode, dynamic_shapes)
         except TraceFailure as fx_failure:  # e.g. Hugging Face models: export traces them
             private = _private(model, share_tensors, mode)  # the failed trace may have written into the copy
             try:
@@ -281,6 +340,46 @@ def trace(model: torch.nn.Module, example_inputs: Any, *, leaf_modules: Sequence
     else:
         return _fx(private, model, inputs, leaf_modules, concrete_args)
     return _finish(gm, model, inputs, used)
+
+
+def _opaque_parameters(gm: torch.fx.GraphModule) -> int:
+    """Parameter elements only ops the table does not know read: what such a trace cannot widen."""
+    table, seen, total = load_table(), set(), 0
+    for node in gm.graph.nodes:
+        if node.op not in ("call_module", "call_function", "call_method") or table.lookup(node, gm) is not None:
+            continue
+        if node.op == "call_module":
+            tensors = list(gm.get_submodule(node.target).parameters())
+        else:
+            tensors = [_parameter(gm, str(a.target)) for a in node.all_input_nodes if a.op == "get_attr"]
+        for t in tensors:
+            if t is not None and id(t) not in seen:
+                seen.add(id(t))
+                total += t.numel()
+    return total
+
+
+def _parameter(gm: torch.nn.Module, target: str) -> torch.nn.Parameter | None:
+    try:
+        return gm.get_parameter(target)
+    except AttributeError:  # a buffer or constant
+        return None
+
+
+def _seen_inside(gm: torch.fx.GraphModule, model: torch.nn.Module, inputs: Inputs, share_tensors: bool, mode: str,
+                 dynamic_shapes: Any) -> torch.fx.GraphModule:
+    """frontend='auto' after symbolic_trace: torch.nn modules the table does not know are fx leaves
+    (nn.TransformerEncoder), opaque; torch.export traces into them. Its graph is taken when it leaves
+    fewer parameters to unknown ops, else symbolic_trace's (nn.LSTM: aten.lstm is as opaque)."""
+    opaque = _opaque_parameters(gm)
+    if not opaque:
+        return gm
+    try:
+        exported = _finish(_export(_private(model, share_tensors, mode), inputs, dynamic_shapes), model, inputs,
+                           "export")
+    except N2NError:
+        return gm
+    return exported if _opaque_parameters(exported) < opaque else gm
 
 
 def _private(model: torch.nn.Module, share_tensors: bool, mode: str) -> torch.nn.Module:
@@ -366,8 +465,11 @@ def _symbolic_trace(model: torch.nn.Module, leaf_modules: Sequence[type],
                     concrete_args: dict[str, Any] | None) -> torch.fx.GraphModule:
     try:
         tracer = _Tracer(leaf_modules)
+        buffers = dict(model.named_buffers())
         graph = tracer.trace(model, concrete_args=concrete_args)
-        return torch.fx.GraphModule(tracer.root, graph, type(model).__name__)
+        gm = torch.fx.GraphModule(tracer.root, graph, type(model).__name__)
+        _restore_written_buffers(gm, buffers)
+        return gm
     except N2NError:
         raise
     except Exception as exc:  # symbolic tracing raises many types (TraceError, TypeError, ...)
@@ -382,6 +484,17 @@ def _symbolic_trace(model: torch.nn.Module, leaf_modules: Sequence[type],
                  "data-dependent Python control flow cannot be traced: use frontend='export', or "
                  "leaf_modules=[TheModuleClass] to keep that module opaque (its spaces are then frozen); "
                  "n2n_fx.trace(..., concrete_args={...}) can also fix a branch")) from exc
+
+
+def _restore_written_buffers(gm: torch.fx.GraphModule, buffers: dict[str, torch.Tensor]) -> None:
+    """A forward that assigns a buffer (`self.seen += 1`) leaves an fx Proxy in its place; the
+    graph reads the buffer as it was (and a deep copy of a Proxy would add nodes to the graph)."""
+    for name, m in gm.named_modules():
+        for attr, value in list(vars(m).items()):
+            qual = f"{name}.{attr}".lstrip(".")
+            if isinstance(value, torch.fx.Proxy) and qual in buffers:
+                delattr(m, attr)
+                m.register_buffer(attr, buffers[qual])
 
 
 def _dynamic(inputs: Inputs, dynamic_shapes: Any) -> Any:

@@ -78,6 +78,17 @@ def _indexed_children(module: torch.nn.Module) -> list[str] | None:
     return names
 
 
+def _inner_growth(teacher_block: torch.nn.Module, target_block: torch.nn.Module) -> tuple[str, int, int] | None:
+    """A stack inside a block that the target lengthens too: (its path in the block, old, new)."""
+    inner = dict(teacher_block.named_modules())
+    for path, mod in target_block.named_modules():
+        names, tmod = _indexed_children(mod), inner.get(path)
+        tnames = _indexed_children(tmod) if tmod is not None else None
+        if path and names is not None and tnames is not None and len(names) != len(tnames):
+            return path, len(tnames), len(names)
+    return None
+
+
 def _relative_state(module: torch.nn.Module) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in module.state_dict(keep_vars=True).items()}
 
@@ -123,6 +134,15 @@ def find_stacks(teacher: torch.nn.Module, target: torch.nn.Module,
                             fix="build the target with at least as many blocks as the teacher")
         policy = layer_map.get(path, "interleave") if isinstance(layer_map, dict) else layer_map
         sources = _placement(len(tnames), len(names), policy, path)
+        nested = [(j, n) for j, i in enumerate(sources) if i is not None
+                  and (n := _inner_growth(tmod._modules[tnames[i]], mod._modules[names[j]]))]
+        if nested:
+            j, (inner, old, new) = nested[0]
+            where = f"{path}.{names[j]}.{inner}"
+            raise GrowError(f"stacks nested in {path!r} grow too ({where}: {old} -> {new} blocks): grow changes "
+                            f"the block count of one level at a time", node=where, op="layer_map",
+                            fix=f"grow in two calls: first into a target with the inner depth and the teacher's "
+                                f"{len(tnames)} blocks of {path!r}, then into the full target")
         shapes = [_relative_state(tmod._modules[n]) for n in tnames]
         copies = []
         for j, src in enumerate(sources):
@@ -244,32 +264,62 @@ class NewBlock:
     path: str
     source: str
     zeros: tuple[str, ...]
+    feeds: str | None = None  # no zeros of its own: its output only reaches this new block, which is zeroed
 
 
 def new_blocks(gm: torch.fx.GraphModule, stacks: list[Stack], params: set[str]) -> list[NewBlock]:
     """Every new block of the stacks with the teacher parameters whose zeros make it the identity;
-    GrowError for one whose source has no residual branch a zero switches off."""
-    table, out = load_table(), []
+    GrowError for one whose source has no residual branch a zero switches off, unless its output
+    only feeds a zeroed new block at the same place of a parallel stack (norms[i] -> layers[i])."""
+    table = load_table()
+    out: list[NewBlock] = []
+    pending: list[tuple[NewBlock, Stack, int]] = []
     for st in stacks:
         for j, src in enumerate(st.sources):
-            if src is not None:
-                continue
-            source = st.block(st.teacher, st.copies[j])
-            zeros = residual_zeros(gm, source, params, table)
-            if not zeros:
-                raise GrowError(f"new block {st.block(st.target, j)} copies {source}, which has no residual "
-                                f"branch ending in a linear, conv or norm: it cannot start as the identity",
-                                node=source, op="grow", fix="grow without new blocks in this stack, or insert "
-                                "identity layers with n2n_fx.deepen")
-            out.append(NewBlock(st.block(st.target, j), source, tuple(zeros)))
+            if src is None:
+                source = st.block(st.teacher, st.copies[j])
+                block = NewBlock(st.block(st.target, j), source, tuple(residual_zeros(gm, source, params, table)))
+                if block.zeros:
+                    out.append(block)
+                else:
+                    pending.append((block, st, j))
+    for block, st, j in pending:
+        peers = {b.source: b.path for other in stacks if other is not st and other.sources == st.sources
+                 for b in out if b.path == other.block(other.target, j)}
+        fed = _fed_block(gm, block.source, set(peers), table)
+        if fed is None:
+            raise GrowError(f"new block {block.path} copies {block.source}, which has no residual branch ending in "
+                            f"a linear, conv or norm: it cannot start as the identity", node=block.source, op="grow",
+                            fix="grow without new blocks in this stack, or insert identity layers with n2n_fx.deepen")
+        out.append(NewBlock(block.path, block.source, (), feeds=peers[fed]))
     return out
+
+
+def _fed_block(gm: torch.fx.GraphModule, prefix: str, candidates: set[str], table: RuleTable) -> str | None:
+    """The one block of `candidates` that every use of block `prefix`'s outputs reaches (through ops
+    that pass values on and activations: whatever reaches a zeroed block is multiplied by zero), or
+    None when a use reaches anything else."""
+    own = [n for n in gm.graph.nodes if _reads(n, gm, prefix + ".")]
+    reached: set[str] = set()
+    todo = [u for n in own for u in n.users if u not in own]
+    while todo:
+        node = todo.pop()
+        hit = [c for c in candidates if _reads(node, gm, c + ".")]
+        if hit:
+            reached.update(hit)
+            continue
+        spec = table.lookup(node, gm) if node.op in ("call_module", "call_function", "call_method") else None
+        if spec is None or not (spec.options.get("tie_head") == "pass" or spec.kind == "getitem" or spec.activation):
+            return None
+        todo += list(node.users)
+    return reached.pop() if len(reached) == 1 else None
 
 
 # ---------------------------------------------------------------- identity blocks
 def _reads(node: torch.fx.Node, gm: torch.nn.Module, prefix: str) -> list[str]:
     """The parameters under `prefix` that a call reads (a module call: the module's own)."""
     if node.op == "call_module":
-        if not str(node.target).startswith(prefix):
+        if not f"{node.target}.".startswith(prefix):  # the block itself (a leaf module) or one inside it
             return []
         return [f"{node.target}.{n}" for n, _ in gm.get_submodule(node.target).named_parameters()]
     return [str(a.target) for a in node.all_input_nodes if a.op == "get_attr" and str(a.target).startswith(prefix)]
@@ -419,7 +469,7 @@ def grow(teacher: torch.nn.Module, target: torch.nn.Module, example_inputs: Any,
     if rtol is None and plan.fills:  # the target's class carries no graph meta for verify to read
         rtol = plan_rtol(_float_dtype(model), filled=True)
     if check:
-        _check_identity_blocks(model, [b.path for b in blocks], inputs)
+        _check_identity_blocks(model, [b.path for b in blocks if b.feeds is None], inputs)
         report = verify(teacher, model, inputs, rtol=rtol, mode=mode)
         if not report.ok:
             low_precision_inside = report.rtol < 1e-9 and report.max_rel_err < 1e-5

@@ -212,6 +212,22 @@ def target_config(config: Any, changes: dict[str, Any]) -> Any:
     return cfg
 
 
+def _check_depth_adds_blocks(model: torch.nn.Module, target: torch.nn.Module, layer_map: Any) -> None:
+    """More layers in the config must mean more blocks of weights. A family that shares one set of
+    layer weights across its depth (ALBERT) would rerun the trained layer more times, another
+    function no new-block initialisation can undo: refuse it here instead of after growing."""
+    from .growth import GrowError, find_stacks
+
+    depth = _field(model.config, "num_hidden_layers")
+    old, new = getattr(model.config, depth, None), getattr(target.config, depth, None)
+    if not (isinstance(old, int) and isinstance(new, int) and new > old) or find_stacks(model, target, layer_map):
+        return
+    raise GrowError(f"{depth} {old} -> {new} adds no block of weights to {type(model).__name__}: its layers share "
+                    f"weights, so the deeper config reruns the trained ones, which computes another function",
+                    node=depth, op="hf.grow", fix=f"keep {depth}={old} and grow widths only (new shared layers "
+                    "cannot start as the identity without changing the trained ones)")
+
+
 def _check_layer_types(model: torch.nn.Module, target: torch.nn.Module, layer_map: Any) -> None:
     """A teacher block placed on a layer of another kind (sliding vs full attention) would compute
     another function on long inputs: refuse the placement."""
@@ -236,14 +252,17 @@ def _check_layer_types(model: torch.nn.Module, target: torch.nn.Module, layer_ma
 
 
 def grow(model: torch.nn.Module, config: Any = None, example_inputs: Any = None, *, seed: int = 0,
-         layer_map: Any = "interleave", rtol: float | None = None, **changes: Any) -> torch.nn.Module:
+         layer_map: Any = "interleave", rtol: float | None = None, symmetry: str = "none",
+         **changes: Any) -> torch.nn.Module:
     """A Hugging Face model grown into a bigger config of its family: `grow(model, hidden_size=960,
     num_hidden_layers=32)` or `grow(model, bigger_config)`. Returns `type(model)` with that config,
     verified to compute the teacher's function, ready for save_pretrained.
 
     The target is built on the meta device (no memory for its weights until they are computed);
     example_inputs default to two sequences of random token ids (seeded), as long as the model's
-    positions allow up to 64, so settings that act on long inputs are exercised."""
+    positions allow up to 64, so settings that act on long inputs are exercised. symmetry='split'
+    (exact too) gives the replicas of a unit different outgoing weights, so training can tell them
+    apart; with 'none' they receive equal updates and stay copies."""
     from .growth import grow as grow_into
 
     base = getattr(model, "config", None)
@@ -260,6 +279,7 @@ def grow(model: torch.nn.Module, config: Any = None, example_inputs: Any = None,
     except Exception as exc:  # the family's own validation (hidden size not divisible by heads, ...)
         raise N2NError(f"{type(model).__name__} refuses the target config: {exc}", op="hf.grow",
                        fix="choose sizes the family accepts") from exc
+    _check_depth_adds_blocks(model, target, layer_map)
     _check_layer_types(model, target, layer_map)
     if example_inputs is None:
         vocab = getattr(base, "vocab_size", None)
@@ -269,7 +289,7 @@ def grow(model: torch.nn.Module, config: Any = None, example_inputs: Any = None,
         length = min(64, getattr(base, _field(base, "max_position_embeddings"), None) or 64)
         gen = torch.Generator().manual_seed(seed)
         example_inputs = (torch.randint(0, vocab, (2, length), generator=gen),)
-    grown = grow_into(model, target, example_inputs, seed=seed, layer_map=layer_map, rtol=rtol)
+    grown = grow_into(model, target, example_inputs, seed=seed, layer_map=layer_map, rtol=rtol, symmetry=symmetry)
     if getattr(model, "generation_config", None) is not None:
         grown.generation_config = copy.deepcopy(model.generation_config)
     return grown

@@ -17,10 +17,21 @@ hyperparameters, each parameter in its own group:
     SGD     lr * a / b     weight_decay * b / a
     Adam    lr / b         eps / a     weight_decay * b / a
     AdamW   lr / b         eps / a     weight_decay * b
+
+(every learning rate a scheduler keeps in a group, initial_lr, max_lr, min_lr, scales as lr does).
+
+A learning-rate scheduler hands over with `widen_scheduler(scheduler, new_optimizer)`: the same
+class over the student's optimizer, its per-group state (base_lrs, lr_lambdas, ...) expanded to
+the student's groups and scaled as their lr, last_epoch and step counts kept, so that after k more
+steps every student group's lr is its teacher group's lr after k steps, times the group's factor
+(1 without exact).
 """
 
 from __future__ import annotations
 
+import copy
+import functools
+import weakref
 from typing import Any
 
 import torch
@@ -46,24 +57,41 @@ class _GatherOnly(TorchArrays):
 GATHER = _GatherOnly()
 
 
-def factors(plan: Plan, param: str, axes: list[int], shape: torch.Size,
-            grouped: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(a, b) for one parameter, each broadcastable to the student's shape: a divides the gradient
-    (replicas along copied axes), b divides the parameter (replicas along contracted axes).
-    `grouped`: the parameter's GroupedContract when it is a grouped conv weight."""
+def gradient_divisor(plan: Plan, param: str, axes: list[int], ndim: int) -> torch.Tensor:
+    """a for one parameter, broadcastable to the student's shape (size 1 on every other axis): the
+    product of replica counts along its copied axes, which divides its gradient."""
     an = plan.analysis
-    ones = torch.ones(shape, dtype=torch.float64)
-    inv_b = remap_tensor(ones, param, axes, plan, grouped=grouped)  # the scales the pass applied
-    new_shape = inv_b.shape
-    a = torch.ones(new_shape, dtype=torch.float64)
+    a = torch.ones([1] * ndim, dtype=torch.float64)
     for axis in axes:
         roles = an.roles.get((param, axis), {Role.CARRY})
         if roles & {Role.CONTRACT, Role.DIVIDE, Role.GROUPED}:
             continue
-        view = [1] * len(new_shape)
+        view = [1] * ndim
         view[axis] = -1
         a = a * plan.layout_counts(an.param_layouts[(param, axis)]).reshape(view)
-    return a, 1.0 / inv_b
+    return a
+
+
+def exact_divisors(plan: Plan, param: str, axes: list[int], grouped: Any = None) -> tuple[float, float]:
+    """(a, b) of one parameter as the numbers exact=True needs: one gradient divisor and one
+    parameter divisor for the whole tensor (ConstraintError where replica counts differ). Read off
+    the per-axis maps (the pass's scales: replica counts along copied axes, 1/scale along divided
+    ones and grouped pieces), never a tensor of the parameter's size."""
+    an = plan.analysis
+    a = b = 1.0
+    for axis in axes:
+        roles = an.roles.get((param, axis), {"carry"})
+        layout = an.param_layouts[(param, axis)]
+        if "grouped" in roles:
+            continue
+        if roles & {"contract", "divide"}:
+            b *= _uniform(1.0 / plan.layout_scale(layout, (param, axis)), "parameter divisor", param)
+        else:
+            a *= _uniform(plan.layout_counts(layout), "gradient divisor", param)
+    if grouped is not None:  # every group's columns are divided by its input piece's counts
+        b *= _uniform(torch.cat([1.0 / plan.layout_scale(piece, (param, "group", k))
+                                 for k, piece in enumerate(grouped.in_pieces)]), "parameter divisor", param)
+    return a, b
 
 
 def widen_optimizer(plan: Plan, teacher: torch.nn.Module, optimizer: torch.optim.Optimizer,
@@ -82,8 +110,8 @@ def widen_optimizer(plan: Plan, teacher: torch.nn.Module, optimizer: torch.optim
     student_params = dict(student.named_parameters())
     axes_of = plan.analysis.axes_by_param()
     grouped_of = {g.param: g for g in plan.analysis.grouped}
-    groups, state = [], {}
-    for group in optimizer.param_groups:
+    groups, state, sources = [], {}, []
+    for index, group in enumerate(optimizer.param_groups):
         hyper = {k: v for k, v in group.items() if k != "params"}
         shared: list[torch.nn.Parameter] = []
         for p in group["params"]:
@@ -94,20 +122,37 @@ def widen_optimizer(plan: Plan, teacher: torch.nn.Module, optimizer: torch.optim
             sp = student_params[name]
             axes = axes_of.get(name, [])
             grouped = grouped_of.get(name)
-            a, b = factors(plan, name, axes, p.shape, grouped) if axes else (torch.ones(()), torch.ones(()))
+            a = gradient_divisor(plan, name, axes, p.ndim) if axes else torch.ones(())
             if p in optimizer.state:
+                _check_not_filled(plan, name, axes)
                 state[sp] = _remap_state(optimizer.state[p], plan, name, axes, a, grouped)
             if exact:
-                groups.append({**_exact_hyper(type(optimizer), hyper, a, b, name), "params": [sp]})
+                out, scale = _exact_hyper(type(optimizer), hyper, *exact_divisors(plan, name, axes, grouped))
+                groups.append({**out, "params": [sp]})
+                sources.append((index, scale))
             else:
                 shared.append(sp)
         if not exact:
             groups.append({**hyper, "params": shared})
+            sources.append((index, 1.0))
     new = type(optimizer)(groups)  # every group carries the teacher's hyperparameters
     new.defaults = dict(optimizer.defaults)
     for sp, st in state.items():
         new.state[sp] = st
+    # for widen_scheduler: each group's teacher group and learning-rate factor
+    new.n2n_group_sources = sources  # type: ignore[attr-defined]
     return new
+
+
+def _check_not_filled(plan: Plan, name: str, axes: list[int]) -> None:
+    """A space grown by fill (zero or mean rows, a gain) has no moment mapping: its new units' and
+    gains' gradients are not gathers of the teacher's, so Adam's v would be scaled wrongly."""
+    filled = [axis for axis in axes if plan.axis_fill((name, axis)) is not None]
+    if filled:
+        raise ConstraintError(f"{name}: axis {filled[0]} lies on a space grown by fill (a width that is not a multiple "
+                              "of the normalised width), which has no optimizer-state mapping", node=name,
+                              op="widen_optimizer", fix="plan multiples of the current widths (norm_fill=False), "
+                              "or start the student's optimizer afresh")
 
 
 def _remap_state(st: dict, plan: Plan, name: str, axes: list[int], a: torch.Tensor, grouped: Any) -> dict:
@@ -119,9 +164,13 @@ def _remap_state(st: dict, plan: Plan, name: str, axes: list[int], a: torch.Tens
         if key not in FIRST_MOMENTS + SECOND_MOMENTS:
             raise N2NError(f"optimizer state {key!r} of {name} has no mapping", op="widen_optimizer",
                            fix="use SGD, Adam or AdamW state, or start the student's optimizer afresh")
-        moved = remap_tensor(value.detach(), name, axes, plan, GATHER, grouped) if axes else value.detach()
-        power = 1 if key in FIRST_MOMENTS else 2
-        out[key] = (moved / a.to(moved.dtype) ** power).contiguous() if axes else moved.clone()
+        teacher_state = value.detach()
+        moved = remap_tensor(teacher_state, name, axes, plan, GATHER, grouped) if axes else teacher_state
+        if moved is teacher_state:  # nothing gathered: the student still gets its own tensor
+            moved = teacher_state.clone()
+        if not bool((a == 1).all()):  # in place on the fresh gather: no second student-sized tensor
+            moved.div_(a.to(moved.dtype) ** (1 if key in FIRST_MOMENTS else 2))
+        out[key] = moved.contiguous()
     return out
 
 
@@ -134,14 +183,91 @@ def _uniform(t: torch.Tensor, what: str, name: str) -> float:
     return hi
 
 
-def _exact_hyper(cls: type, hyper: dict, a_t: torch.Tensor, b_t: torch.Tensor, name: str) -> dict:
-    a, b = _uniform(a_t, "gradient divisor", name), _uniform(b_t, "parameter divisor", name)
+GROUP_LRS = ("lr", "initial_lr", "max_lr", "min_lr")  # learning rates a scheduler keeps in a group
+
+
+def _exact_hyper(cls: type, hyper: dict, a: float, b: float) -> tuple[dict, float]:
+    """The group of one parameter, and its learning-rate factor."""
     out = dict(hyper)
     wd = hyper.get("weight_decay", 0.0)
     if cls is torch.optim.SGD:
-        out.update(lr=hyper["lr"] * a / b, weight_decay=wd * b / a)
+        scale = a / b
+        out.update(weight_decay=wd * b / a)
     elif cls is torch.optim.Adam:
-        out.update(lr=hyper["lr"] / b, eps=hyper["eps"] / a, weight_decay=wd * b / a)
+        scale = 1 / b
+        out.update(eps=hyper["eps"] / a, weight_decay=wd * b / a)
     else:  # AdamW: decoupled decay multiplies the parameter by (1 - lr * wd)
-        out.update(lr=hyper["lr"] / b, eps=hyper["eps"] / a, weight_decay=wd * b)
-    return out
+        scale = 1 / b
+        out.update(eps=hyper["eps"] / a, weight_decay=wd * b)
+    out.update({k: hyper[k] * scale for k in GROUP_LRS if k in hyper})
+    return out, scale
+
+
+# ---------------------------------------------------------------- schedulers
+_S = torch.optim.lr_scheduler
+SCHEDULERS = (_S.StepLR, _S.MultiStepLR, _S.ExponentialLR, _S.CosineAnnealingLR, _S.LambdaLR, _S.MultiplicativeLR,
+              _S.OneCycleLR, _S.LinearLR, _S.ConstantLR, _S.PolynomialLR, _S.SequentialLR, _S.ChainedScheduler)
+PER_GROUP = {"base_lrs": True, "_last_lr": True, "lr_lambdas": False}  # per-group lists: scaled as lr?
+
+
+def widen_scheduler(scheduler: Any, optimizer: torch.optim.Optimizer) -> Any:
+    """The teacher's learning-rate scheduler handed over to `optimizer`, the one widen_optimizer
+    returned: a scheduler of the same class whose per-group state (base_lrs, lr_lambdas, OneCycleLR's
+    initial/max/min lr in the groups) follows each student group's teacher group, scaled by the
+    group's learning-rate factor (exact=True), with last_epoch and step counts kept. The teacher's
+    scheduler is not modified. SequentialLR and ChainedScheduler hand over their schedulers."""
+    sources = getattr(optimizer, "n2n_group_sources", None)
+    if sources is None:
+        raise N2NError("the optimizer was not made by widen_optimizer: its groups cannot be matched to the "
+                       "teacher's", op="widen_scheduler", fix="pass the optimizer n2n_fx.widen_optimizer returned")
+    _check_scheduler(scheduler, max(i for i, _ in sources) + 1 if sources else 0)
+    new = _hand_over(scheduler, optimizer, sources)
+    _track_steps(optimizer)
+    return new
+
+
+def _check_scheduler(s: Any, n_groups: int) -> None:
+    if type(s) not in SCHEDULERS:
+        raise N2NError(f"scheduler {type(s).__name__} has no hand-over", op="widen_scheduler",
+                       fix=f"use one of {[c.__name__ for c in SCHEDULERS]}, or build the student's scheduler afresh")
+    if len(s.optimizer.param_groups) != n_groups:
+        raise N2NError(f"the scheduler drives an optimizer of {len(s.optimizer.param_groups)} groups, the new "
+                       f"optimizer came from one of {n_groups}", op="widen_scheduler",
+                       fix="pass the scheduler of the optimizer that widen_optimizer was given")
+    for child in getattr(s, "_schedulers", ()):
+        _check_scheduler(child, n_groups)
+
+
+def _hand_over(s: Any, optimizer: torch.optim.Optimizer, sources: list[tuple[int, float]]) -> Any:
+    if isinstance(s, _S.CosineAnnealingLR) and s.eta_min and any(scale != 1 for _, scale in sources):
+        raise ConstraintError(f"CosineAnnealingLR's eta_min ({s.eta_min:g}) is one learning rate for every group, "
+                              "but the exact hand-over scales each group's learning rate by its own factor",
+                              op="widen_scheduler", fix="use eta_min=0, or widen_optimizer(exact=False)")
+    new = copy.copy(s)
+    for key, value in vars(s).items():
+        if key == "optimizer":
+            new.optimizer = optimizer
+        elif key == "_schedulers":
+            new._schedulers = [_hand_over(child, optimizer, sources) for child in value]
+        elif key in PER_GROUP:
+            new.__dict__[key] = [value[i] * f if PER_GROUP[key] else value[i] for i, f in sources]
+        else:
+            new.__dict__[key] = copy.deepcopy(value)
+    return new
+
+
+def _track_steps(optimizer: torch.optim.Optimizer) -> None:
+    """What a scheduler's constructor does to its optimizer (torch's LRScheduler): step marks
+    `_opt_called`, so a scheduler stepped before the optimizer warns as it would have."""
+    if hasattr(optimizer.step, "_wrapped_by_lr_sched"):
+        return
+    func, ref = optimizer.step.__func__, weakref.ref(optimizer)  # type: ignore[attr-defined]
+
+    @functools.wraps(func)
+    def step(*args: Any, **kwargs: Any) -> Any:
+        opt = ref()
+        opt._opt_called = True  # type: ignore[union-attr]
+        return func.__get__(opt, opt.__class__)(*args, **kwargs)
+
+    step._wrapped_by_lr_sched = True  # type: ignore[attr-defined]
+    optimizer.step = step  # type: ignore[method-assign]

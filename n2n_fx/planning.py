@@ -8,11 +8,12 @@ from collections import Counter
 from dataclasses import dataclass
 
 import torch
+import torch.fx
 
 from . import fill as F
 from . import indexmaps as im
 from . import spaces as S
-from .errors import ConstraintError, FrozenSpaceError, UnknownSpaceError, WidthError
+from .errors import ConstraintError, FrozenSpaceError, StalePlanError, UnknownSpaceError, WidthError
 from .inference import Analysis, Space
 from .spaces import Layout, Seg
 from .texttable import format_table
@@ -53,6 +54,55 @@ def seeded(seed: int, *keys: object) -> torch.Generator:
     return gen
 
 
+def _target(target: object) -> str:
+    if isinstance(target, str):
+        return target
+    try:
+        return torch.fx.node._get_qualified_name(target)  # type: ignore[arg-type]
+    except Exception:  # an object without a stable name (a functools.partial, an op overload packet)
+        return repr(target)
+
+
+def _arg(a: object) -> object:
+    if isinstance(a, torch.fx.Node):
+        return a.name
+    return f"tensor{tuple(a.shape)}" if isinstance(a, torch.Tensor) else a
+
+
+def fingerprint(gm: torch.nn.Module) -> tuple[str, ...]:
+    """What a plan depends on in its graph: every node (name, op, target, arguments) and every
+    parameter and buffer (qualified name, shape). Plans name nodes and parameters and record their
+    widths, so any difference here can make the plan's maps wrong."""
+    out = []
+    graph = getattr(gm, "graph", None)
+    for n in graph.nodes if isinstance(graph, torch.fx.Graph) else ():
+        args = torch.fx.node.map_aggregate((n.args, n.kwargs), _arg)
+        out.append(f"node {n.name}: {n.op} {_target(n.target)} {args!r}")
+    for kind, named in (("parameter", gm.named_parameters(remove_duplicate=False)),
+                        ("buffer", gm.named_buffers(remove_duplicate=False))):
+        out += [f"{kind} {name}: {tuple(t.shape)}" for name, t in named]
+    return tuple(out)
+
+
+def check_fingerprint(planned: tuple[str, ...], gm: torch.nn.Module, what: str) -> None:
+    """StalePlanError naming the first entries that differ, unless `gm` is the planned graph."""
+    got = fingerprint(gm)
+    if got == planned:
+        return
+    have, want = set(got), set(planned)
+    missing = [e for e in planned if e not in have]
+    extra = [e for e in got if e not in want]
+    first = (missing or extra or ["(the same entries in another order)"])[0]
+    raise StalePlanError(
+        f"{what} got a graph other than the one its plan was made for: "
+        + (f"the plan's {missing[0]!r} is not in it" if missing else "")
+        + ("; " if missing and extra else "") + (f"it has {extra[0]!r}" if extra else "")
+        + f" ({len(missing)} planned entries missing, {len(extra)} new; a pass run twice, after another pass "
+          f"that changed the graph, or on another model)", node=first.split(":")[0].split(" ")[-1], op=what,
+        fix="re-plan on this graph: n2n_fx.plan(graph_module, example_inputs), or "
+            "Net2WiderNet(factor=..., example_inputs=...) which plans from the graph it receives")
+
+
 def scaled_width(n: int, factor: float) -> int:
     return max(n, math.floor(n * factor + 0.5))
 
@@ -71,6 +121,7 @@ class Plan:
                              fix="use replication='random' (the paper's g) or 'uniform' (every unit k times)")
         self.analysis, self.seed, self.symmetry, self.noise_std = analysis, seed, symmetry, noise_std
         self.replication, self.norm_fill = replication, norm_fill
+        self.fingerprint = fingerprint(analysis.gm)  # the pass checks it gets this very graph
         self.fills: dict[str, F.SpaceFill] = {}  # normalised spaces grown to a non-multiple (fill.py)
         self._fill_wanted: dict[str, int] = {}
         targets = self._targets(factor, widths or {})

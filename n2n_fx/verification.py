@@ -9,7 +9,7 @@ import torch
 import torch.fx
 
 from .errors import N2NError
-from .frontend import Inputs, _copy, as_inputs, call, map_inputs
+from .frontend import Inputs, _copy, as_inputs, as_module, call, map_inputs
 
 
 @dataclass
@@ -255,6 +255,7 @@ def verify(teacher: torch.nn.Module, student: torch.nn.Module, example_inputs: A
     if mode not in ("eval", "train"):
         raise N2NError(f"mode must be 'eval' or 'train', got {mode!r}", op="verify",
                        fix="pass mode='eval' (inference) or mode='train' (batch statistics)")
+    teacher, student = as_module(teacher), as_module(student)  # an ExportedProgram: the module it runs
     for role, m in (("teacher", teacher), ("student", student)):
         if not isinstance(m, torch.nn.Module):
             raise N2NError(f"the {role} must be an nn.Module, got {type(m).__name__}", op="verify",

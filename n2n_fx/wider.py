@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import operator
+from functools import partial
 from typing import Any
 
 import torch
@@ -13,10 +14,11 @@ from torch.fx.passes.infra.pass_base import PassBase, PassResult
 from torch.fx.passes.shape_prop import TensorMetadata
 
 from . import indexmaps as im
-from .errors import InternalError
+from .errors import InternalError, WidthError
 from .fill import NewRows
-from .inference import Rewrite, RewriteKind, Role, Val, _get_attr
-from .planning import Plan, seeded
+from .frontend import own_tensors, private_tree, trace
+from .inference import Rewrite, RewriteKind, Role, Val, _get_attr, infer
+from .planning import Plan, check_fingerprint, seeded
 
 
 class TorchArrays:
@@ -154,20 +156,57 @@ def _counts(scale: torch.Tensor) -> torch.Tensor | None:
 
 
 class Net2WiderNet(PassBase):
-    """Widen a GraphModule in place according to a Plan made from the same graph (node and
-    parameter names must match, e.g. a deep copy of the analysed module)."""
+    """Widen a GraphModule: `Net2WiderNet(plan)` by a Plan made from that very graph (checked by
+    fingerprint: nodes, targets, parameter shapes; StalePlanError otherwise), or
+    `Net2WiderNet(factor=..., example_inputs=...)` (or widths=...) planned from whatever graph it
+    receives, so it composes with other passes in any PassManager order (`last_plan` is the plan it
+    made, e.g. for widen_optimizer).
 
-    def __init__(self, plan: Plan) -> None:
+    The pass never writes into the graph module it is given: `torch.fx.symbolic_trace(model)` shares
+    the model's submodules, so the student is a copy of the module tree whose every tensor is its
+    own (widened, or cloned); the input graph module, and any model it shares modules with, is
+    unchanged. Use `PassResult.graph_module`."""
+
+    def __init__(self, plan: Plan | None = None, *, factor: float | None = None,
+                 widths: dict[str, int] | None = None, example_inputs: Any = None, seed: int = 0,
+                 symmetry: str = "none", replication: str = "random", norm_fill: bool = False,
+                 mode: str = "eval") -> None:
         super().__init__()
-        self.plan = plan
+        if plan is not None and (factor is not None or widths or example_inputs is not None):
+            raise WidthError("Net2WiderNet takes a plan, or factor/widths with example_inputs, not both",
+                             op="Net2WiderNet", fix="drop the plan to plan from the graph the pass receives")
+        if plan is None and example_inputs is None:
+            raise WidthError("Net2WiderNet needs a plan, or example_inputs to plan from the graph it receives",
+                             op="Net2WiderNet", fix="Net2WiderNet(factor=2.0, example_inputs=x) or Net2WiderNet(plan)")
+        if plan is None and factor is None and not widths:
+            factor = 2.0
+        self.plan, self.last_plan = plan, plan
+        self._options = dict(factor=factor, widths=widths, seed=seed, symmetry=symmetry, replication=replication,
+                             norm_fill=norm_fill)
+        self._inputs, self._mode = example_inputs, mode
 
     def call(self, graph_module: torch.fx.GraphModule) -> PassResult:
-        plan, an = self.plan, self.plan.analysis
+        if self.plan is None:
+            traced = trace(graph_module, self._inputs, share_tensors=True, mode=self._mode)
+            plan = Plan(infer(traced), **self._options)
+            gm = plan.analysis.gm  # a private copy of the module tree, sharing the input's tensors
+        else:
+            plan = self.plan
+            check_fingerprint(plan.fingerprint, graph_module, "Net2WiderNet")
+            gm = private_tree(graph_module)
+        self.last_plan = plan
+        modified = self._widen(gm, plan)
+        own_tensors(gm, graph_module)  # what the pass left alone is cloned: the student owns all it holds
+        return PassResult(gm, modified)
+
+    def _widen(self, graph_module: torch.fx.GraphModule, plan: Plan) -> bool:
+        """Replace (never write into) the tensors of `graph_module`, a private tree."""
+        an = plan.analysis
         grouped = {g.param: g for g in an.grouped}
         modified = False
         for param, axes in an.axes_by_param().items():
             t = _get_attr(graph_module, param).detach()
-            new = remap_tensor(t, param, axes, plan, TORCH, grouped.get(param), noise=self._noise)
+            new = remap_tensor(t, param, axes, plan, TORCH, grouped.get(param), noise=partial(self._noise, plan))
             if new is not t:
                 _set_tensor(graph_module, param, new.contiguous())
                 for alias in an.aliases.get(param, ()):  # tied weights stay one tensor
@@ -179,42 +218,45 @@ class Net2WiderNet(PassBase):
             old = getattr(module, ma.attr)
             # LayerNorm.normalized_shape is a tuple whose last entry is the normalised width
             setattr(module, ma.attr, (*old[:-1], width) if isinstance(old, tuple) else width)
-        if self._rewrite_graph(graph_module):
+        if _rewrite_graph(graph_module, plan):
             graph_module.recompile()  # only literals in the code changed; attributes need no recompile
             modified = True
-        self._update_shapes(graph_module)
+        _update_shapes(graph_module, plan)
         if plan.fills:  # verify's default tolerance for a 16-bit student reads it (every weight rounded once)
             graph_module.meta["n2n_filled"] = sorted(plan.fills)
-        return PassResult(graph_module, modified)
+        return modified
 
-    def _update_shapes(self, gm: torch.fx.GraphModule) -> None:
-        """Keep meta['tensor_meta'] true on the student (later passes read it): every axis's new
-        size is its layout's new width."""
-        vals = self.plan.analysis.vals
-        for node in gm.graph.nodes:
-            meta, val = node.meta.get("tensor_meta"), vals.get(node.name)
-            if meta is not None and val is not None:
-                node.meta["tensor_meta"] = _resized(meta, val, self.plan)
-
-    def _noise(self, t: torch.Tensor, axis: int, mask: torch.Tensor, key: object) -> torch.Tensor:
+    @staticmethod
+    def _noise(plan: Plan, t: torch.Tensor, axis: int, mask: torch.Tensor, key: object) -> torch.Tensor:
         """The paper's symmetry breaking: Gaussian noise (std relative to the weights') on the
         consumer entries of replicated units. Not function-preserving."""
-        gen = seeded(self.plan.seed, "noise", key)
+        gen = seeded(plan.seed, "noise", key)
         std = float(t.std()) if t.numel() > 1 else 1.0
-        noise = torch.randn(t.shape, generator=gen, dtype=torch.float64).to(t.dtype) * (self.plan.noise_std * std)
+        noise = torch.randn(t.shape, generator=gen, dtype=torch.float64).to(t.dtype) * (plan.noise_std * std)
         shape = [1] * t.ndim
         shape[axis] = -1
         return t + noise * mask.to(t.dtype).reshape(shape)
 
-    def _rewrite_graph(self, gm: torch.fx.GraphModule) -> bool:
-        nodes = {n.name: n for n in gm.graph.nodes}
-        changed = False
-        for rw in self.plan.analysis.rewrites:
-            apply = REWRITES.get(rw.what)
-            if apply is None:  # a kind with no pass would leave the student's literal stale
-                raise InternalError(f"rewrite kind {rw.what!r} at {rw.node} has no pass in wider.REWRITES")
-            changed |= apply(nodes[rw.node], rw, [self.plan.new_width(lay) for lay in rw.layouts])
-        return changed
+
+def _update_shapes(gm: torch.fx.GraphModule, plan: Plan) -> None:
+    """Keep meta['tensor_meta'] true on the student (later passes read it): every axis's new
+    size is its layout's new width."""
+    vals = plan.analysis.vals
+    for node in gm.graph.nodes:
+        meta, val = node.meta.get("tensor_meta"), vals.get(node.name)
+        if meta is not None and val is not None:
+            node.meta["tensor_meta"] = _resized(meta, val, plan)
+
+
+def _rewrite_graph(gm: torch.fx.GraphModule, plan: Plan) -> bool:
+    nodes = {n.name: n for n in gm.graph.nodes}
+    changed = False
+    for rw in plan.analysis.rewrites:
+        apply = REWRITES.get(rw.what)
+        if apply is None:  # a kind with no pass would leave the student's literal stale
+            raise InternalError(f"rewrite kind {rw.what!r} at {rw.node} has no pass in wider.REWRITES")
+        changed |= apply(nodes[rw.node], rw, [plan.new_width(lay) for lay in rw.layouts])
+    return changed
 
 
 def _rewrite_split(node: torch.fx.Node, rw: Rewrite, widths: list[int]) -> bool:

@@ -90,9 +90,13 @@ def test_export_frontend_and_residual_block(tmp_path, capsys):
     result = json.loads(capsys.readouterr().out)
     assert result["preserved"] and result["widened"] >= 2  # residual stream and MLP through torch.export
     # fx keeps the encoder opaque: nothing widens, which the gate reports as exit 3, not success
-    assert main(["check", f"{spec}:build", "--float64", "--json"]) == 3
+    assert main(["check", f"{spec}:build", "--frontend", "fx", "--float64", "--json"]) == 3
     opaque = json.loads(capsys.readouterr().out)
     assert opaque["widened"] == 0 and opaque["preserved"] and "unknown_op" in json.dumps(opaque["frozen"])
+    # auto sees the opaque leaf and takes torch.export's graph, which looks inside it
+    assert main(["check", f"{spec}:build", "--float64", "--json"]) == 0
+    auto = json.loads(capsys.readouterr().out)
+    assert auto["widened"] == result["widened"] and auto["preserved"]
     assert main(["deepen", f"{spec}:build", "--frontend", "export", "--float64", "--after", "linear_2",
                  "--block", "residual"]) == 0
     assert "preserved" in capsys.readouterr().out

@@ -366,3 +366,94 @@ def test_bad_arguments_are_grow_errors(kwargs: dict, match: str) -> None:
         n2n_fx.grow(_res(), _meta(Res, width=16), torch.randn(2, 4, dtype=torch.float64), **kwargs)
     with pytest.raises(GrowError, match="meta device"):
         n2n_fx.grow(_meta(Res), _meta(Res, width=16), torch.randn(2, 4))
+
+
+# ---------------------------------------------------------------- stack layouts beyond one list of blocks
+class _Parallel(nn.Module):
+    """Norms and layers in two parallel lists; the residual sum is in the parent's forward."""
+
+    def __init__(self, d: int = 8, depth: int = 2) -> None:
+        super().__init__()
+        self.inp = nn.Linear(3, d)
+        self.norms = nn.ModuleList(nn.LayerNorm(d) for _ in range(depth))
+        self.layers = nn.ModuleList(nn.Linear(d, d) for _ in range(depth))
+        self.head = nn.Linear(d, 2)
+
+    def forward(self, x):
+        x = self.inp(x)
+        for norm, layer in zip(self.norms, self.layers):
+            x = x + layer(torch.relu(norm(x)))
+        return self.head(x)
+
+
+class _Stage(nn.Module):
+    def __init__(self, d: int, depth: int) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d)) for _ in range(depth))
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = x + layer(x)
+        return x
+
+
+class _Nested(nn.Module):
+    def __init__(self, d: int = 8, stages: int = 2, depth: int = 2) -> None:
+        super().__init__()
+        self.stages = nn.ModuleList(_Stage(d, depth) for _ in range(stages))
+        self.head = nn.Linear(d, 2)
+
+    def forward(self, x):
+        for stage in self.stages:
+            x = stage(x)
+        return self.head(x)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_parallel_stacks_grow_together_wider_and_deeper(batch: int) -> None:
+    torch.manual_seed(0)
+    teacher = _Parallel().double().eval()
+    before = fingerprint(teacher)
+    x = torch.randn(batch, 3, dtype=torch.float64)
+    grown = n2n_fx.grow(teacher, _meta(_Parallel, 16, 4).double(), x)
+    assert len(grown.layers) == 4 and grown.layers[1].weight.shape == (16, 16)
+    assert not grown.layers[1].weight.any() and grown.norms[1].weight.any()  # the layer is zeroed, its norm copied
+    _grown_ok(teacher, grown, x)
+    assert_untouched(teacher, before)
+    assert n2n_fx.verify(teacher, grown, x, mode="train").ok
+
+
+def test_a_new_block_that_feeds_nothing_zeroed_is_still_refused() -> None:
+    torch.manual_seed(0)
+    teacher = _Parallel().double().eval()
+    target = _meta(_Parallel, 8, 3).double()
+    # layers keep 2 blocks while norms get 3: a third norm would feed no zeroed layer
+    target.layers = nn.ModuleList(_meta(nn.Linear, 8, 8) for _ in range(2))
+    with pytest.raises(GrowError, match="new block norms.2 copies norms.1, which has no residual branch"):
+        n2n_fx.grow(teacher, target.double(), torch.randn(2, 3, dtype=torch.float64))
+
+
+def test_nested_stacks_grow_one_level_per_call() -> None:
+    torch.manual_seed(0)
+    teacher = _Nested().double().eval()
+    x = torch.randn(2, 8, dtype=torch.float64)
+    with pytest.raises(GrowError, match=r"stacks nested in 'stages' grow too \(stages.0.layers: 2 -> 3") as err:
+        n2n_fx.grow(teacher, _meta(_Nested, 8, 3, 3).double(), x)
+    assert "two calls" in err.value.fix
+    inner = n2n_fx.grow(teacher, _meta(_Nested, 8, 2, 3).double(), x)  # the fix, followed
+    grown = n2n_fx.grow(inner, _meta(_Nested, 8, 3, 3).double(), x)
+    assert [len(s.layers) for s in grown.stages] == [3, 3, 3]
+    _grown_ok(teacher, grown, x)
+
+
+def test_albert_depth_is_refused_its_layers_share_weights() -> None:
+    from transformers import AlbertConfig, AlbertForMaskedLM
+
+    from n2n_fx import hf
+
+    torch.manual_seed(0)
+    cfg = AlbertConfig(vocab_size=64, embedding_size=16, hidden_size=32, num_hidden_layers=2,
+                       num_attention_heads=4, intermediate_size=64, max_position_embeddings=32)
+    model = AlbertForMaskedLM(cfg).double().eval()
+    with pytest.raises(GrowError, match="num_hidden_layers 2 -> 4 adds no block of weights to AlbertForMaskedLM"):
+        hf.grow(model, num_hidden_layers=4)

@@ -13,7 +13,6 @@ arms at the teacher's own rate (they start from scratch).
 
 from __future__ import annotations
 
-import csv
 import statistics
 import time
 from collections.abc import Callable
@@ -28,6 +27,7 @@ import n2n_fx
 from .arms import random_pad, reinit, target_widths
 from .data import Digits, load_digits
 from .nets import DEEPEN_AT, DigitsInception
+from .report import pyplot, write_csv
 from .train import accuracy, train
 
 SETTINGS = ("wider", "deeper", "explore", "sweep")
@@ -244,21 +244,9 @@ def markdown(summary: list[dict], config: Config) -> str:
                                f"(validation and training accuracy on clean images).\n")
 
 
-def write_csv(path: Path, rows: list[dict]) -> None:
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 def plot(runs: list[Run], summary: list[dict], out: Path) -> list[Path]:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed (pip install -e '.[paper]'): no plots")
+    plt = pyplot()
+    if plt is None:
         return []
     written = []
     titles = {"wider": "Net2WiderNet: x0.3 teacher grown to standard width",
