@@ -80,11 +80,11 @@ def exact_divisors(plan: Plan, param: str, axes: list[int], grouped: Any = None)
     an = plan.analysis
     a = b = 1.0
     for axis in axes:
-        roles = an.roles.get((param, axis), {"carry"})
+        roles = an.roles.get((param, axis), {Role.CARRY})
         layout = an.param_layouts[(param, axis)]
-        if "grouped" in roles:
+        if Role.GROUPED in roles:
             continue
-        if roles & {"contract", "divide"}:
+        if roles & {Role.CONTRACT, Role.DIVIDE}:
             b *= _uniform(1.0 / plan.layout_scale(layout, (param, axis)), "parameter divisor", param)
         else:
             a *= _uniform(plan.layout_counts(layout), "gradient divisor", param)
