@@ -1123,14 +1123,23 @@ class TwoGroupNorms(nn.Module):
 
 
 class InstanceNormNet(nn.Module):
-    def __init__(self, functional: bool = False) -> None:
+    """functional: False (the module), True (F.instance_norm) or "torch" (torch.instance_norm)."""
+
+    def __init__(self, functional: bool | str = False, dims: int = 2) -> None:
         super().__init__()
-        self.a, self.b, self.functional = nn.Conv2d(2, 3, 1), nn.Conv2d(3, 2, 1), functional
-        self.norm = nn.InstanceNorm2d(3, affine=True, track_running_stats=not functional)
+        conv = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[dims - 1]
+        norm = (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)[dims - 1]
+        self.a, self.b, self.functional = conv(2, 3, 1), conv(3, 2, 1), functional
+        self.norm = norm(3, affine=True, track_running_stats=not functional)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.a(x)
-        h = F.instance_norm(h, weight=self.norm.weight, bias=self.norm.bias) if self.functional else self.norm(h)
+        if self.functional == "torch":
+            h = torch.instance_norm(h, self.norm.weight, self.norm.bias, None, None, True, 0.1, 1e-5, False)
+        elif self.functional:
+            h = F.instance_norm(h, weight=self.norm.weight, bias=self.norm.bias)
+        else:
+            h = self.norm(h)
         return self.b(torch.relu(h))
 
 
@@ -1204,6 +1213,8 @@ def group_norm() -> list[Claim]:
                           f"{4 * q // g}, num_groups rewritten", _affine(GroupNormNet(g, fn)), x,
                           plan_kw={"factor": q / g, "seed": seed})
               for g, q, fn, seed in ((2, 3, False, 1), (2, 4, True, 2), (1, 2, False, 3), (4, 6, False, 4))]
+    claims += aten_claims("GroupNorm(2, 4): groups 2 -> 3", _affine(GroupNormNet(2, False)), x,
+                          plan_kw={"factor": 1.5, "seed": 1})
     chans = sym.symbols_like("h", (1, 4, 1, 2))  # groups (h0, h1), (h2, h3)
     teacher = sym.group_norm(chans, 2, None, None, 1e-5)
     per_channel = sym.group_norm(np.take(chans, [0, 1, 2, 3, 0, 2], axis=1), 3, None, None, 1e-5)
@@ -1225,7 +1236,14 @@ def instance_norm() -> list[Claim]:
                           _affine(InstanceNormNet()).train(), torch.randn(2, 2, 1, 2), training=True,
                           plan_kw={"factor": 1.7, "seed": 2}),
               widen_claim("F.instance_norm with affine parameters (batch 2)", _affine(InstanceNormNet(True)),
-                          torch.randn(2, 2, 1, 2), plan_kw={"factor": 1.7, "seed": 3})]
+                          torch.randn(2, 2, 1, 2), plan_kw={"factor": 1.7, "seed": 3}),
+              widen_claim("torch.instance_norm (batch 2)", _affine(InstanceNormNet("torch")), torch.randn(2, 2, 1, 2),
+                          plan_kw={"factor": 1.7, "seed": 4})]
+    claims += [widen_claim(f"InstanceNorm{d}d (batch 2, per-sample statistics)", _affine(InstanceNormNet(dims=d)),
+                           torch.randn(2, 2, *([2] * d)), plan_kw={"factor": 1.7, "seed": 4 + d}) for d in (1, 3)]
+    # core ATen spells it as a batch norm over a repeated view, which freezes: the export form only
+    claims += aten_claims("InstanceNorm2d eval", _affine(InstanceNormNet()).eval(), torch.randn(1, 2, 1, 2), core=False,
+                          plan_kw={"factor": 1.7, "seed": 1})
     return claims
 
 
@@ -1235,6 +1253,9 @@ def prelu() -> list[Claim]:
     claims = [widen_claim(f"PReLU({n}){' (F.prelu)' if fn else ''}: {'slopes copied through g' if n > 1 else 'one slope shared'}"
                           " (3 -> 5)", _affine(PReLUNet(n, fn)), x, concrete=True, plan_kw={"factor": 1.7, "seed": seed})
               for n, fn, seed in ((3, False, 1), (1, False, 2), (3, True, 3))]
+    # core ATen spells it as where(x > 0, x, a * x): the export form only
+    claims += aten_claims("PReLU(3)", _affine(PReLUNet(3, False)), x, core=False, concrete=True,
+                          plan_kw={"factor": 1.7, "seed": 1})
     a, b = sympy.symbols("a b", real=True)
     v = np.array([[sympy.Integer(-1)]], dtype=object)  # a negative input, where the slope acts
     claims.append(broken_claim("a replica given another unit's slope changes its output at v = -1",
@@ -1256,7 +1277,9 @@ def conv_transpose() -> list[Claim]:
               widen_claim("ConvTranspose1d and ConvTranspose3d", ConvTransposeNet(dims=1), torch.randn(1, 2, 2),
                           plan_kw={"factor": 1.7, "seed": 4}),
               widen_claim("ConvTranspose3d", ConvTransposeNet(dims=3), torch.randn(1, 2, 1, 1, 2),
-                          plan_kw={"factor": 1.7, "seed": 5})]
+                          plan_kw={"factor": 1.7, "seed": 5}),
+              *aten_claims("ConvTranspose2d k=3, stride 2", ConvTransposeNet(), torch.randn(1, 2, 2, 2),
+                           plan_kw={"factor": 1.7, "seed": 1})]
     h, w = sym.symbols_like("h", (1, 2)), sym.symbols_like("W", (2, 2))  # a 1x1 transposed conv: h @ W
     g = [0, 1, 0]
     claims.append(broken_claim("the conv rule on a transposed weight (its input rows copied, not divided) counts "
@@ -1271,6 +1294,9 @@ def pixel_shuffle() -> list[Claim]:
     claims = [widen_claim(f"conv -> pixel_shuffle(2) -> conv -> pixel_unshuffle(2) -> conv{' (F.*)' if fn else ''}: "
                           "blocks of 4 channels copied whole", PixelShuffleNet(fn), torch.randn(1, 2, 1, 2),
                           plan_kw={"factor": 1.5, "seed": seed}) for fn, seed in ((False, 1), (True, 2))]
+    # core ATen spells both as views and permutes, which freeze the channels: the export form only
+    claims += aten_claims("pixel_shuffle / pixel_unshuffle", PixelShuffleNet(False), torch.randn(1, 2, 1, 2), core=False,
+                          plan_kw={"factor": 1.5, "seed": 1})
     c = sym.symbols_like("c", (1, 4, 1, 1))
     claims.append(broken_claim("copying one channel of a block (g = [0, 1, 2, 3, 0, 0, 0, 0]) makes an output "
                                "channel that is no teacher channel",

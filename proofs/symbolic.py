@@ -595,6 +595,8 @@ def _instance_norm(it: SymInterpreter, args: tuple, kwargs: dict) -> Any:
     return instance_norm(full[0], full[1], full[2], full[3], full[4], use, kwargs.get("eps", full[7] or 1e-5))
 
 
+# torch.instance_norm: (input, weight, bias, running_mean, running_var, use_input_stats, momentum, eps, cudnn)
+sym_impl(torch.instance_norm)(lambda it, a, k: instance_norm(a[0], a[3], a[4], a[1], a[2], a[5], a[7]))
 sym_impl(F.prelu)(lambda it, args, kwargs: prelu(args[0], args[1]))
 sym_impl(F.pixel_shuffle)(lambda it, args, kwargs: pixel_shuffle(args[0], args[1]))
 sym_impl(F.pixel_unshuffle)(lambda it, args, kwargs: pixel_unshuffle(args[0], args[1]))
@@ -802,6 +804,19 @@ def _aten_slice(x: Array, dim: int = 0, start: Any = None, end: Any = None, step
     return x[tuple(index)]
 
 
+def _aten_convolution(x: Array, w: Array, b: Any, stride: Any, padding: Any, dilation: Any, transposed: bool,
+                      output_padding: Any, groups: int) -> Array:
+    """core ATen's one convolution op, transposed or not."""
+    if transposed:
+        return conv_transpose_nd(x, w, b, stride, padding, output_padding, groups, dilation)
+    return conv_nd(x, w, b, stride, padding, dilation, groups)
+
+
+def _aten_conv_transpose(x: Array, w: Array, b: Any = None, stride: Any = 1, padding: Any = 0, output_padding: Any = 0,
+                         groups: int = 1, dilation: Any = 1) -> Array:
+    return conv_transpose_nd(x, w, b, stride, padding, output_padding, groups, dilation)
+
+
 def _aten_bn(x: Array, w: Any, b: Any, mean: Array, var: Array, eps: float, training: bool) -> Array:
     return batch_norm(x, mean, var, w, b, training, eps)
 
@@ -873,7 +888,18 @@ _ATEN: dict[Any, SymFn] = {
     aten.conv2d.default: lambda it, a, k: conv_nd(a[0], a[1], _arg(a, k, 2, "bias"), _arg(a, k, 3, "stride", 1),
                                                   _arg(a, k, 4, "padding", 0), _arg(a, k, 5, "dilation", 1),
                                                   _arg(a, k, 6, "groups", 1)),
-    aten.convolution.default: lambda it, a, k: conv_nd(a[0], a[1], a[2], a[3], a[4], a[5], a[8]),
+    aten.convolution.default: lambda it, a, k: _aten_convolution(*a),
+    aten.conv_transpose1d.default: lambda it, a, k: _aten_conv_transpose(*a),
+    aten.conv_transpose2d.input: lambda it, a, k: _aten_conv_transpose(*a),
+    aten.conv_transpose3d.input: lambda it, a, k: _aten_conv_transpose(*a),
+    aten.group_norm.default: lambda it, a, k: group_norm(a[0], a[1], _arg(a, k, 2, "weight"), _arg(a, k, 3, "bias"),
+                                                         _arg(a, k, 4, "eps", 1e-5)),
+    aten.native_group_norm.default: lambda it, a, k: (group_norm(a[0], a[6], a[1], a[2], a[7]), None, None),
+    aten.instance_norm.default: lambda it, a, k: instance_norm(a[0], a[3], a[4], a[1], a[2], a[5], a[7]),
+    aten.prelu.default: lambda it, a, k: prelu(a[0], a[1]),
+    aten._prelu_kernel.default: lambda it, a, k: prelu(a[0], a[1]),
+    aten.pixel_shuffle.default: lambda it, a, k: pixel_shuffle(a[0], a[1]),
+    aten.pixel_unshuffle.default: lambda it, a, k: pixel_unshuffle(a[0], a[1]),
     aten.batch_norm.default: lambda it, a, k: _aten_bn(a[0], a[1], a[2], a[3], a[4], a[7], a[5]),
     aten._native_batch_norm_legit_no_training.default:
         lambda it, a, k: (_aten_bn(a[0], a[1], a[2], a[3], a[4], a[6], False), None, None),
