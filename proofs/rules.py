@@ -207,6 +207,18 @@ class ResampleNet(nn.Module):
         return self.b(y.mean(2))
 
 
+class UpsampleNet(nn.Module):
+    """nn.Upsample, nearest and bilinear: per-channel maps of positions (the module spellings)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(1, 3, 1), nn.Conv2d(3, 2, 1)
+        self.near, self.bilinear = nn.Upsample(scale_factor=2), nn.Upsample(size=(3, 3), mode="bilinear")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(self.bilinear(self.near(torch.relu(self.a(x)))))
+
+
 class GateNet(nn.Module):
     """SENet's gate: sizes read at run time (b, c = x.size()) size views of the gated space."""
 
@@ -687,7 +699,12 @@ def channelwise() -> list[Claim]:
             widen_claim(SUMS, ReduceNet(), torch.randn(1, 1, 2, 2), plan_kw={"factor": 1.7, "seed": 1}),
             *aten_claims(SUMS, ReduceNet(), torch.randn(1, 1, 2, 2), plan_kw={"factor": 1.7, "seed": 1}),
             widen_claim("interpolate, a spatial pad, a softmax over positions and casts act per channel (3 -> 5)",
-                        ResampleNet(), torch.randn(1, 1, 1, 2), plan_kw={"factor": 1.7, "seed": 1})]
+                        ResampleNet(), torch.randn(1, 1, 1, 2), plan_kw={"factor": 1.7, "seed": 1}),
+            widen_claim("nn.Upsample nearest and bilinear act per channel (3 -> 5)", UpsampleNet(),
+                        torch.randn(1, 1, 1, 2), plan_kw={"factor": 1.7, "seed": 1}),
+            # core ATen spells upsampling as index arithmetic, which freezes: the export form only
+            *aten_claims("nn.Upsample nearest and bilinear", UpsampleNet(), torch.randn(1, 1, 1, 2), core=False,
+                         plan_kw={"factor": 1.7, "seed": 1})]
 
 
 ACTIVATIONS: dict[str, Callable[[Any], Any]] = {

@@ -917,5 +917,15 @@ _ATEN: dict[Any, SymFn] = {
     aten.scaled_dot_product_attention.default:
         lambda it, a, k: sdpa(*a[:3], is_causal=k.get("is_causal", False), scale=k.get("scale")),
 }
+def _aten_resample(op: Any) -> SymFn:
+    """An ATen upsample op: a per-channel linear map of positions, read off torch's own op."""
+    return lambda it, a, k: resample(a[0], lambda t: op(t, *a[1:], **k))
+
+
+for _op in (aten.upsample_nearest1d.vec, aten.upsample_nearest2d.vec, aten.upsample_nearest3d.vec,
+            aten.upsample_nearest2d.default, aten.upsample_linear1d.vec, aten.upsample_bilinear2d.vec,
+            aten.upsample_bicubic2d.vec, aten.upsample_trilinear3d.vec):
+    _ATEN[_op] = _aten_resample(_op)
+
 for _target, _fn in _ATEN.items():
     sym_impl(_target)(_fn)
