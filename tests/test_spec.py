@@ -173,3 +173,14 @@ def test_every_fill_code_has_exactly_one_rule():
     from n2n_fx import fill
 
     assert set(fill.FILL_DISPATCH) == set(fill.Rule) == set(FILL_RULES)
+
+
+def test_every_subpackage_ships_in_a_non_editable_install() -> None:
+    """pyproject lists packages explicitly: a new subpackage missing there installs as a broken n2n_fx."""
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(root).parts) for p in (root / "n2n_fx").rglob("__init__.py")}
+    assert found <= listed, f"add {sorted(found - listed)} to [tool.setuptools] packages in pyproject.toml"
