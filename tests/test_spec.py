@@ -177,7 +177,6 @@ def test_every_fill_code_has_exactly_one_rule():
 
 def test_every_subpackage_ships_in_a_non_editable_install() -> None:
     """pyproject lists packages explicitly: a new subpackage missing there installs as a broken n2n_fx."""
-    import tomllib
     from pathlib import Path
 
     root = Path(__file__).resolve().parent.parent
