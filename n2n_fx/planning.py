@@ -69,14 +69,18 @@ def _arg(a: object) -> object:
 
 
 def fingerprint(gm: torch.nn.Module) -> tuple[str, ...]:
-    """What a plan depends on in its graph: every node (name, op, target, arguments) and every
-    parameter and buffer (qualified name, shape). Plans name nodes and parameters and record their
+    """What a plan depends on in its graph: every node (name, op, target, arguments), every
+    submodule's class and every parameter and buffer (qualified name, shape). Plans name nodes and parameters and record their
     widths, so any difference here can make the plan's maps wrong."""
     out = []
     graph = getattr(gm, "graph", None)
     for n in graph.nodes if isinstance(graph, torch.fx.Graph) else ():
         args = torch.fx.node.map_aggregate((n.args, n.kwargs), _arg)
         out.append(f"node {n.name}: {n.op} {_target(n.target)} {args!r}")
+    # a call_module node names its module, not what it computes: a module swapped for another class
+    # with the same parameter shapes (a Linear whose forward reads its weight transposed) is another graph
+    out += [f"module {name}: {type(m).__module__}.{type(m).__qualname__}"
+            for name, m in gm.named_modules(remove_duplicate=False) if name]
     for kind, named in (("parameter", gm.named_parameters(remove_duplicate=False)),
                         ("buffer", gm.named_buffers(remove_duplicate=False))):
         out += [f"{kind} {name}: {tuple(t.shape)}" for name, t in named]
