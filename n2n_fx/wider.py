@@ -14,7 +14,7 @@ from torch.fx.passes.infra.pass_base import PassBase, PassResult
 from torch.fx.passes.shape_prop import TensorMetadata
 
 from . import indexmaps as im
-from .errors import WidthError
+from .errors import WidthError, typed
 from .fill import NewRows
 from .frontend import own_tensors, private_tree, trace
 from .inference import Val, _get_attr, infer
@@ -185,6 +185,7 @@ class Net2WiderNet(PassBase):
                              norm_fill=norm_fill)
         self._inputs, self._mode = example_inputs, mode
 
+    @typed("Net2WiderNet")
     def call(self, graph_module: torch.fx.GraphModule) -> PassResult:
         if self.plan is None:
             traced = trace(graph_module, self._inputs, share_tensors=True, mode=self._mode)
