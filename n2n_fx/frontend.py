@@ -11,6 +11,7 @@ import copy
 import inspect
 import io
 import os
+import re
 import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -197,6 +198,7 @@ def as_module(model: Any) -> Any:
     return model
 
 
+_AOT_NAME = re.compile(r"primals_\d+|tangents_\d+|arg\d+_\d+")
 _LIFTED_FIX = ("grow the nn.Module before compiling (student = n2n_fx.widen(model, x); "
                "torch.compile(student)), or pass the ExportedProgram itself (n2n_fx unlifts it with ep.module())")
 
@@ -216,6 +218,17 @@ def check_lifted(gm: torch.nn.Module, inputs: Inputs) -> None:
                                + (f", +{len(params) - 3}" if len(params) > 3 else "") + "): it is a torch.compile "
                                "(Dynamo) graph, and a shape-changing pass inside the compiler cannot reach the "
                                "parameters the model runs with", node=params[0], op="placeholder", fix=_LIFTED_FIX)
+    # aot_autograd's graphs (torch.compile's aot_eager, inductor) hold no parameter: the compiler passes
+    # them in as fake tensors (primals_1, ... or arg0_1, ...) with the inputs, so none is an nn.Parameter
+    fake = [n.name for n, v in zip(placeholders, values) if isinstance(v, torch._subclasses.FakeTensor)]
+    aot = [n.name for n in placeholders if _AOT_NAME.fullmatch(n.name)]
+    if fake or (len(aot) == len(placeholders) > 1 and not any(True for _ in gm.parameters())):
+        names = fake or aot
+        raise LiftedGraphError(f"the graph takes its inputs as {'fake tensors' if fake else 'aot_autograd names'} "
+                               f"({names[:3]}" + (f", +{len(names) - 3}" if len(names) > 3 else "") + ") and holds "
+                               "no parameter: it is a torch.compile (aot_autograd) graph, whose parameters are "
+                               "inputs, and a shape-changing pass inside the compiler cannot reach the parameters "
+                               "the model runs with", node=names[0], op="placeholder", fix=_LIFTED_FIX)
     required = [n for n in placeholders if not n.args]  # a placeholder with a default may be left out
     if not isinstance(inputs, dict) and len(values) < len(required):
         names = [n.name for n in required]
