@@ -105,7 +105,9 @@ def widen_optimizer(plan: Plan, teacher: torch.nn.Module, optimizer: torch.optim
         raise ConstraintError("an exact optimizer hand-over needs every unit of a space copied equally",
                               op="widen_optimizer",
                               fix="plan with replication='uniform' and symmetry='none' (integer factors)")
-    names = {id(p): n for n, p in teacher.named_parameters()}
+    names: dict[int, list[str]] = {}  # every name of a tied parameter: the student may hold it untied
+    for n, p in teacher.named_parameters(remove_duplicate=False):
+        names.setdefault(id(p), []).append(n)
     student_params = dict(student.named_parameters())
     axes_of = plan.analysis.axes_by_param()
     grouped_of = {g.param: g for g in plan.analysis.grouped}
@@ -113,11 +115,7 @@ def widen_optimizer(plan: Plan, teacher: torch.nn.Module, optimizer: torch.optim
     for index, group in enumerate(optimizer.param_groups):
         hyper = {k: v for k, v in group.items() if k != "params"}
         shared: list[torch.nn.Parameter] = []
-        for p in group["params"]:
-            name = names.get(id(p))
-            if name is None or name not in student_params:
-                raise N2NError(f"optimizer parameter {name or '?'} is not a parameter of both models",
-                               op="widen_optimizer", fix="pass the teacher module the optimizer was built on")
+        for p, name in _student_names(group["params"], names, student_params, optimizer, exact):
             sp = student_params[name]
             axes = axes_of.get(name, [])
             grouped = grouped_of.get(name)
@@ -141,6 +139,29 @@ def widen_optimizer(plan: Plan, teacher: torch.nn.Module, optimizer: torch.optim
     # for widen_scheduler: each group's teacher group and learning-rate factor
     new.n2n_group_sources = sources  # type: ignore[attr-defined]
     return new
+
+
+def _student_names(params: list[torch.nn.Parameter], names: dict[int, list[str]],
+                   student_params: dict[str, torch.nn.Parameter], optimizer: torch.optim.Optimizer,
+                   exact: bool) -> list[tuple[torch.nn.Parameter, str]]:
+    """(teacher parameter, student parameter name) for every student parameter a teacher parameter of
+    the group became: one, or one per copy of a tied parameter the student holds untied (untie=True)."""
+    out = []
+    for p in params:
+        found = [n for n in names.get(id(p), []) if n in student_params]
+        if not found:
+            name = (names.get(id(p)) or ["?"])[0]
+            raise N2NError(f"optimizer parameter {name} is not a parameter of both models",
+                           op="widen_optimizer", fix="pass the teacher module the optimizer was built on")
+        if len(found) > 1 and (p in optimizer.state or exact):
+            # the teacher's moments are those of the sum of every use's gradient; each untied copy
+            # gets one use's gradient only, so no remapping of them is the copy's
+            raise ConstraintError(f"{found[0]} is tied in the teacher but untied in the student ({found}): its "
+                                  "optimizer state has no mapping onto the separate copies", node=found[0],
+                                  op="widen_optimizer", fix="widen without untie=True to hand the state over, "
+                                  "or start the student's optimizer afresh")
+        out += [(p, n) for n in found]
+    return out
 
 
 def _check_not_filled(plan: Plan, name: str, axes: list[int]) -> None:
@@ -248,8 +269,8 @@ def _hand_over(s: Any, optimizer: torch.optim.Optimizer, sources: list[tuple[int
             new.optimizer = optimizer
         elif key == "_schedulers":
             new._schedulers = [_hand_over(child, optimizer, sources) for child in value]
-        elif key in PER_GROUP:
-            new.__dict__[key] = [value[i] * f if PER_GROUP[key] else value[i] for i, f in sources]
+        elif key in PER_GROUP:  # a callable object (not a function) may keep state: each group its own copy
+            new.__dict__[key] = [value[i] * f if PER_GROUP[key] else copy.deepcopy(value[i]) for i, f in sources]
         else:
             new.__dict__[key] = copy.deepcopy(value)
     return new
