@@ -392,7 +392,41 @@ def _seen_inside(gm: torch.fx.GraphModule, model: torch.nn.Module, inputs: Input
                            "export")
     except N2NError:
         return gm
-    return exported if _opaque_parameters(exported) < opaque else gm
+    if _opaque_parameters(exported) >= opaque or (mode == "eval" and not _agree(gm, exported, inputs)):
+        return gm
+    return exported
+
+
+def _agree(gm: torch.fx.GraphModule, exported: torch.fx.GraphModule, inputs: Inputs) -> bool:
+    """Whether export's graph computes what symbolic_trace's does in eval mode without grad, the way
+    verify and inference run the teacher: a torch.nn leaf may take another path there (nn.
+    TransformerEncoder's nested-tensor fast path zeroes padded positions; export traced the general
+    path). Run on clones of the state, so that a forward writing a buffer writes no teacher's."""
+    from torch.nn.utils.stateless import _reparametrize_module
+
+    outs = []
+    for g in (gm, exported):
+        flags = {name: m.training for name, m in g.named_modules()}
+        try:
+            _set_training(g, False)
+            with torch.no_grad(), _reparametrize_module(g, {k: v.clone() for k, v in _named_tensors(g)}):
+                out = call(g, inputs)
+            outs.append([t for t in torch.utils._pytree.tree_leaves(out)
+                         if isinstance(t, torch.Tensor) and t.is_floating_point()])
+        except Exception:  # export's graph refuses what the model runs: keep symbolic_trace's
+            return False
+        finally:
+            for name, m in g.named_modules():
+                m.training = flags[name]
+    a, b = outs
+    if len(a) != len(b) or any(x.shape != y.shape for x, y in zip(a, b)):
+        return False
+    for x, y in zip(a, b):
+        # another kernel rounds differently (~eps); another computation differs by far more
+        rtol = torch.finfo(x.dtype).eps ** 0.5
+        if x.numel() and float((x.double() - y.double()).abs().max()) > rtol * max(float(x.double().abs().max()), 1.0):
+            return False
+    return True
 
 
 def _private(model: torch.nn.Module, share_tensors: bool, mode: str) -> torch.nn.Module:

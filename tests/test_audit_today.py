@@ -181,3 +181,35 @@ def test_widen_scheduler_leaves_the_teachers_stateful_lambdas_alone(exact: bool)
     lr = 0.1 * min(1.0, 6 / 5)
     for group, (_, factor) in zip(new.param_groups, new.n2n_group_sources):
         assert group["lr"] == pytest.approx(lr * factor, rel=1e-15)
+
+
+# ---------------------------------------------------------------- frontend='auto'
+class _MaskedEncoder(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp, self.head = nn.Linear(4, 8), nn.Linear(8, 2)
+        layer = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True)
+        self.enc = nn.TransformerEncoder(layer, 2)  # enable_nested_tensor: the default
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.head(self.enc(self.inp(x), src_key_padding_mask=mask))
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_auto_keeps_symbolic_trace_where_export_computes_another_function(batch: int) -> None:
+    """Without grad in eval mode nn.TransformerEncoder takes its nested-tensor fast path, which zeroes
+    padded positions; torch.export traced the general path. frontend='auto' took export's graph
+    (fewer opaque parameters) and the default widen gave a student verify rejects (rel err ~1)."""
+    torch.manual_seed(0)
+    teacher = _MaskedEncoder().double().eval()
+    x = torch.randn(batch, 5, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    mask = torch.zeros(batch, 5, dtype=torch.bool)
+    mask[-1, 3:] = True  # the last sequence is padded
+    before = fingerprint(teacher)
+    student = n2n_fx.widen(teacher, (x, mask), factor=2.0)
+    assert student.meta["n2n_frontend"] == "fx"
+    with torch.no_grad():
+        torch.testing.assert_close(student(x, mask), teacher(x, mask), rtol=1e-12, atol=1e-14)
+    report = n2n_fx.verify(teacher, student, (x, mask))
+    assert report.ok and report.max_rel_err <= 1e-10, report
+    assert_untouched(teacher, before)
