@@ -70,7 +70,7 @@ def _arg(a: object) -> object:
 
 def fingerprint(gm: torch.nn.Module) -> tuple[str, ...]:
     """What a plan depends on in its graph: every node (name, op, target, arguments), every
-    submodule's class and every parameter and buffer (qualified name, shape). Plans name nodes and parameters and record their
+    submodule's class and every parameter and buffer (qualified name, shape, the name it is tied to). Plans name nodes and parameters and record their
     widths, so any difference here can make the plan's maps wrong."""
     out = []
     graph = getattr(gm, "graph", None)
@@ -81,9 +81,13 @@ def fingerprint(gm: torch.nn.Module) -> tuple[str, ...]:
     # with the same parameter shapes (a Linear whose forward reads its weight transposed) is another graph
     out += [f"module {name}: {type(m).__module__}.{type(m).__qualname__}"
             for name, m in gm.named_modules(remove_duplicate=False) if name]
+    first: dict[int, str] = {}  # a tied tensor's first name: a plan for tied weights is not one for untied
     for kind, named in (("parameter", gm.named_parameters(remove_duplicate=False)),
                         ("buffer", gm.named_buffers(remove_duplicate=False))):
-        out += [f"{kind} {name}: {tuple(t.shape)}" for name, t in named]
+        for name, t in named:
+            tie = f" = {first[id(t)]}" if id(t) in first else ""
+            first.setdefault(id(t), name)
+            out.append(f"{kind} {name}: {tuple(t.shape)}{tie}")
     return tuple(out)
 
 

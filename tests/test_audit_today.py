@@ -58,6 +58,22 @@ def test_a_plan_refuses_a_graph_whose_module_was_swapped_for_another_class(batch
     assert report.ok and report.max_rel_err <= 1e-10, report
 
 
+@pytest.mark.parametrize("planned_tied", [True, False])
+def test_a_plan_refuses_a_graph_tied_otherwise(planned_tied: bool) -> None:
+    """Same nodes, names and shapes; only the tie of head.weight to emb.weight differs. A plan for
+    the untied model applied to the tied one gave a student with the tie silently broken."""
+    torch.manual_seed(0)
+    ids = torch.randint(0, 10, (2, 3), generator=torch.Generator().manual_seed(2))
+    tied, untied = _Tied().double().eval(), _Tied().double().eval()
+    untied.head.weight = nn.Parameter(untied.emb.weight.detach().clone())
+    planned, other = (tied, untied) if planned_tied else (untied, tied)
+    plan = n2n_fx.plan(planned, (ids,), factor=2.0)
+    with pytest.raises(n2n_fx.StalePlanError, match="head.weight"):
+        n2n_fx.Net2WiderNet(plan)(torch.fx.symbolic_trace(other))
+    student = n2n_fx.Net2WiderNet(plan)(torch.fx.symbolic_trace(planned)).graph_module
+    assert (student.head.weight is student.emb.weight) == planned_tied
+
+
 # ---------------------------------------------------------------- compiler graphs
 @pytest.mark.parametrize("grad", [True, False])
 def test_an_aot_autograd_backend_that_widens_is_refused_not_a_no_op(grad: bool) -> None:
