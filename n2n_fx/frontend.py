@@ -236,6 +236,28 @@ def check_lifted(gm: torch.nn.Module, inputs: Inputs) -> None:
                                + (f", +{len(names) - 4}" if len(names) > 4 else "") + f") but {len(values)} example "
                                "inputs were given: the others look like lifted parameters (torch.export's "
                                "ep.graph_module, aot_autograd)", node=names[-1], op="placeholder", fix=_LIFTED_FIX)
+    weights = [] if any(True for _ in gm.parameters()) else _placeholder_weights(gm)
+    if weights:
+        raise LiftedGraphError(f"the graph holds no parameter and takes {weights[:3]}"
+                               + (f", +{len(weights) - 3}" if len(weights) > 3 else "") + " as the weights of its "
+                               "ops: a lifted graph (torch.export's ep.graph_module, aot_autograd), whose widening "
+                               "would change nothing the model runs with", node=weights[0], op="placeholder",
+                               fix=_LIFTED_FIX)
+
+
+def _placeholder_weights(gm: torch.fx.GraphModule) -> list[str]:
+    """Placeholders a call passes where the table's entry takes a parameter (linear's weight)."""
+    from .spec import bind
+
+    table, out = load_table(), []
+    for node in gm.graph.nodes:
+        spec = table.lookup(node, gm) if node.op == "call_function" else None
+        if spec is None or not spec.params:
+            continue
+        bound = bind(spec, node.args, node.kwargs)
+        out += [v.name for key in spec.params if isinstance(v := bound.get(key), torch.fx.Node)
+                and v.op == "placeholder" and v.name not in out]
+    return out
 
 
 def _storage(t: torch.Tensor) -> int | None:

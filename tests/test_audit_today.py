@@ -109,6 +109,20 @@ def test_an_aot_autograd_backend_that_widens_is_refused_not_a_no_op(grad: bool) 
         assert "aot_autograd" in str(got) and "before compiling" in got.fix
 
 
+def test_a_lifted_graph_given_every_input_is_refused_not_a_no_op() -> None:
+    """ep.graph_module run as the program runs it, parameters first (plain tensors, not nn.Parameter):
+    widen returned it unchanged, the plan was '0 of 0 spaces widened'."""
+    torch.manual_seed(0)
+    teacher, x = _MLP().double().eval(), _x()
+    ep = torch.export.export(teacher, (x,))
+    flat = (*(v.detach() for v in ep.state_dict.values()), x)
+    torch.testing.assert_close(ep.graph_module(*flat)[0], teacher(x))  # these are its inputs
+    for call in (n2n_fx.widen, n2n_fx.plan, lambda gm, ins: n2n_fx.Net2WiderNet(factor=2.0, example_inputs=ins)(gm)):
+        with pytest.raises(n2n_fx.LiftedGraphError, match=r"holds no parameter and takes \['p_a_weight'") as info:
+            call(ep.graph_module, flat)
+        assert info.value.node == "p_a_weight"
+
+
 # ---------------------------------------------------------------- the optimizer hand-over
 class _Tied(nn.Module):
     def __init__(self) -> None:
