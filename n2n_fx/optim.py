@@ -138,6 +138,7 @@ def widen_optimizer(plan: Plan, teacher: torch.nn.Module, optimizer: torch.optim
         new.state[sp] = st
     # for widen_scheduler: each group's teacher group and learning-rate factor
     new.n2n_group_sources = sources  # type: ignore[attr-defined]
+    new.n2n_teacher_optimizer = weakref.ref(optimizer)  # type: ignore[attr-defined]  # the scheduler must drive it
     return new
 
 
@@ -240,22 +241,28 @@ def widen_scheduler(scheduler: Any, optimizer: torch.optim.Optimizer) -> Any:
     if sources is None:
         raise N2NError("the optimizer was not made by widen_optimizer: its groups cannot be matched to the "
                        "teacher's", op="widen_scheduler", fix="pass the optimizer n2n_fx.widen_optimizer returned")
-    _check_scheduler(scheduler, max(i for i, _ in sources) + 1 if sources else 0)
+    teacher_ref = getattr(optimizer, "n2n_teacher_optimizer", None)
+    _check_scheduler(scheduler, max(i for i, _ in sources) + 1 if sources else 0,
+                     teacher_ref() if teacher_ref is not None else None)
     new = _hand_over(scheduler, optimizer, sources)
     _track_steps(optimizer)
     return new
 
 
-def _check_scheduler(s: Any, n_groups: int) -> None:
+def _check_scheduler(s: Any, n_groups: int, teacher_optimizer: Any) -> None:
     if type(s) not in SCHEDULERS:
         raise N2NError(f"scheduler {type(s).__name__} has no hand-over", op="widen_scheduler",
                        fix=f"use one of {[c.__name__ for c in SCHEDULERS]}, or build the student's scheduler afresh")
+    if teacher_optimizer is not None and s.optimizer is not teacher_optimizer:
+        # another optimizer's scheduler (a GAN's other one) with as many groups: its learning rates are not these
+        raise N2NError(f"the {type(s).__name__} drives another optimizer than the one widen_optimizer was given",
+                       op="widen_scheduler", fix="pass the scheduler of the optimizer that widen_optimizer was given")
     if len(s.optimizer.param_groups) != n_groups:
         raise N2NError(f"the scheduler drives an optimizer of {len(s.optimizer.param_groups)} groups, the new "
                        f"optimizer came from one of {n_groups}", op="widen_scheduler",
                        fix="pass the scheduler of the optimizer that widen_optimizer was given")
     for child in getattr(s, "_schedulers", ()):
-        _check_scheduler(child, n_groups)
+        _check_scheduler(child, n_groups, teacher_optimizer)
 
 
 def _hand_over(s: Any, optimizer: torch.optim.Optimizer, sources: list[tuple[int, float]]) -> Any:

@@ -243,3 +243,18 @@ def test_auto_keeps_symbolic_trace_where_export_computes_another_function(batch:
     report = n2n_fx.verify(teacher, student, (x, mask))
     assert report.ok and report.max_rel_err <= 1e-10, report
     assert_untouched(teacher, before)
+
+
+def test_widen_scheduler_refuses_the_scheduler_of_another_optimizer() -> None:
+    """Two optimizers of one group each (a GAN's): the other one's scheduler was handed over, and the
+    student trained at its learning rate (5.0 instead of 0.1), no error."""
+    torch.manual_seed(0)
+    teacher, x = _MLP().double(), _x()
+    opt = torch.optim.SGD(teacher.parameters(), lr=0.1)
+    other = torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=5.0)
+    mine, theirs = torch.optim.lr_scheduler.StepLR(opt, 1), torch.optim.lr_scheduler.StepLR(other, 1)
+    plan = n2n_fx.plan(teacher, x, factor=2.0)
+    new = n2n_fx.widen_optimizer(plan, teacher, opt, n2n_fx.apply_plan(plan))
+    with pytest.raises(n2n_fx.N2NError, match="drives another optimizer"):
+        n2n_fx.widen_scheduler(theirs, new)
+    assert n2n_fx.widen_scheduler(mine, new).get_last_lr() == [0.1]
