@@ -105,6 +105,11 @@ def widen_optimizer(plan: Plan, teacher: torch.nn.Module, optimizer: torch.optim
         raise ConstraintError("an exact optimizer hand-over needs every unit of a space copied equally",
                               op="widen_optimizer",
                               fix="plan with replication='uniform' and symmetry='none' (integer factors)")
+    meta = getattr(student, "meta", None)  # a GraphModule student carries its plan's stamp
+    if isinstance(meta, dict) and meta.get("n2n_plan", plan.token) != plan.token:
+        raise ConstraintError("the student was made with another plan than the one given (another seed, factor or "
+                              "graph): its maps would remap the state onto the wrong units", op="widen_optimizer",
+                              fix="pass the plan the student was made with (n2n_fx.apply_plan(plan) gives both)")
     names: dict[int, list[str]] = {}  # every name of a tied parameter: the student may hold it untied
     for n, p in teacher.named_parameters(remove_duplicate=False):
         names.setdefault(id(p), []).append(n)
@@ -123,6 +128,7 @@ def widen_optimizer(plan: Plan, teacher: torch.nn.Module, optimizer: torch.optim
             if p in optimizer.state:
                 _check_not_filled(plan, name, axes)
                 state[sp] = _remap_state(optimizer.state[p], plan, name, axes, a, grouped)
+                _check_shapes(state[sp], sp, name)
             if exact:
                 out, scale = _exact_hyper(type(optimizer), hyper, *exact_divisors(plan, name, axes, grouped))
                 groups.append({**out, "params": [sp]})
@@ -163,6 +169,15 @@ def _student_names(params: list[torch.nn.Parameter], names: dict[int, list[str]]
                                   "or start the student's optimizer afresh")
         out += [(p, n) for n in found]
     return out
+
+
+def _check_shapes(st: dict, sp: torch.nn.Parameter, name: str) -> None:
+    """The remapped state is shaped like the student's parameter, or the plan is not the student's."""
+    bad = [k for k, v in st.items() if isinstance(v, torch.Tensor) and v.ndim and v.shape != sp.shape]
+    if bad:
+        raise ConstraintError(f"{name}: the plan maps its {bad[0]} to {tuple(st[bad[0]].shape)}, but the student's "
+                              f"parameter is {tuple(sp.shape)}: the student was made with another plan", node=name,
+                              op="widen_optimizer", fix="pass the plan the student was made with")
 
 
 def _check_not_filled(plan: Plan, name: str, axes: list[int]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import zlib
 from collections import Counter
@@ -146,6 +147,10 @@ class Plan:
         self._by_root = {S.find(p.space.atom).id: p for p in self.spaces}
         self._fill_roots = {S.find(p.space.atom).id: self.fills[p.name] for p in self.spaces if p.name in self.fills}
         self._cache: dict[tuple, torch.Tensor] = {}  # many tensors share one layout (conv + its BN)
+        # what the maps depend on: the pass stamps its student with it, widen_optimizer checks the stamp
+        # (a plan of another seed has the same shapes and other maps)
+        self.token = hashlib.sha256(repr((self.fingerprint, seed, symmetry, noise_std, replication, norm_fill,
+                                          [(p.name, p.new_width) for p in self.spaces])).encode()).hexdigest()[:16]
 
     # ------------------------------------------------------------------ widths
     def _targets(self, factor: float | None, widths: dict[str, int]) -> dict[str, int]:

@@ -223,6 +223,7 @@ class Net2WiderNet(PassBase):
             graph_module.recompile()  # only literals in the code changed; attributes need no recompile
             modified = True
         _update_shapes(graph_module, plan)
+        graph_module.meta["n2n_plan"] = plan.token  # widen_optimizer checks it is given this plan
         if plan.fills:  # verify's default tolerance for a 16-bit student reads it (every weight rounded once)
             graph_module.meta["n2n_filled"] = sorted(plan.fills)
         return modified

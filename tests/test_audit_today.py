@@ -258,3 +258,27 @@ def test_widen_scheduler_refuses_the_scheduler_of_another_optimizer() -> None:
     with pytest.raises(n2n_fx.N2NError, match="drives another optimizer"):
         n2n_fx.widen_scheduler(theirs, new)
     assert n2n_fx.widen_scheduler(mine, new).get_last_lr() == [0.1]
+
+
+@pytest.mark.parametrize("other", ["seed", "factor"])
+def test_widen_optimizer_refuses_a_plan_the_student_was_not_made_with(other: str) -> None:
+    """Another seed gives the same shapes and other maps: Adam's moments were gathered onto the wrong
+    units without an error (another factor: a raw RuntimeError at the first step)."""
+    torch.manual_seed(0)
+    teacher, x = _MLP().double(), _x()
+    opt = torch.optim.Adam(teacher.parameters())
+    teacher(x).sum().backward()
+    opt.step()
+    plan = n2n_fx.plan(teacher, x, factor=2.0)
+    student = n2n_fx.apply_plan(n2n_fx.plan(teacher, x, **({"factor": 2.0, "seed": 7} if other == "seed"
+                                                             else {"factor": 3.0})))
+    with pytest.raises(n2n_fx.ConstraintError, match="another plan"):
+        n2n_fx.widen_optimizer(plan, teacher, opt, student)
+    same = n2n_fx.widen(teacher, x, factor=2.0)  # made by widen with the plan's arguments: the same maps
+    assert n2n_fx.widen_optimizer(plan, teacher, opt, same).state
+    # a student that carries no stamp (rebuilt as the teacher's class) is checked by shape
+    rebuilt = _MLP().double()
+    for name in ("a", "b"):
+        setattr(rebuilt, name, nn.Linear(4, 12 if other == "factor" else 8).double())
+    with pytest.raises(n2n_fx.ConstraintError, match="another plan"):
+        n2n_fx.widen_optimizer(plan, teacher, opt, rebuilt)
