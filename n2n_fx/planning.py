@@ -71,8 +71,9 @@ def _arg(a: object) -> object:
 
 def fingerprint(gm: torch.nn.Module) -> tuple[str, ...]:
     """What a plan depends on in its graph: every node (name, op, target, arguments), every
-    submodule's class and every parameter and buffer (qualified name, shape, the name it is tied to). Plans name nodes and parameters and record their
-    widths, so any difference here can make the plan's maps wrong."""
+    submodule's class, every parameter and other tensor (qualified name, shape, the name it is tied
+    to). Plans name nodes and parameters and record their widths, so any difference here can make
+    the plan's maps wrong."""
     out = []
     graph = getattr(gm, "graph", None)
     for n in graph.nodes if isinstance(graph, torch.fx.Graph) else ():
@@ -82,9 +83,15 @@ def fingerprint(gm: torch.nn.Module) -> tuple[str, ...]:
     # with the same parameter shapes (a Linear whose forward reads its weight transposed) is another graph
     out += [f"module {name}: {type(m).__module__}.{type(m).__qualname__}"
             for name, m in gm.named_modules(remove_duplicate=False) if name]
+    # buffers and plain tensor attributes alike, sorted: a graph module's copy registers the constants
+    # its get_attr nodes read as buffers (ep.module() holds them as attributes)
+    tensors = []
+    for prefix, m in gm.named_modules(remove_duplicate=False):
+        tensors += [(f"{prefix}.{k}".lstrip("."), v) for k, v in [*m._buffers.items(), *vars(m).items()]
+                    if isinstance(v, torch.Tensor) and not isinstance(v, torch.nn.Parameter)]
     first: dict[int, str] = {}  # a tied tensor's first name: a plan for tied weights is not one for untied
-    for kind, named in (("parameter", gm.named_parameters(remove_duplicate=False)),
-                        ("buffer", gm.named_buffers(remove_duplicate=False))):
+    for kind, named in (("parameter", list(gm.named_parameters(remove_duplicate=False))),
+                        ("tensor", sorted(tensors, key=lambda e: e[0]))):
         for name, t in named:
             tie = f" = {first[id(t)]}" if id(t) in first else ""
             first.setdefault(id(t), name)

@@ -74,6 +74,27 @@ def test_a_plan_refuses_a_graph_tied_otherwise(planned_tied: bool) -> None:
     assert (student.head.weight is student.emb.weight) == planned_tied
 
 
+def test_a_plan_of_an_exported_program_applies_to_its_module() -> None:
+    """plan(ep) then Net2WiderNet(plan)(ep.module()) was refused as stale: the plan's graph holds the
+    program's constant as a buffer, ep.module() as a plain attribute (a misleading StalePlanError)."""
+
+    class Scaled(_MLP):
+        def __init__(self) -> None:
+            super().__init__()
+            self.scale = torch.tensor(0.5, dtype=torch.float64)  # a constant of the program
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return super().forward(x) * self.scale
+
+    torch.manual_seed(0)
+    teacher, x = Scaled().double().eval(), _x()
+    ep = torch.export.export(teacher, (x,))
+    plan = n2n_fx.plan(ep, x, factor=2.0)
+    student = n2n_fx.Net2WiderNet(plan)(ep.module()).graph_module
+    report = n2n_fx.verify(teacher, student, x)
+    assert report.ok and report.max_rel_err <= 1e-10, report
+
+
 # ---------------------------------------------------------------- compiler graphs
 @pytest.mark.parametrize("grad", [True, False])
 def test_an_aot_autograd_backend_that_widens_is_refused_not_a_no_op(grad: bool) -> None:
