@@ -130,16 +130,18 @@ def widen_optimizer(plan: Plan, teacher: torch.nn.Module, optimizer: torch.optim
                 state[sp] = _remap_state(optimizer.state[p], plan, name, axes, a, grouped)
                 _check_shapes(state[sp], sp, name)
             if exact:
-                out, scale = _exact_hyper(type(optimizer), hyper, *exact_divisors(plan, name, axes, grouped))
+                divisors = exact_divisors(plan, name, axes, grouped)
+                out, scale = _exact_hyper(type(optimizer), copy.deepcopy(hyper), *divisors)
                 groups.append({**out, "params": [sp]})
                 sources.append((index, scale))
             else:
                 shared.append(sp)
         if not exact:
-            groups.append({**hyper, "params": shared})
+            # its own copies: a tensor lr (capturable, fused) is filled in place by the student's scheduler
+            groups.append({**copy.deepcopy(hyper), "params": shared})
             sources.append((index, 1.0))
     new = type(optimizer)(groups)  # every group carries the teacher's hyperparameters
-    new.defaults = dict(optimizer.defaults)
+    new.defaults = copy.deepcopy(optimizer.defaults)
     for sp, st in state.items():
         new.state[sp] = st
     # for widen_scheduler: each group's teacher group and learning-rate factor

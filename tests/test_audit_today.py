@@ -303,3 +303,29 @@ def test_widen_optimizer_refuses_a_plan_the_student_was_not_made_with(other: str
         setattr(rebuilt, name, nn.Linear(4, 12 if other == "factor" else 8).double())
     with pytest.raises(n2n_fx.ConstraintError, match="another plan"):
         n2n_fx.widen_optimizer(plan, teacher, opt, rebuilt)
+
+
+@pytest.mark.parametrize("exact", [False, True])
+def test_the_students_scheduler_leaves_a_tensor_lr_of_the_teacher_alone(exact: bool) -> None:
+    """A tensor learning rate (capturable/fused optimizers) was the teacher group's own tensor in the
+    student's group; the student's scheduler fills it in place: the teacher's lr fell with it."""
+    torch.manual_seed(0)
+    teacher, x = _MLP().double(), _x()
+    opt = torch.optim.Adam(teacher.parameters(), lr=torch.tensor(0.01))
+    sched = torch.optim.lr_scheduler.StepLR(opt, 1, gamma=0.5)
+    teacher(x).sum().backward()
+    opt.step()
+    sched.step()
+    plan = n2n_fx.plan(teacher, x, factor=2.0, replication="uniform")
+    student = n2n_fx.apply_plan(plan)
+    new = n2n_fx.widen_optimizer(plan, teacher, opt, student, exact=exact)
+    new_sched = n2n_fx.widen_scheduler(sched, new)
+    lr = opt.param_groups[0]["lr"].clone()
+    for _ in range(3):
+        new.zero_grad()
+        student(x).sum().backward()
+        new.step()
+        new_sched.step()
+    assert torch.equal(opt.param_groups[0]["lr"], lr) and float(lr) == pytest.approx(0.005)
+    assert all(float(g["lr"]) == pytest.approx(0.005 / 8 * f) for g, (_, f) in zip(new.param_groups,
+                                                                                     new.n2n_group_sources))
