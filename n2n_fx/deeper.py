@@ -26,7 +26,7 @@ from torch.fx.passes.infra.pass_base import PassBase, PassResult
 from torch.fx.passes.shape_prop import TensorMetadata
 
 from . import spaces as S
-from .errors import DeepenError, UnknownNodeError
+from .errors import DeepenError, UnknownNodeError, typed
 from .frontend import Inputs, as_inputs, own_tensors, positional, private_tree, propagate_shapes
 from .inference import infer, op_label
 from .spec import load_table
@@ -210,6 +210,7 @@ class Net2DeeperNet(PassBase):
         self.activation = None if activation == "none" else activation
         self.batch_norm, self.bn_mode, self.kernel_size = batch_norm, bn_mode, kernel_size
 
+    @typed("Net2DeeperNet")
     def call(self, graph_module: torch.fx.GraphModule) -> PassResult:
         """Insert the layers into a copy of the module tree (symbolic_trace(model) shares the model's
         submodules; the input is never written); the student owns every tensor it holds."""

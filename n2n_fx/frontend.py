@@ -11,6 +11,7 @@ import copy
 import inspect
 import io
 import os
+import re
 import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -197,6 +198,7 @@ def as_module(model: Any) -> Any:
     return model
 
 
+_AOT_NAME = re.compile(r"primals_\d+|tangents_\d+|arg\d+_\d+")
 _LIFTED_FIX = ("grow the nn.Module before compiling (student = n2n_fx.widen(model, x); "
                "torch.compile(student)), or pass the ExportedProgram itself (n2n_fx unlifts it with ep.module())")
 
@@ -216,6 +218,17 @@ def check_lifted(gm: torch.nn.Module, inputs: Inputs) -> None:
                                + (f", +{len(params) - 3}" if len(params) > 3 else "") + "): it is a torch.compile "
                                "(Dynamo) graph, and a shape-changing pass inside the compiler cannot reach the "
                                "parameters the model runs with", node=params[0], op="placeholder", fix=_LIFTED_FIX)
+    # aot_autograd's graphs (torch.compile's aot_eager, inductor) hold no parameter: the compiler passes
+    # them in as fake tensors (primals_1, ... or arg0_1, ...) with the inputs, so none is an nn.Parameter
+    fake = [n.name for n, v in zip(placeholders, values) if isinstance(v, torch._subclasses.FakeTensor)]
+    aot = [n.name for n in placeholders if _AOT_NAME.fullmatch(n.name)]
+    if fake or (len(aot) == len(placeholders) > 1 and not any(True for _ in gm.parameters())):
+        names = fake or aot
+        raise LiftedGraphError(f"the graph takes its inputs as {'fake tensors' if fake else 'aot_autograd names'} "
+                               f"({names[:3]}" + (f", +{len(names) - 3}" if len(names) > 3 else "") + ") and holds "
+                               "no parameter: it is a torch.compile (aot_autograd) graph, whose parameters are "
+                               "inputs, and a shape-changing pass inside the compiler cannot reach the parameters "
+                               "the model runs with", node=names[0], op="placeholder", fix=_LIFTED_FIX)
     required = [n for n in placeholders if not n.args]  # a placeholder with a default may be left out
     if not isinstance(inputs, dict) and len(values) < len(required):
         names = [n.name for n in required]
@@ -223,6 +236,28 @@ def check_lifted(gm: torch.nn.Module, inputs: Inputs) -> None:
                                + (f", +{len(names) - 4}" if len(names) > 4 else "") + f") but {len(values)} example "
                                "inputs were given: the others look like lifted parameters (torch.export's "
                                "ep.graph_module, aot_autograd)", node=names[-1], op="placeholder", fix=_LIFTED_FIX)
+    weights = [] if any(True for _ in gm.parameters()) else _placeholder_weights(gm)
+    if weights:
+        raise LiftedGraphError(f"the graph holds no parameter and takes {weights[:3]}"
+                               + (f", +{len(weights) - 3}" if len(weights) > 3 else "") + " as the weights of its "
+                               "ops: a lifted graph (torch.export's ep.graph_module, aot_autograd), whose widening "
+                               "would change nothing the model runs with", node=weights[0], op="placeholder",
+                               fix=_LIFTED_FIX)
+
+
+def _placeholder_weights(gm: torch.fx.GraphModule) -> list[str]:
+    """Placeholders a call passes where the table's entry takes a parameter (linear's weight)."""
+    from .spec import bind
+
+    table, out = load_table(), []
+    for node in gm.graph.nodes:
+        spec = table.lookup(node, gm) if node.op == "call_function" else None
+        if spec is None or not spec.params:
+            continue
+        bound = bind(spec, node.args, node.kwargs)
+        out += [v.name for key in spec.params if isinstance(v := bound.get(key), torch.fx.Node)
+                and v.op == "placeholder" and v.name not in out]
+    return out
 
 
 def _storage(t: torch.Tensor) -> int | None:
@@ -379,7 +414,41 @@ def _seen_inside(gm: torch.fx.GraphModule, model: torch.nn.Module, inputs: Input
                            "export")
     except N2NError:
         return gm
-    return exported if _opaque_parameters(exported) < opaque else gm
+    if _opaque_parameters(exported) >= opaque or (mode == "eval" and not _agree(gm, exported, inputs)):
+        return gm
+    return exported
+
+
+def _agree(gm: torch.fx.GraphModule, exported: torch.fx.GraphModule, inputs: Inputs) -> bool:
+    """Whether export's graph computes what symbolic_trace's does in eval mode without grad, the way
+    verify and inference run the teacher: a torch.nn leaf may take another path there (nn.
+    TransformerEncoder's nested-tensor fast path zeroes padded positions; export traced the general
+    path). Run on clones of the state, so that a forward writing a buffer writes no teacher's."""
+    from torch.nn.utils.stateless import _reparametrize_module
+
+    outs = []
+    for g in (gm, exported):
+        flags = {name: m.training for name, m in g.named_modules()}
+        try:
+            _set_training(g, False)
+            with torch.no_grad(), _reparametrize_module(g, {k: v.clone() for k, v in _named_tensors(g)}):
+                out = call(g, inputs)
+            outs.append([t for t in torch.utils._pytree.tree_leaves(out)
+                         if isinstance(t, torch.Tensor) and t.is_floating_point()])
+        except Exception:  # export's graph refuses what the model runs: keep symbolic_trace's
+            return False
+        finally:
+            for name, m in g.named_modules():
+                m.training = flags[name]
+    a, b = outs
+    if len(a) != len(b) or any(x.shape != y.shape for x, y in zip(a, b)):
+        return False
+    for x, y in zip(a, b):
+        # another kernel rounds differently (~eps); another computation differs by far more
+        rtol = torch.finfo(x.dtype).eps ** 0.5
+        if x.numel() and float((x.double() - y.double()).abs().max()) > rtol * max(float(x.double().abs().max()), 1.0):
+            return False
+    return True
 
 
 def _private(model: torch.nn.Module, share_tensors: bool, mode: str) -> torch.nn.Module:

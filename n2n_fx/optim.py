@@ -106,7 +106,14 @@ def widen_optimizer(plan: Plan, teacher: torch.nn.Module, optimizer: torch.optim
         raise ConstraintError("an exact optimizer hand-over needs every unit of a space copied equally",
                               op="widen_optimizer",
                               fix="plan with replication='uniform' and symmetry='none' (integer factors)")
-    names = {id(p): n for n, p in teacher.named_parameters()}
+    meta = getattr(student, "meta", None)  # a GraphModule student carries its plan's stamp
+    if isinstance(meta, dict) and meta.get("n2n_plan", plan.token) != plan.token:
+        raise ConstraintError("the student was made with another plan than the one given (another seed, factor or "
+                              "graph): its maps would remap the state onto the wrong units", op="widen_optimizer",
+                              fix="pass the plan the student was made with (n2n_fx.apply_plan(plan) gives both)")
+    names: dict[int, list[str]] = {}  # every name of a tied parameter: the student may hold it untied
+    for n, p in teacher.named_parameters(remove_duplicate=False):
+        names.setdefault(id(p), []).append(n)
     student_params = dict(student.named_parameters())
     axes_of = plan.analysis.axes_by_param()
     grouped_of = {g.param: g for g in plan.analysis.grouped}
@@ -114,11 +121,7 @@ def widen_optimizer(plan: Plan, teacher: torch.nn.Module, optimizer: torch.optim
     for index, group in enumerate(optimizer.param_groups):
         hyper = {k: v for k, v in group.items() if k != "params"}
         shared: list[torch.nn.Parameter] = []
-        for p in group["params"]:
-            name = names.get(id(p))
-            if name is None or name not in student_params:
-                raise N2NError(f"optimizer parameter {name or '?'} is not a parameter of both models",
-                               op="widen_optimizer", fix="pass the teacher module the optimizer was built on")
+        for p, name in _student_names(group["params"], names, student_params, optimizer, exact):
             sp = student_params[name]
             axes = axes_of.get(name, [])
             grouped = grouped_of.get(name)
@@ -126,22 +129,58 @@ def widen_optimizer(plan: Plan, teacher: torch.nn.Module, optimizer: torch.optim
             if p in optimizer.state:
                 _check_not_filled(plan, name, axes)
                 state[sp] = _remap_state(optimizer.state[p], plan, name, axes, a, grouped)
+                _check_shapes(state[sp], sp, name)
             if exact:
-                out, scale = _exact_hyper(type(optimizer), hyper, *exact_divisors(plan, name, axes, grouped))
+                divisors = exact_divisors(plan, name, axes, grouped)
+                out, scale = _exact_hyper(type(optimizer), copy.deepcopy(hyper), *divisors)
                 groups.append({**out, "params": [sp]})
                 sources.append((index, scale))
             else:
                 shared.append(sp)
         if not exact:
-            groups.append({**hyper, "params": shared})
+            # its own copies: a tensor lr (capturable, fused) is filled in place by the student's scheduler
+            groups.append({**copy.deepcopy(hyper), "params": shared})
             sources.append((index, 1.0))
     new = type(optimizer)(groups)  # every group carries the teacher's hyperparameters
-    new.defaults = dict(optimizer.defaults)
+    new.defaults = copy.deepcopy(optimizer.defaults)
     for sp, st in state.items():
         new.state[sp] = st
     # for widen_scheduler: each group's teacher group and learning-rate factor
     new.n2n_group_sources = sources  # type: ignore[attr-defined]
+    new.n2n_teacher_optimizer = weakref.ref(optimizer)  # type: ignore[attr-defined]  # the scheduler must drive it
     return new
+
+
+def _student_names(params: list[torch.nn.Parameter], names: dict[int, list[str]],
+                   student_params: dict[str, torch.nn.Parameter], optimizer: torch.optim.Optimizer,
+                   exact: bool) -> list[tuple[torch.nn.Parameter, str]]:
+    """(teacher parameter, student parameter name) for every student parameter a teacher parameter of
+    the group became: one, or one per copy of a tied parameter the student holds untied (untie=True)."""
+    out = []
+    for p in params:
+        found = [n for n in names.get(id(p), []) if n in student_params]
+        if not found:
+            name = (names.get(id(p)) or ["?"])[0]
+            raise N2NError(f"optimizer parameter {name} is not a parameter of both models",
+                           op="widen_optimizer", fix="pass the teacher module the optimizer was built on")
+        if len(found) > 1 and (p in optimizer.state or exact):
+            # the teacher's moments are those of the sum of every use's gradient; each untied copy
+            # gets one use's gradient only, so no remapping of them is the copy's
+            raise ConstraintError(f"{found[0]} is tied in the teacher but untied in the student ({found}): its "
+                                  "optimizer state has no mapping onto the separate copies", node=found[0],
+                                  op="widen_optimizer", fix="widen without untie=True to hand the state over, "
+                                  "or start the student's optimizer afresh")
+        out += [(p, n) for n in found]
+    return out
+
+
+def _check_shapes(st: dict, sp: torch.nn.Parameter, name: str) -> None:
+    """The remapped state is shaped like the student's parameter, or the plan is not the student's."""
+    bad = [k for k, v in st.items() if isinstance(v, torch.Tensor) and v.ndim and v.shape != sp.shape]
+    if bad:
+        raise ConstraintError(f"{name}: the plan maps its {bad[0]} to {tuple(st[bad[0]].shape)}, but the student's "
+                              f"parameter is {tuple(sp.shape)}: the student was made with another plan", node=name,
+                              op="widen_optimizer", fix="pass the plan the student was made with")
 
 
 def _check_not_filled(plan: Plan, name: str, axes: list[int]) -> None:
@@ -220,22 +259,28 @@ def widen_scheduler(scheduler: Any, optimizer: torch.optim.Optimizer) -> Any:
     if sources is None:
         raise N2NError("the optimizer was not made by widen_optimizer: its groups cannot be matched to the "
                        "teacher's", op="widen_scheduler", fix="pass the optimizer n2n_fx.widen_optimizer returned")
-    _check_scheduler(scheduler, max(i for i, _ in sources) + 1 if sources else 0)
+    teacher_ref = getattr(optimizer, "n2n_teacher_optimizer", None)
+    _check_scheduler(scheduler, max(i for i, _ in sources) + 1 if sources else 0,
+                     teacher_ref() if teacher_ref is not None else None)
     new = _hand_over(scheduler, optimizer, sources)
     _track_steps(optimizer)
     return new
 
 
-def _check_scheduler(s: Any, n_groups: int) -> None:
+def _check_scheduler(s: Any, n_groups: int, teacher_optimizer: Any) -> None:
     if type(s) not in SCHEDULERS:
         raise N2NError(f"scheduler {type(s).__name__} has no hand-over", op="widen_scheduler",
                        fix=f"use one of {[c.__name__ for c in SCHEDULERS]}, or build the student's scheduler afresh")
+    if teacher_optimizer is not None and s.optimizer is not teacher_optimizer:
+        # another optimizer's scheduler (a GAN's other one) with as many groups: its learning rates are not these
+        raise N2NError(f"the {type(s).__name__} drives another optimizer than the one widen_optimizer was given",
+                       op="widen_scheduler", fix="pass the scheduler of the optimizer that widen_optimizer was given")
     if len(s.optimizer.param_groups) != n_groups:
         raise N2NError(f"the scheduler drives an optimizer of {len(s.optimizer.param_groups)} groups, the new "
                        f"optimizer came from one of {n_groups}", op="widen_scheduler",
                        fix="pass the scheduler of the optimizer that widen_optimizer was given")
     for child in getattr(s, "_schedulers", ()):
-        _check_scheduler(child, n_groups)
+        _check_scheduler(child, n_groups, teacher_optimizer)
 
 
 def _hand_over(s: Any, optimizer: torch.optim.Optimizer, sources: list[tuple[int, float]]) -> Any:
@@ -249,8 +294,8 @@ def _hand_over(s: Any, optimizer: torch.optim.Optimizer, sources: list[tuple[int
             new.optimizer = optimizer
         elif key == "_schedulers":
             new._schedulers = [_hand_over(child, optimizer, sources) for child in value]
-        elif key in PER_GROUP:
-            new.__dict__[key] = [value[i] * f if PER_GROUP[key] else value[i] for i, f in sources]
+        elif key in PER_GROUP:  # a callable object (not a function) may keep state: each group its own copy
+            new.__dict__[key] = [value[i] * f if PER_GROUP[key] else copy.deepcopy(value[i]) for i, f in sources]
         else:
             new.__dict__[key] = copy.deepcopy(value)
     return new

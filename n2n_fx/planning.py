@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import zlib
 from collections import Counter
@@ -70,17 +71,32 @@ def _arg(a: object) -> object:
 
 
 def fingerprint(gm: torch.nn.Module) -> tuple[str, ...]:
-    """What a plan depends on in its graph: every node (name, op, target, arguments) and every
-    parameter and buffer (qualified name, shape). Plans name nodes and parameters and record their
-    widths, so any difference here can make the plan's maps wrong."""
+    """What a plan depends on in its graph: every node (name, op, target, arguments), every
+    submodule's class, every parameter and other tensor (qualified name, shape, the name it is tied
+    to). Plans name nodes and parameters and record their widths, so any difference here can make
+    the plan's maps wrong."""
     out = []
     graph = getattr(gm, "graph", None)
     for n in graph.nodes if isinstance(graph, torch.fx.Graph) else ():
         args = torch.fx.node.map_aggregate((n.args, n.kwargs), _arg)
         out.append(f"node {n.name}: {n.op} {_target(n.target)} {args!r}")
-    for kind, named in (("parameter", gm.named_parameters(remove_duplicate=False)),
-                        ("buffer", gm.named_buffers(remove_duplicate=False))):
-        out += [f"{kind} {name}: {tuple(t.shape)}" for name, t in named]
+    # a call_module node names its module, not what it computes: a module swapped for another class
+    # with the same parameter shapes (a Linear whose forward reads its weight transposed) is another graph
+    out += [f"module {name}: {type(m).__module__}.{type(m).__qualname__}"
+            for name, m in gm.named_modules(remove_duplicate=False) if name]
+    # buffers and plain tensor attributes alike, sorted: a graph module's copy registers the constants
+    # its get_attr nodes read as buffers (ep.module() holds them as attributes)
+    tensors = []
+    for prefix, m in gm.named_modules(remove_duplicate=False):
+        tensors += [(f"{prefix}.{k}".lstrip("."), v) for k, v in [*m._buffers.items(), *vars(m).items()]
+                    if isinstance(v, torch.Tensor) and not isinstance(v, torch.nn.Parameter)]
+    first: dict[int, str] = {}  # a tied tensor's first name: a plan for tied weights is not one for untied
+    for kind, named in (("parameter", list(gm.named_parameters(remove_duplicate=False))),
+                        ("tensor", sorted(tensors, key=lambda e: e[0]))):
+        for name, t in named:
+            tie = f" = {first[id(t)]}" if id(t) in first else ""
+            first.setdefault(id(t), name)
+            out.append(f"{kind} {name}: {tuple(t.shape)}{tie}")
     return tuple(out)
 
 
@@ -139,6 +155,10 @@ class Plan:
         self._by_root = {S.find(p.space.atom).id: p for p in self.spaces}
         self._fill_roots = {S.find(p.space.atom).id: self.fills[p.name] for p in self.spaces if p.name in self.fills}
         self._cache: dict[tuple, torch.Tensor] = {}  # many tensors share one layout (conv + its BN)
+        # what the maps depend on: the pass stamps its student with it, widen_optimizer checks the stamp
+        # (a plan of another seed has the same shapes and other maps)
+        self.token = hashlib.sha256(repr((self.fingerprint, seed, symmetry, noise_std, replication, norm_fill,
+                                          [(p.name, p.new_width) for p in self.spaces])).encode()).hexdigest()[:16]
 
     # ------------------------------------------------------------------ widths
     def _targets(self, factor: float | None, widths: dict[str, int]) -> dict[str, int]:

@@ -14,7 +14,7 @@ from torch.fx.passes.infra.pass_base import PassBase, PassResult
 from torch.fx.passes.shape_prop import TensorMetadata
 
 from . import indexmaps as im
-from .errors import InternalError, WidthError
+from .errors import InternalError, WidthError, typed
 from .fill import NewRows
 from .frontend import own_tensors, private_tree, trace
 from .inference import Rewrite, RewriteKind, Role, Val, _get_attr, infer
@@ -185,6 +185,7 @@ class Net2WiderNet(PassBase):
                              norm_fill=norm_fill)
         self._inputs, self._mode = example_inputs, mode
 
+    @typed("Net2WiderNet")
     def call(self, graph_module: torch.fx.GraphModule) -> PassResult:
         if self.plan is None:
             traced = trace(graph_module, self._inputs, share_tensors=True, mode=self._mode)
@@ -222,6 +223,7 @@ class Net2WiderNet(PassBase):
             graph_module.recompile()  # only literals in the code changed; attributes need no recompile
             modified = True
         _update_shapes(graph_module, plan)
+        graph_module.meta["n2n_plan"] = plan.token  # widen_optimizer checks it is given this plan
         if plan.fills:  # verify's default tolerance for a 16-bit student reads it (every weight rounded once)
             graph_module.meta["n2n_filled"] = sorted(plan.fills)
         return modified
