@@ -7,7 +7,7 @@ from typing import Any
 from torch.fx.passes.shape_prop import TensorMetadata
 
 from ... import spaces as S
-from ...spaces import Code, Layout
+from ...spaces import Code, Layout, Reason
 from ...spec import OpSpec
 from ..context import Context
 from ..layouts import _operand, _period
@@ -96,9 +96,7 @@ def conv(ctx: Context, spec: OpSpec, a: dict[str, Any]) -> Any:
     ch = x.ndim - (w.ndim - 2) - 1
     c_in, c_out = x.shape[ch], w.shape[0]
     fixed_reason = ctx.reason(Code.FIXED_COUPLING, "conv channels meet a fixed axis")
-    for k in range(ch + 1, x.ndim):
-        if S.is_spaced(x.layouts[k]):
-            ctx.freeze_all(Val((1,), (x.layouts[k],)), ctx.reason(Code.POOLED_OVER, "spatial axis is a space"))
+    _freeze_spatial(ctx, x, ch)
     if groups == 1:
         S.unify(x.layouts[ch], w.layouts[1], fixed_reason)
         ctx.role(w, 1, Role.CONTRACT)
@@ -118,14 +116,26 @@ def conv(ctx: Context, spec: OpSpec, a: dict[str, Any]) -> Any:
         ctx.grouped.append(GroupedContract(w.param_axes[0][0], ins, outs))
         ctx.ties.extend([ins, outs])
         out = S.normalize(w.layouts[0])
+    _bias_and_attrs(ctx, spec, x, ch, b, out, fixed_reason)
+    layouts = x.layouts[:ch] + (out,) + tuple(S.fixed(d) for d in shape[ch + 1:])
+    return Val(shape, layouts)
+
+
+def _freeze_spatial(ctx: Context, x: Val, ch: int) -> None:
+    """A conv's spatial axes are mixed by its kernel: a space on one of them cannot pass."""
+    for k in range(ch + 1, x.ndim):
+        if S.is_spaced(x.layouts[k]):
+            ctx.freeze_all(Val((1,), (x.layouts[k],)), ctx.reason(Code.POOLED_OVER, "spatial axis is a space"))
+
+
+def _bias_and_attrs(ctx: Context, spec: OpSpec, x: Val, ch: int, b: Any, out: Layout, fixed_reason: Reason) -> None:
+    """The bias is carried on the output channels; the module's in/out attributes follow the widths."""
     if isinstance(b, Val):
         S.unify(out, b.layouts[0], fixed_reason)
         if not ctx.role(b, 0, Role.CARRY):
             ctx.freeze_all(b, ctx.reason(Code.FIXED_COUPLING, "bias is computed, not a parameter"))
     ctx.module_attr(spec, "in", x.layouts[ch])
     ctx.module_attr(spec, "out", out)
-    layouts = x.layouts[:ch] + (out,) + tuple(S.fixed(d) for d in shape[ch + 1:])
-    return Val(shape, layouts)
 
 
 def _transposed(spec: OpSpec, a: dict[str, Any]) -> bool | None:
@@ -143,9 +153,7 @@ def _conv_transposed(ctx: Context, spec: OpSpec, x: Val, w: Val, b: Any, groups:
     shape = tuple(int(d) for d in meta.shape)
     ch = x.ndim - (w.ndim - 2) - 1
     fixed_reason = ctx.reason(Code.FIXED_COUPLING, "conv channels meet a fixed axis")
-    for k in range(ch + 1, x.ndim):
-        if S.is_spaced(x.layouts[k]):
-            ctx.freeze_all(Val((1,), (x.layouts[k],)), ctx.reason(Code.POOLED_OVER, "spatial axis is a space"))
+    _freeze_spatial(ctx, x, ch)
     if groups == 1:
         S.unify(x.layouts[ch], w.layouts[0], fixed_reason)
         ctx.role(w, 0, Role.CONTRACT)
@@ -159,12 +167,7 @@ def _conv_transposed(ctx: Context, spec: OpSpec, x: Val, w: Val, b: Any, groups:
     else:
         ctx.freeze_all(x, ctx.reason(Code.UNSUPPORTED_OP, f"grouped transposed conv (groups={groups}) has no rule"))
         return ctx.from_meta(meta)
-    if isinstance(b, Val):
-        S.unify(out, b.layouts[0], fixed_reason)
-        if not ctx.role(b, 0, Role.CARRY):
-            ctx.freeze_all(b, ctx.reason(Code.FIXED_COUPLING, "bias is computed, not a parameter"))
-    ctx.module_attr(spec, "in", x.layouts[ch])
-    ctx.module_attr(spec, "out", out)
+    _bias_and_attrs(ctx, spec, x, ch, b, out, fixed_reason)
     return Val(shape, x.layouts[:ch] + (out,) + tuple(S.fixed(d) for d in shape[ch + 1:]))
 
 
