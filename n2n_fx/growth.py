@@ -335,10 +335,13 @@ def residual_zeros(gm: torch.fx.GraphModule, prefix: str, params: set[str], tabl
         spec = table.lookup(node, gm) if node.op in ("call_function", "call_method") else None
         if spec is None or spec.name != "add" or len(node.all_input_nodes) != 2:
             continue  # a residual sum adds two tensors (y + 1.0 is part of a branch)
-        ends = [_branch_end(a, gm, prefix, params, table) for a in node.all_input_nodes[:2]]
+        operands = node.all_input_nodes[:2]
+        ends = [_branch_end(a, gm, prefix, params, table) for a in operands]
         found = [e for e in ends if e]
         if len(found) != 1:
             continue  # both operands computed in the block (a downsampling shortcut) or neither
+        if _reads_any(operands[ends.index([])], gm, prefix, set(found[0])):
+            continue  # the other operand is computed from the branch (h + f(h), h = norm(x)): no residual
         norms = [(user, u) for user in node.users
                  if (u := table.lookup(user, gm) if user.op != "output" else None) is not None
                  and u.kind == "normalize" and _reads(user, gm, prefix)]
@@ -350,6 +353,20 @@ def residual_zeros(gm: torch.fx.GraphModule, prefix: str, params: set[str], tabl
                                 "n2n_fx.deepen(block='gated')")
         zeros += [p for p in found[0] if p not in zeros]
     return zeros
+
+
+def _reads_any(node: torch.fx.Node, gm: torch.nn.Module, prefix: str, wanted: set[str]) -> bool:
+    """Whether `node` is computed (at any depth) from one of the parameters `wanted`."""
+    seen, todo = set(), [node]
+    while todo:
+        n = todo.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        if wanted.intersection(_reads(n, gm, prefix)):
+            return True
+        todo += n.all_input_nodes
+    return False
 
 
 def _branch_end(node: torch.fx.Node, gm: torch.nn.Module, prefix: str, params: set[str],

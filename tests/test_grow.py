@@ -457,3 +457,28 @@ def test_albert_depth_is_refused_its_layers_share_weights() -> None:
     model = AlbertForMaskedLM(cfg).double().eval()
     with pytest.raises(GrowError, match="num_hidden_layers 2 -> 4 adds no block of weights to AlbertForMaskedLM"):
         hf.grow(model, num_hidden_layers=4)
+
+
+class _NormShared(nn.Module):
+    """h = norm(x); x = h + f(relu(h)): the norm's output is both the residual operand and the
+    branch's input, so no zero in the block makes it the identity."""
+
+    def __init__(self, d: int = 8, depth: int = 2) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(nn.ModuleDict({"norm": nn.LayerNorm(d), "fc": nn.Linear(d, d)})
+                                    for _ in range(depth))
+        self.head = nn.Linear(d, 2)
+
+    def forward(self, x):
+        for b in self.blocks:
+            h = b["norm"](x)
+            x = h + b["fc"](torch.relu(h))
+        return self.head(x)
+
+
+@pytest.mark.parametrize("check", [True, False])
+def test_a_residual_whose_operand_is_computed_in_the_block_is_refused_even_unchecked(check: bool) -> None:
+    torch.manual_seed(0)
+    teacher = _NormShared().double().eval()
+    with pytest.raises(GrowError, match="no residual branch"):
+        n2n_fx.grow(teacher, _meta(_NormShared, 8, 3).double(), torch.randn(2, 8, dtype=torch.float64), check=check)
