@@ -59,3 +59,17 @@ def test_reach_records_the_entries_and_spelling_families_a_proof_model_meets():
         n2n_fx.plan(torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.ReLU()), torch.randn(2, 2))
     assert seen.proofs("linear", "module") == {"p"} and seen.proofs("relu", "module") == {"p"}
     assert not reach.OBSERVERS  # the observer is removed after the block
+
+
+def test_reach_check_flags_an_exemption_that_is_no_longer_needed():
+    from n2n_fx.spec import load_table
+    from proofs import reach
+
+    table = load_table()
+    exempt = next(op for op in table.ops if op.proof_reach and op.kind != "stop"  # one the interpreter evaluates
+                  and all(reach.symbolic(op, fam, t) for fam, t in reach.spellings(op, table).items()))
+    families = reach.spellings(exempt, table)
+    everything = reach.Reach({exempt.name: {fam: {"some_proof"} for fam in families}})
+    stale = [p for p in reach.problems(table, everything) if p.startswith(f"entry {exempt.name} says why")]
+    assert stale, f"{exempt.name}: every family reached, yet its proof_reach was not flagged"
+    assert not [p for p in reach.problems(table, reach.Reach()) if "says why" in p]  # nothing reached: none stale
