@@ -36,7 +36,24 @@ PROOF_NAMES = ["dense_matrix", "concat_offsets", "flatten_stride", "normalize", 
 PROPERTY_TESTS = ["tests/test_properties.py"]
 
 # (module, original line, mutated line) -> why no input of the engine can tell them apart
-EQUIVALENT: dict[tuple[str, str, str], str] = {}
+_RANDOM_EXTRA = ("extra = torch.randint(0, n, (q - n,), generator=generator) if {} "
+                 "else torch.empty(0, dtype=torch.long)")
+_NO_DRAW = "at q == n randint draws a size-0 tensor: the same empty extra (q < n raised above)"
+_SCALE_REPEAT = "out = [s.repeat_interleave(inner) if {} else s for s, inner in parts]"
+_BLOCK = "a block size is an int >= 1 (Seg.inner); at 1 the other branch gives the same values"
+EQUIVALENT: dict[tuple[str, str, str], str] = {
+    ("n2n_fx/indexmaps.py", _RANDOM_EXTRA.format("q > n"), _RANDOM_EXTRA.format(op)): _NO_DRAW
+    for op in ("q >= n", "q != n", "q is not n")
+} | {
+    ("n2n_fx/indexmaps.py", "if inner == 1:", f"if {op}:"): _BLOCK + " (g * 1 + arange(1) is g)"
+    for op in ("inner < 1", "inner <= 1", "inner is 1", "inner == 0")
+} | {
+    ("n2n_fx/indexmaps.py", _SCALE_REPEAT.format("inner > 1"), _SCALE_REPEAT.format(op)): _BLOCK
+    + " (repeat_interleave(1) is s)" for op in ("inner >= 1", "inner != 1", "inner is not 1", "inner > 0")
+} | {
+    ("n2n_fx/indexmaps.py", "totals = torch.zeros(n, dtype=torch.float64).index_add_(0, g, raw)",
+     "totals = torch.zeros(n, dtype=torch.float64).index_add_( -1, g, raw)"): "totals is 1-D: dim -1 is dim 0",
+}
 
 
 STAGES = ("fast", "proofs", "properties")
