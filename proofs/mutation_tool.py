@@ -1,0 +1,205 @@
+"""A mutation score from an off-the-shelf tool: cosmic-ray over the engine's core.
+
+    python -m proofs.mutation_tool run                # every mutant of MODULES (tox -e mutation-tool)
+    python -m proofs.mutation_tool run --sample 24    # a fixed, seeded sample (CI)
+    python -m proofs.mutation_tool run --module n2n_fx/indexmaps.py
+    python -m proofs.mutation_tool test               # the test command cosmic-ray runs per mutant
+
+proofs.mutation seeds a dozen bugs chosen by hand; this lets cosmic-ray write every mutant its
+operators can (binary/comparison/unary operator swaps, numbers +-1, `not` added, loops emptied)
+and runs, per mutant, a fast test command: exact index-map tests, the proofs that apply the maps
+and the property suite under the small `mutation` Hypothesis profile. A survivor is either a
+hole, to be killed by a new test, or listed in EQUIVALENT with the reason it cannot change any
+result. The run exits 1 on any other survivor. cosmic-ray writes each mutant into the source
+file itself (and puts it back), so a run needs a checkout of its own: never run two at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+MODULES = ["n2n_fx/indexmaps.py"]
+# per mutant, cheapest first: a failure stops the command (killed), so survivors pay for all of it
+FAST_TESTS = ["tests/test_indexmaps.py", "tests/test_spaces.py"]
+# norm_fill (31 s: most of the proofs' time) is left to `python -m proofs`; fill_factor is pinned by test_indexmaps
+PROOF_NAMES = ["dense_matrix", "concat_offsets", "flatten_stride", "normalize", "split_pieces"]
+PROPERTY_TESTS = ["tests/test_properties.py"]
+
+# (module, original line, mutated line) -> why no input of the engine can tell them apart
+_RANDOM_EXTRA = ("extra = torch.randint(0, n, (q - n,), generator=generator) if {} "
+                 "else torch.empty(0, dtype=torch.long)")
+_NO_DRAW = "at q == n randint draws a size-0 tensor: the same empty extra (q < n raised above)"
+_SCALE_REPEAT = "out = [s.repeat_interleave(inner) if {} else s for s, inner in parts]"
+_BLOCK = "a block size is an int >= 1 (Seg.inner); at 1 the other branch gives the same values"
+EQUIVALENT: dict[tuple[str, str, str], str] = {
+    ("n2n_fx/indexmaps.py", _RANDOM_EXTRA.format("q > n"), _RANDOM_EXTRA.format(op)): _NO_DRAW
+    for op in ("q >= n", "q != n", "q is not n")
+} | {
+    ("n2n_fx/indexmaps.py", "if inner == 1:", f"if {op}:"): _BLOCK + " (g * 1 + arange(1) is g)"
+    for op in ("inner < 1", "inner <= 1", "inner is 1", "inner == 0")
+} | {
+    ("n2n_fx/indexmaps.py", _SCALE_REPEAT.format("inner > 1"), _SCALE_REPEAT.format(op)): _BLOCK
+    + " (repeat_interleave(1) is s)" for op in ("inner >= 1", "inner != 1", "inner is not 1", "inner > 0")
+} | {
+    ("n2n_fx/indexmaps.py", "totals = torch.zeros(n, dtype=torch.float64).index_add_(0, g, raw)",
+     "totals = torch.zeros(n, dtype=torch.float64).index_add_( -1, g, raw)"): "totals is 1-D: dim -1 is dim 0",
+}
+
+
+STAGES = ("fast", "proofs", "properties")
+
+
+def _test() -> int:
+    """The per-mutant test command: 0 when the mutant survives every stage.
+
+    N2N_MUTATION_STAGES="fast,proofs" runs only those stages (a cheaper bound: fewer stages can
+    only kill fewer mutants); N2N_MUTATION_FAST_TESTS="a.py,b.py" replaces FAST_TESTS."""
+    os.environ.setdefault("HYPOTHESIS_PROFILE", "mutation")
+    stages = os.environ.get("N2N_MUTATION_STAGES", ",".join(STAGES)).split(",")
+    import pytest
+
+    args = ["-x", "-q", "-p", "no:cacheprovider"]
+    fast = os.environ.get("N2N_MUTATION_FAST_TESTS")
+    if "fast" in stages and pytest.main([*(fast.split(",") if fast else FAST_TESTS), *args]):
+        return 1
+    if "proofs" in stages:
+        from . import run_all
+
+        results, _ = run_all(names=PROOF_NAMES, fail_fast=True)  # a subset: the reach meta-check does not apply
+        if not all(r.ok for r in results):
+            return 1
+    return 1 if "properties" in stages and pytest.main([*PROPERTY_TESTS, *args]) else 0
+
+
+def _config(module: str, timeout: float) -> str:
+    command = " ".join(shlex.quote(a) for a in (sys.executable, "-m", "proofs.mutation_tool", "test"))
+    return (f'[cosmic-ray]\nmodule-path = "{module}"\ntimeout = {timeout}\nexcluded-modules = []\n'
+            f'test-command = "{command}"\n\n[cosmic-ray.distributor]\nname = "local"\n')
+
+
+def _keep_only(db_path: Path, sample: int, seed: int) -> int:
+    """Mark all but a fixed sample of the pending mutants skipped; return the sample's size."""
+    from cosmic_ray.work_db import WorkDB, use_db
+    from cosmic_ray.work_item import WorkerOutcome, WorkResult
+
+    with use_db(str(db_path), WorkDB.Mode.open) as db:
+        items = sorted(db.pending_work_items, key=lambda w: (w.mutations[0].operator_name, w.mutations[0].occurrence))
+        keep = {w.job_id for w in random.Random(seed).sample(items, min(sample, len(items)))}
+        for w in items:
+            if w.job_id not in keep:
+                db.set_result(w.job_id, WorkResult(output="not in the sample", worker_outcome=WorkerOutcome.SKIPPED))
+    return len(keep)
+
+
+def _changed_lines(diff: str) -> tuple[str, str]:
+    minus = [ln[1:].strip() for ln in diff.splitlines() if ln.startswith("-") and not ln.startswith("---")]
+    plus = [ln[1:].strip() for ln in diff.splitlines() if ln.startswith("+") and not ln.startswith("+++")]
+    return " / ".join(minus), " / ".join(plus)
+
+
+def _verdicts(db_path: Path, module: str) -> list[dict]:
+    from cosmic_ray.work_db import WorkDB, use_db
+    from cosmic_ray.work_item import TestOutcome, WorkerOutcome
+
+    rows = []
+    with use_db(str(db_path), WorkDB.Mode.open) as db:
+        for item, result in db.completed_work_items:
+            if result.worker_outcome == WorkerOutcome.SKIPPED:
+                continue
+            m = item.mutations[0]
+            before, after = _changed_lines(result.diff or "")
+            if result.worker_outcome != WorkerOutcome.NORMAL:
+                verdict = "incompetent"  # the tool could not apply or run it
+            elif result.test_outcome == TestOutcome.SURVIVED:
+                verdict = "equivalent" if (module, before, after) in EQUIVALENT else "survived"
+            elif result.test_outcome == TestOutcome.KILLED:
+                verdict = "timeout" if result.output == "timeout" else "killed"
+            else:
+                verdict = "incompetent"
+            rows.append({"line": m.start_pos[0], "operator": m.operator_name.removeprefix("core/"),
+                         "occurrence": m.occurrence, "before": before, "after": after, "verdict": verdict,
+                         "why": EQUIVALENT.get((module, before, after), "")})
+    return sorted(rows, key=lambda r: (r["line"], r["operator"], r["occurrence"]))
+
+
+def _run(args: argparse.Namespace) -> int:
+    cosmic_ray = shutil.which("cosmic-ray", path=str(Path(sys.executable).parent)) or shutil.which("cosmic-ray")
+    if cosmic_ray is None:
+        print("cosmic-ray is not installed: pip install -e '.[mutation]'", file=sys.stderr)
+        return 2
+    out = ROOT / "build" / "mutation_tool"
+    out.mkdir(parents=True, exist_ok=True)
+    # the test command imports this checkout; no stale bytecode may shadow a mutant
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+           "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    if args.stages:
+        env["N2N_MUTATION_STAGES"] = args.stages
+    if args.fast_tests:
+        env["N2N_MUTATION_FAST_TESTS"] = args.fast_tests
+    failing, lines = 0, []
+    for module in args.module or MODULES:
+        name = Path(module).stem
+        session = out / (f"{name}-{args.tag}" if args.tag else name)
+        config, db = session.with_suffix(".toml"), session.with_suffix(".sqlite")
+        config.write_text(_config(module, args.timeout))
+        source = ROOT / module
+        original = source.read_bytes()
+        for pyc in (source.parent / "__pycache__").glob(f"{Path(module).stem}.*.pyc"):
+            pyc.unlink()
+        t0 = time.perf_counter()
+        try:
+            subprocess.run([cosmic_ray, "init", str(config), str(db)], cwd=ROOT, env=env, check=True)
+            if args.sample:
+                print(f"{module}: a fixed sample of {_keep_only(db, args.sample, args.seed)} mutants (seed {args.seed})")
+            subprocess.run([cosmic_ray, "exec", str(config), str(db)], cwd=ROOT, env=env, check=True)
+        finally:
+            if source.read_bytes() != original:  # an interrupted run leaves its mutant on disk
+                source.write_bytes(original)
+        rows = _verdicts(db, module)
+        counts = Counter(r["verdict"] for r in rows)
+        survivors = [r for r in rows if r["verdict"] == "survived"]
+        failing += len(survivors) + counts["incompetent"]
+        scored = len(rows) - counts["equivalent"]
+        score = (counts["killed"] + counts["timeout"]) / scored if scored else 1.0
+        lines.append(f"| `{module}` | {len(rows)} | {counts['killed']} | {counts['timeout']} | {counts['equivalent']} "
+                     f"| {counts['survived']} | {counts['incompetent']} | {score:.1%} | {time.perf_counter() - t0:.0f} |")
+        for r in rows:
+            if r["verdict"] in ("survived", "equivalent", "incompetent") or args.verbose:
+                print(f"{module}:{r['line']} {r['operator']}#{r['occurrence']} {r['verdict'].upper()}: "
+                      f"`{r['before']}` -> `{r['after']}`" + (f" ({r['why']})" if r["why"] else ""))
+    print("\n| module | mutants | killed | timeout | equivalent | survived | incompetent | score | seconds |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    print("\n".join(lines))
+    return 1 if failing else 0
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["test"]:
+        return _test()
+    parser = argparse.ArgumentParser(prog="python -m proofs.mutation_tool")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    run = sub.add_parser("run", help="init a cosmic-ray session per module and execute it")
+    run.add_argument("--module", action="append", help=f"a file to mutate (default: {', '.join(MODULES)})")
+    run.add_argument("--sample", type=int, default=0, help="run only this many mutants, a fixed seeded sample")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--timeout", type=float, default=300.0, help="seconds per mutant; beyond it counts killed")
+    run.add_argument("--stages", help=f"comma-separated subset of {','.join(STAGES)} (default: all)")
+    run.add_argument("--fast-tests", help=f"comma-separated test files for the fast stage (default: {','.join(FAST_TESTS)})")
+    run.add_argument("--tag", default="", help="a name for this session's files under build/mutation_tool/")
+    run.add_argument("-v", "--verbose", action="store_true", help="print every mutant, not only survivors")
+    sub.add_parser("test", help="the per-mutant test command")
+    return _run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
