@@ -301,9 +301,13 @@ def _fed_block(gm: torch.fx.GraphModule, prefix: str, candidates: set[str], tabl
     None when a use reaches anything else."""
     own = [n for n in gm.graph.nodes if _reads(n, gm, prefix + ".")]
     reached: set[str] = set()
+    seen: set[torch.fx.Node] = set(own)
     todo = [u for n in own for u in n.users if u not in own]
     while todo:
         node = todo.pop()
+        if node in seen:  # a value reached along two paths is walked once
+            continue
+        seen.add(node)
         hit = [c for c in candidates if _reads(node, gm, c + ".")]
         if hit:
             reached.update(hit)
