@@ -156,6 +156,22 @@ class _Tied(nn.Module):
         return self.head(torch.relu(self.mid(self.emb(i))))
 
 
+def _train_handed_over(teacher: nn.Module, x: torch.Tensor, opt: torch.optim.Optimizer, sched, exact: bool,
+                       steps: int = 3) -> torch.optim.Optimizer:
+    """Widen 2x (uniform), hand optimizer and scheduler over, train the student `steps` steps; the
+    student's optimizer (its scheduler has stepped with it)."""
+    plan = n2n_fx.plan(teacher, x, factor=2.0, replication="uniform")
+    student = n2n_fx.apply_plan(plan)
+    new = n2n_fx.widen_optimizer(plan, teacher, opt, student, exact=exact)
+    new_sched = n2n_fx.widen_scheduler(sched, new)
+    for _ in range(steps):
+        new.zero_grad()
+        student(x).sum().backward()
+        new.step()
+        new_sched.step()
+    return new
+
+
 def _tied_setup(kind: str) -> tuple:
     torch.manual_seed(0)
     teacher, ids = _Tied().double(), torch.randint(0, 10, (2, 3), generator=torch.Generator().manual_seed(2))
@@ -215,17 +231,9 @@ def test_widen_scheduler_leaves_the_teachers_stateful_lambdas_alone(exact: bool)
         teacher(x).sum().backward()
         opt.step()
         sched.step()
-    plan = n2n_fx.plan(teacher, x, factor=2.0, replication="uniform")
-    student = n2n_fx.apply_plan(plan)
-    new = n2n_fx.widen_optimizer(plan, teacher, opt, student, exact=exact)
     before = copy.deepcopy(sched.state_dict())
     snap = fingerprint(teacher)
-    new_sched = n2n_fx.widen_scheduler(sched, new)
-    for _ in range(3):
-        new.zero_grad()
-        student(x).sum().backward()
-        new.step()
-        new_sched.step()
+    new = _train_handed_over(teacher, x, opt, sched, exact)
     assert str(sched.state_dict()) == str(before)
     assert sched.lr_lambdas[0].calls == before["lr_lambdas"][0]["calls"]
     assert_untouched(teacher, snap)
@@ -316,16 +324,8 @@ def test_the_students_scheduler_leaves_a_tensor_lr_of_the_teacher_alone(exact: b
     teacher(x).sum().backward()
     opt.step()
     sched.step()
-    plan = n2n_fx.plan(teacher, x, factor=2.0, replication="uniform")
-    student = n2n_fx.apply_plan(plan)
-    new = n2n_fx.widen_optimizer(plan, teacher, opt, student, exact=exact)
-    new_sched = n2n_fx.widen_scheduler(sched, new)
     lr = opt.param_groups[0]["lr"].clone()
-    for _ in range(3):
-        new.zero_grad()
-        student(x).sum().backward()
-        new.step()
-        new_sched.step()
+    new = _train_handed_over(teacher, x, opt, sched, exact)
     assert torch.equal(opt.param_groups[0]["lr"], lr) and float(lr) == pytest.approx(0.005)
     assert all(float(g["lr"]) == pytest.approx(0.005 / 8 * f) for g, (_, f) in zip(new.param_groups,
                                                                                      new.n2n_group_sources))
