@@ -46,7 +46,7 @@ def plan(model: torch.nn.Module, example_inputs: Any, *, factor: float | None = 
          widths: dict[str, int] | None = None, seed: int = 0, symmetry: str = "none",
          noise_std: float = 0.01, leaf_modules: Sequence[type] = (), replication: str = "random",
          frontend: str = "auto", mode: str = "eval", untie: bool = False, dynamic_shapes: Any = None,
-         norm_fill: bool = False) -> Plan:
+         norm_fill: bool = False, heads: str = "count") -> Plan:
     """Trace `model`, infer its spaces and plan their widths (current widths unless asked).
 
     untie=True gives every tied parameter (one tensor under two names, e.g. a token embedding that
@@ -64,20 +64,26 @@ def plan(model: torch.nn.Module, example_inputs: Any, *, factor: float | None = 
 
     A LayerNorm/RMSNorm-bound space asked (in `widths`) for a width that is not a multiple of its
     own grows by fill (see n2n_fx.fill): exact, eps unchanged; multiples keep uniform replication.
-    A factor gives such spaces k = floor(factor) unless norm_fill=True (then fill, where it is exact)."""
+    A factor gives such spaces k = floor(factor) unless norm_fill=True (then fill, where it is exact).
+
+    heads='count' (the default) grows attention by whole heads, head_dim kept; heads='dim' keeps the
+    number of heads and grows head_dim (F.scaled_dot_product_attention): every q and k row is then
+    scaled by sqrt(r / count), r = the teacher's scale over the student's, so the scores stay the
+    teacher's. Exact where nothing but views, casts, biases and numbers lie between the projections
+    and the scores; rotary embeddings and q/k norms freeze the head_dim with the op that breaks it."""
     return _plan(model, example_inputs, factor, widths, seed, symmetry, noise_std, leaf_modules, False, replication,
-                 frontend, mode, untie, dynamic_shapes, norm_fill)
+                 frontend, mode, untie, dynamic_shapes, norm_fill, heads)
 
 
 def _plan(model, example_inputs, factor, widths, seed, symmetry, noise_std, leaf_modules, share: bool,
           replication: str = "random", frontend: str = "auto", mode: str = "eval", untie: bool = False,
-          dynamic_shapes: Any = None, norm_fill: bool = False) -> Plan:
+          dynamic_shapes: Any = None, norm_fill: bool = False, heads: str = "count") -> Plan:
     gm = trace(model, example_inputs, leaf_modules=leaf_modules, share_tensors=share, frontend=frontend, mode=mode,
                dynamic_shapes=dynamic_shapes)
     if untie:
         untie_parameters(gm)  # on the private trace: the teacher keeps its tie
-    return Plan(infer(gm), factor=factor, widths=widths, seed=seed, symmetry=symmetry, noise_std=noise_std,
-                replication=replication, norm_fill=norm_fill)
+    return Plan(infer(gm, heads=heads), factor=factor, widths=widths, seed=seed, symmetry=symmetry,
+                noise_std=noise_std, replication=replication, norm_fill=norm_fill)
 
 
 @typed("widen")
@@ -85,7 +91,7 @@ def widen(model: torch.nn.Module, example_inputs: Any, *, factor: float | None =
           widths: dict[str, int] | None = None, seed: int = 0, symmetry: str = "none",
           noise_std: float = 0.01, leaf_modules: Sequence[type] = (), replication: str = "random",
           frontend: str = "auto", mode: str = "eval", untie: bool = False,
-          dynamic_shapes: Any = None, norm_fill: bool = False) -> torch.fx.GraphModule:
+          dynamic_shapes: Any = None, norm_fill: bool = False, heads: str = "count") -> torch.fx.GraphModule:
     """Net2WiderNet: a wider student computing the teacher's function (symmetry 'none'/'split').
 
     Give `factor` (a real >= 1, applied to every widenable space) or `widths` ({space: units});
@@ -94,7 +100,7 @@ def widen(model: torch.nn.Module, example_inputs: Any, *, factor: float | None =
     dynamic_shapes (torch.export's, or "auto" for every input dim; see trace): an exported student
     then runs at other batch sizes and sequence lengths; without it (the default) it is specialised
     to the example shapes and refuses others. norm_fill: see plan (normalised spaces at a width
-    that is not a multiple grow by fill).
+    that is not a multiple grow by fill). heads: see plan ('dim' grows head_dim instead of the heads).
     """
     if factor is None and not widths:
         factor = 2.0
@@ -102,7 +108,7 @@ def widen(model: torch.nn.Module, example_inputs: Any, *, factor: float | None =
     # the traced graph shares the teacher's tensors (no deep copy); the pass replaces the ones it
     # widens, and own_tensors clones the rest, so the teacher is never touched
     p = _plan(model, example_inputs, factor, widths, seed, symmetry, noise_std, leaf_modules, True, replication,
-              frontend, mode, untie, dynamic_shapes, norm_fill)
+              frontend, mode, untie, dynamic_shapes, norm_fill, heads)
     student = Net2WiderNet(p)(p.analysis.gm).graph_module
     own_tensors(student, model)
     return student

@@ -174,7 +174,7 @@ def plan_stream(source: Source, changes: dict[str, Any], *, seed: int = 0, symme
                 layer_map: Any = "interleave", example_inputs: Any = None, cls: type | None = None) -> StreamPlan:
     """Trace teacher and target on the meta device and lay out every student tensor (`cls`: the
     model class, by default the one config.architectures names)."""
-    from .growth import find_stacks, new_blocks, plan_target, target_name
+    from .growth import find_stacks, head_growth, new_blocks, plan_target, target_name, target_qk_scales
     from .hf import target_config
 
     cls = cls or model_class(source.config)
@@ -189,11 +189,11 @@ def plan_stream(source: Source, changes: dict[str, Any], *, seed: int = 0, symme
         example_inputs = (torch.randint(0, vocab, (2, 8), generator=torch.Generator().manual_seed(seed)),)
     stacks = find_stacks(teacher, target, layer_map)
     gm = trace(teacher, example_inputs, share_tensors=True)
-    an = infer(gm)
+    an = infer(gm, heads=head_growth(teacher, target, stacks))
     t_state, g_state = teacher.state_dict(), target.state_dict()
     name_of = {n: target_name(n, stacks) for n in t_state}
     plan = plan_target(an, {n: tuple(g_state[tn].shape) for n, tn in name_of.items() if tn in g_state},
-                       seed=seed, symmetry=symmetry)
+                       seed=seed, symmetry=symmetry, qk_scales=target_qk_scales(an, target, example_inputs))
     widened = any(p.new_width != p.width for p in plan.spaces)
     stream = StreamPlan(plan if widened else None, an, cfg, [], {})
     missing = [k for k in source.weight_map if k not in t_state]

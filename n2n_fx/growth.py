@@ -27,10 +27,10 @@ import torch.fx
 from . import spaces as S
 from .errors import FrozenSpaceError, HookError, N2NError, NotPreservedError
 from .frontend import as_inputs, own_tensors, trace
-from .inference import Analysis, infer
+from .inference import Analysis, HeadGrowth, infer
 from .planning import Plan
 from .spaces import Seg
-from .spec import RuleTable, load_table
+from .spec import RuleTable, bind, load_table
 from .tied import untie_parameters
 from .verification import Report, _float_dtype, plan_rtol, verify
 from .wider import Net2WiderNet
@@ -250,11 +250,13 @@ def target_widths(an: Analysis, shapes: dict[str, tuple[int, ...]]) -> dict[str,
     return {name: w for name, (w, _) in known.items()}
 
 
-def plan_target(an: Analysis, shapes: dict[str, tuple[int, ...]], *, seed: int = 0, symmetry: str = "none") -> Plan:
-    """The plan that gives every space the width the target's shapes state (see target_widths)."""
+def plan_target(an: Analysis, shapes: dict[str, tuple[int, ...]], *, seed: int = 0, symmetry: str = "none",
+                qk_scales: dict[str, float | None] | None = None) -> Plan:
+    """The plan that gives every space the width the target's shapes state (see target_widths);
+    qk_scales: the target's attention scales (target_qk_scales) where heads grow wider."""
     current = {sp.name: sp.width for sp in an.spaces}
     asked = {n: w for n, w in target_widths(an, shapes).items() if w != current[n]}
-    return Plan(an, widths=asked, seed=seed, symmetry=symmetry)
+    return Plan(an, widths=asked, seed=seed, symmetry=symmetry, qk_scales=qk_scales)
 
 
 @dataclass(frozen=True)
@@ -435,7 +437,7 @@ def grow(teacher: torch.nn.Module, target: torch.nn.Module, example_inputs: Any,
         raise GrowError(f"the target has no counterpart of the teacher's {missing[:4]}"
                         + (f" (+{len(missing) - 4} more)" if len(missing) > 4 else ""), node=missing[0], op="grow",
                         fix="the target must be the teacher's family: the same parameter names, bigger sizes")
-    _check_head_dims(teacher, target, stacks)
+    heads = head_growth(teacher, target, stacks)
     _check_hooks(teacher, target, stacks)
     untie = any(len({_sid(g_state[name_of[n]]) for n in group}) > 1 for group in _tied_groups(teacher))
     by_target = {tn: n for n, tn in name_of.items()}
@@ -448,8 +450,10 @@ def grow(teacher: torch.nn.Module, target: torch.nn.Module, example_inputs: Any,
                dynamic_shapes=dynamic_shapes)
     if untie:
         untie_parameters(gm)
-    an = infer(gm)
-    plan = plan_target(an, {n: tuple(g_state[tn].shape) for n, tn in name_of.items()}, seed=seed, symmetry=symmetry)
+    an = infer(gm, heads=heads)
+    qk = target_qk_scales(an, target, inputs, leaf_modules=leaf_modules, frontend=frontend, mode=mode)
+    plan = plan_target(an, {n: tuple(g_state[tn].shape) for n, tn in name_of.items()}, seed=seed, symmetry=symmetry,
+                       qk_scales=qk)
     widened = any(p.new_width != p.width for p in plan.spaces)
     student = Net2WiderNet(plan)(an.gm).graph_module if widened else an.gm
     own_tensors(student, teacher)
@@ -595,20 +599,72 @@ def _module_pairs(teacher: torch.nn.Module, target: torch.nn.Module,
             for name, mod in teacher.named_modules()]
 
 
-def _check_head_dims(teacher: torch.nn.Module, target: torch.nn.Module, stacks: list[Stack]) -> None:
-    """Attention grows by whole heads: a target whose heads are wider (a different `head_dim`
-    attribute on a module, or in a Hugging Face config) is refused before any work."""
+_HEAD_COUNTS = ("num_heads", "n_head", "num_attention_heads", "n_heads")
+
+
+def head_growth(teacher: torch.nn.Module, target: torch.nn.Module, stacks: list[Stack]) -> HeadGrowth:
+    """Whole heads (COUNT) unless the target's heads are wider (a different `head_dim` attribute on
+    a module, or in a Hugging Face config): then DIM, refused where one attention would grow both."""
     t_cfg, g_cfg = getattr(teacher, "config", None), getattr(target, "config", None)
     pairs = [("config", t_cfg, g_cfg)] if t_cfg is not None and g_cfg is not None else []
     pairs += [(name or "<root>", mod, other) for name, mod, other in _module_pairs(teacher, target, stacks)
               if other is not None]
+    wider = None
     for name, a, b in pairs:
         ha, hb = getattr(a, "head_dim", None), getattr(b, "head_dim", None)
         if type(ha) is int and type(hb) is int and ha != hb:
-            raise GrowError(f"{name}.head_dim is {ha} in the teacher and {hb} in the target: n2n_fx grows attention "
-                            f"by whole heads (a wider head changes the 1/sqrt(head_dim) scale and rotary "
-                            f"frequencies)", node=name, op="attention",
-                            fix=f"keep head_dim = {ha} in the target and grow the number of heads instead")
+            counts = [(getattr(a, k), getattr(b, k)) for k in _HEAD_COUNTS
+                      if type(getattr(a, k, None)) is int and type(getattr(b, k, None)) is int]
+            if any(x != y for x, y in counts):
+                x, y = next((x, y) for x, y in counts if x != y)
+                raise GrowError(f"{name} grows both its heads ({x} -> {y}) and head_dim ({ha} -> {hb}): one plan "
+                                "grows either the heads or head_dim of an attention", node=name, op="attention",
+                                fix=f"grow twice: first into a target with {y} heads of {ha}, then into this one")
+            wider = wider or (name, ha, hb)
+    rotary = t_cfg is not None and (getattr(t_cfg, "rope_theta", None) is not None or getattr(t_cfg, "rope_parameters", None)
+                                    or getattr(t_cfg, "position_embedding_type", None) == "rotary")
+    if wider and rotary:
+        name, ha, hb = wider
+        raise GrowError(f"{name}.head_dim is {ha} in the teacher and {hb} in the target, and the family uses rotary "
+                        "position embeddings, whose frequencies depend on head_dim: no wider head computes the "
+                        "teacher's scores", node=name, op="attention",
+                        fix=f"keep head_dim = {ha} in the target and grow the number of heads instead")
+    return HeadGrowth.DIM if wider else HeadGrowth.COUNT
+
+
+def sdpa_scales(gm: torch.fx.GraphModule, table: RuleTable | None = None) -> list[tuple[str, Any]]:
+    """(node, scale) of every F.scaled_dot_product_attention call in graph order: a literal, or
+    None where the call derives 1/sqrt(head_dim) at run time (anything else: a computed scale)."""
+    table = table or load_table()
+    out = []
+    for node in gm.graph.nodes:
+        spec = table.lookup(node, gm) if node.op == "call_function" else None
+        if spec is not None and spec.kind == "sdpa":
+            out.append((node.name, bind(spec, node.args, node.kwargs).get("scale")))
+    return out
+
+
+def target_qk_scales(an: Analysis, target: torch.nn.Module, inputs: Any, **trace_kw: Any) -> dict[str, float | None]:
+    """The scale each of the teacher's rescaled attentions computes with in the target's class (its
+    code decides: HF's scaling = head_dim ** -0.5 is the target's own literal). One scale for all
+    of the target's attentions (the usual case) applies to all; otherwise they pair in order."""
+    if not an.qk:
+        return {}
+    theirs = sdpa_scales(trace(target, inputs, share_tensors=True, **trace_kw))
+    if any(v is not None and not isinstance(v, (int, float)) for _, v in theirs):
+        raise GrowError("the target computes an attention scale in its graph", node=theirs[0][0], op="sdpa",
+                        fix="wider heads need the target's scale as a literal or sdpa's default")
+    values = {v for _, v in theirs}
+    if len(values) == 1:
+        (value,) = values
+        return {link.node: value for link in an.qk}
+    ours = [n for n, _ in sdpa_scales(an.gm)]
+    if len(ours) != len(theirs):
+        raise GrowError(f"the target's {len(theirs)} attentions use {len(values)} scales and the teacher has "
+                        f"{len(ours)}: their pairing is unknown", node=an.qk[0].node, op="sdpa",
+                        fix="grow head_dim and the number of layers in two steps")
+    pairs = dict(zip(ours, (v for _, v in theirs)))
+    return {link.node: pairs[link.node] for link in an.qk}
 
 
 def _sid(t: torch.Tensor) -> int:

@@ -44,6 +44,13 @@ def divide_scale(g: torch.Tensor, n: int) -> torch.Tensor:
     return 1.0 / replica_counts(g, n)[g].to(torch.float64)
 
 
+def qk_gain4(g: torch.Tensor, n: int, ratio_sq: float) -> torch.Tensor:
+    """Wider heads: f^4 for the factor f = sqrt(r / count) on every new q and k row j (float64,
+    from r^2: rational where the scales are derived), so that the replicas of a unit contribute r
+    times its teacher product q_j k_j to a score. The fourth power keeps it exact for the proofs."""
+    return ratio_sq * divide_scale(g, n) ** 2
+
+
 def split_scale(g: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
     """Random positive alpha_j with sum over the replicas of each old unit equal to 1.
 

@@ -185,7 +185,14 @@ def _check_shapes(st: dict, sp: torch.nn.Parameter, name: str) -> None:
 
 def _check_not_filled(plan: Plan, name: str, axes: list[int]) -> None:
     """A space grown by fill (zero or mean rows, a gain) has no moment mapping: its new units' and
-    gains' gradients are not gathers of the teacher's, so Adam's v would be scaled wrongly."""
+    gains' gradients are not gathers of the teacher's, so Adam's v would be scaled wrongly. Nor
+    have rescaled q/k rows (wider heads) yet."""
+    rescaled = [axis for axis in axes if plan.layout_qk(plan.analysis.param_layouts[(name, axis)]) is not None]
+    if rescaled:
+        raise ConstraintError(f"{name}: axis {rescaled[0]} lies on a head_dim space whose q and k rows are rescaled "
+                              "(heads='dim'), which has no optimizer-state mapping yet", node=name,
+                              op="widen_optimizer", fix="grow the heads instead (heads='count'), or start the "
+                              "student's optimizer afresh")
     filled = [axis for axis in axes if plan.axis_fill((name, axis)) is not None]
     if filled:
         raise ConstraintError(f"{name}: axis {filled[0]} lies on a space grown by fill (a width that is not a multiple "

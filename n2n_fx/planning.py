@@ -128,7 +128,8 @@ class Plan:
 
     def __init__(self, analysis: Analysis, *, factor: float | None = None,
                  widths: dict[str, int] | None = None, seed: int = 0, symmetry: str = "none",
-                 noise_std: float = 0.01, replication: str = "random", norm_fill: bool = False) -> None:
+                 noise_std: float = 0.01, replication: str = "random", norm_fill: bool = False,
+                 qk_scales: dict[str, float | None] | None = None) -> None:
         if symmetry not in SYMMETRY_MODES:
             raise WidthError(f"symmetry must be one of {SYMMETRY_MODES}, got {symmetry!r}",
                              fix="use symmetry='none' (exact), 'split' (exact) or 'noise' (the paper's)")
@@ -155,10 +156,15 @@ class Plan:
         self._by_root = {S.find(p.space.atom).id: p for p in self.spaces}
         self._fill_roots = {S.find(p.space.atom).id: self.fills[p.name] for p in self.spaces if p.name in self.fills}
         self._cache: dict[tuple, torch.Tensor] = {}  # many tensors share one layout (conv + its BN)
+        # wider heads: the scale each sdpa computes with on the student (default: as the graph does, a
+        # literal kept, None derived from the new head_dim); grow passes the target class's
+        self.qk_scales = {link.node: link.scale for link in analysis.qk} | dict(qk_scales or {})
+        self._qk_ratio = self._qk_ratios()
         # what the maps depend on: the pass stamps its student with it, widen_optimizer checks the stamp
         # (a plan of another seed has the same shapes and other maps)
         self.token = hashlib.sha256(repr((self.fingerprint, seed, symmetry, noise_std, replication, norm_fill,
-                                          [(p.name, p.new_width) for p in self.spaces])).encode()).hexdigest()[:16]
+                                          [(p.name, p.new_width) for p in self.spaces],
+                                          sorted(self.qk_scales.items()))).encode()).hexdigest()[:16]
 
     # ------------------------------------------------------------------ widths
     def _targets(self, factor: float | None, widths: dict[str, int]) -> dict[str, int]:
@@ -414,6 +420,45 @@ class Plan:
             else:
                 parts.append((im.identity_map(s.size), s.size, 1))
         return im.gather_index(parts)
+
+    def _qk_ratios(self) -> dict[int, float]:
+        """r^2 = (s / s')^2 for every widened head_dim space: the teacher's scale over the student's,
+        squared (a derived scale is 1/sqrt(head_dim): then r^2 = d'/d, rational)."""
+        ratios: dict[int, float] = {}
+        for link in self.analysis.qk:
+            roots = {S.find(a).id for a in S.atoms_of(link.layout)}
+            old, new, theirs = S.width(link.layout), self.new_width(link.layout), self.qk_scales[link.node]
+            if new == old and theirs == link.scale:
+                continue
+            num = (link.scale ** 2 if link.scale is not None else 1.0) * (new if theirs is None else 1)
+            den = (theirs ** 2 if theirs is not None else 1.0) * (old if link.scale is None else 1)
+            ratio_sq = num / den
+            for root in roots:
+                if ratios.setdefault(root, ratio_sq) != ratio_sq:
+                    raise ConstraintError(f"head_dim space of {link.node} is contracted by attentions with different "
+                                          f"scales ({ratios[root]:.6g} and {ratio_sq:.6g} after widening)", node=link.node,
+                                          op="sdpa", fix="keep this head_dim (widths=...) or give every attention one scale")
+        return ratios
+
+    def layout_qk(self, layout: Layout) -> torch.Tensor | None:
+        """Wider heads: f^4 per new position, f = sqrt(r / count) the factor on the q and k rows of a
+        head_dim space (and 1/f on its consumers' columns); 1 off it; None when the layout holds none."""
+        if not self._qk_ratio or not any(S.find(s.atom).id in self._qk_ratio for s in S.normalize(layout)
+                                         if isinstance(s, Seg)):
+            return None
+        key = ("qk", self._key(layout))
+        if key not in self._cache:
+            parts = []
+            for s in S.normalize(layout):
+                if not isinstance(s, Seg):
+                    parts.append((torch.ones(s.size, dtype=torch.float64), 1))
+                    continue
+                g, n = self.leaf_map(s.atom)
+                ratio_sq = self._qk_ratio.get(S.find(s.atom).id)
+                parts.append((torch.ones(g.numel(), dtype=torch.float64) if ratio_sq is None
+                              else im.qk_gain4(g, n, ratio_sq), s.inner))
+            self._cache[key] = im.gather_scale(parts)
+        return self._cache[key]
 
     def layout_scale(self, layout: Layout, key: object) -> torch.Tensor:
         """Consumer factors along a contracted axis: 1/count (none, noise) or random alpha (split)."""

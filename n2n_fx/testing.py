@@ -814,10 +814,11 @@ class WidenRequest:
     symmetry: str
     seed: int
     fill: bool = False  # growth: normalised spaces ask for a width that is not a multiple (fill)
+    heads: str = "count"  # attention grows by whole heads, or ("dim") by wider heads
 
     def kwargs(self, spaces: list) -> dict:
-        """Arguments for n2n_fx.plan/widen given the teacher's plan spaces."""
-        base = {"symmetry": self.symmetry, "seed": self.seed}
+        """Arguments for n2n_fx.plan/widen given the teacher's plan spaces (planned with self.heads)."""
+        base = {"symmetry": self.symmetry, "seed": self.seed} | ({"heads": self.heads} if self.heads != "count" else {})
         if self.growth is None:
             return {**base, "factor": self.factor}
         # attention spaces are left to the plan (heads follow the embed width, a multiple of head_dim)
@@ -839,7 +840,9 @@ def widen_requests() -> st.SearchStrategy[WidenRequest]:
         st.sampled_from(["none", "split"]),
         st.integers(0, 2**16),
         st.booleans(),
-    ).map(lambda r: r if r.factor is not None or r.growth is not None else WidenRequest(2.0, None, r.symmetry, r.seed))
+        st.sampled_from(["count", "dim"]),
+    ).map(lambda r: r if r.factor is not None or r.growth is not None
+          else WidenRequest(2.0, None, r.symmetry, r.seed, heads=r.heads))
 
 
 INVALID_KINDS = ("below_current", "unknown_space", "frozen_space", "factor_below_one", "bad_symmetry", "not_int",

@@ -40,6 +40,10 @@ class TorchArrays:
     def per_old_unit(n: int, index: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         return torch.ones(n, dtype=torch.float64).index_copy_(0, index, scale)
 
+    def scale_root4(self, x: torch.Tensor, axis: int, fourth: torch.Tensor, inverse: bool) -> torch.Tensor:
+        """x times fourth ** (1/4) (inverse: ** -1/4) along axis: wider heads' f from f^4."""
+        return self.scale(x, axis, fourth ** (-0.25 if inverse else 0.25), True)
+
     @staticmethod
     def split_rows(x: torch.Tensor, sizes: list[int]) -> list[torch.Tensor]:
         return list(x.split(sizes, dim=0))
@@ -87,9 +91,10 @@ def remap_tensor(t: Any, param: str, axes: list[int], plan: Plan, arrays: Any = 
         if Role.GROUPED in roles:
             continue
         index = plan.layout_index(layout)
-        if index.numel() == new.shape[axis] and torch.equal(index, torch.arange(index.numel())):
-            continue
         contract = bool(roles & DIVIDED)
+        qk = plan.layout_qk(layout)  # wider heads: q and k rows times f, their consumers' columns 1/f
+        if qk is None and index.numel() == new.shape[axis] and torch.equal(index, torch.arange(index.numel())):
+            continue
         scale = plan.layout_scale(layout, (param, axis)) if contract else None
         if scale is not None and plan.symmetry != "split":
             # 1/count depends only on the old unit: scale the old (smaller) tensor, then gather
@@ -98,6 +103,8 @@ def remap_tensor(t: Any, param: str, axes: list[int], plan: Plan, arrays: Any = 
         new = arrays.take(new, axis, index)  # a fresh array: safe to scale in place
         if scale is not None:
             new = arrays.scale(new, axis, scale, True)
+        if qk is not None:
+            new = arrays.scale_root4(new, axis, qk, contract)
         if Role.CONTRACT in roles and noise is not None and plan.symmetry == "noise":
             new = noise(new, axis, plan.replicated_mask(layout), (param, axis))
     if grouped is not None:

@@ -498,17 +498,19 @@ class PatchNet(nn.Module):
 
 
 class SdpaNet(nn.Module):
-    """Functional attention: q, k, v projections split into 2 heads of 2 by a view, causal sdpa."""
+    """Functional attention: q, k, v projections split into 2 heads of 2 by a view, causal sdpa
+    (its default scale 1/sqrt(head_dim), or a literal `scale`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, scale: float | None = None) -> None:
         super().__init__()
         self.a, self.q, self.k, self.v = nn.Linear(3, 2), nn.Linear(2, 4), nn.Linear(2, 4), nn.Linear(2, 4)
         self.proj, self.head = nn.Linear(4, 2), nn.Linear(2, 2)
+        self.scale = scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.a(x)
         q, k, v = (p(h).view(1, 2, 2, 2).transpose(1, 2) for p in (self.q, self.k, self.v))
-        o = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(1, 2, 4)
+        o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale).transpose(1, 2).reshape(1, 2, 4)
         return self.head(h + self.proj(o))
 
 
@@ -551,16 +553,18 @@ class FusedSliceNet(nn.Module):
 
 class PackedQkvNet(nn.Module):
     """timm's ViT attention: one Linear to 3 x heads x head_dim, viewed as (B, N, 3, H, D), permuted
-    and unbound into q, k, v (2 heads, head_dim 2)."""
+    and unbound into q, k, v (2 heads, head_dim 2; sdpa's default scale, or a literal `scale`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, scale: float | None = None) -> None:
         super().__init__()
         self.a, self.qkv, self.proj, self.head = nn.Linear(3, 2), nn.Linear(2, 12), nn.Linear(4, 2), nn.Linear(2, 2)
+        self.scale = scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.a(x)
         q, k, v = self.qkv(h).reshape(1, 2, 3, 2, 2).permute(2, 0, 3, 1, 4).unbind(0)
-        return self.head(h + self.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(1, 2, 4)))
+        o = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
+        return self.head(h + self.proj(o.transpose(1, 2).reshape(1, 2, 4)))
 
 
 class BmmNet(nn.Module):
@@ -1075,6 +1079,41 @@ def attention_heads() -> list[Claim]:
     except n2n_fx.ConstraintError:
         refused = True
     claims.append(Claim("the planner refuses an embed width off the head_dim grid (5 with head_dim 2)", refused))
+    return claims + wider_heads()
+
+
+def wider_heads() -> list[Claim]:
+    """heads='dim': the heads stay, head_dim d -> d' by g. Every q and k row of unit j is scaled by
+    f = sqrt(r / c_j), r = s / s' (teacher's scale over the student's: sqrt(d'/d) where sdpa derives
+    1/sqrt(head_dim), 1 where the scale is a literal the student keeps): the c_j replicas add
+    c_j f^2 q_j k_j s' = s q_j k_j, the teacher's score. v rows sharing the space carry f too, and
+    their consumer's columns divide by c f instead of c."""
+    x = torch.randn(1, 2, 3)
+    claims = [widen_claim(f"wider heads: sdpa head_dim 2 -> {d}, heads kept, {what} (seed {seed})", SdpaNet(scale),
+                          x, plan_kw={"widths": {"a": 3, "q.head_dim": d, "v.head_dim": d}, "heads": "dim", "seed": seed})
+              for d, scale, what, seed in ((3, None, "the derived scale 1/sqrt(3)", 0), (4, None, "every unit twice", 1),
+                                           (3, 0.7, "a literal scale kept", 2))]
+    # (a literal scale here: the derived one is proved above; its fourth roots cost this model minutes)
+    claims.append(widen_claim("wider heads on packed qkv (3, heads, head_dim): q, k and v share the space, the output "
+                              "projection divides by c f", PackedQkvNet(0.5), x,
+                              plan_kw={"factor": 1.5, "heads": "dim", "seed": 3}))
+    claims += aten_claims("wider heads: sdpa head_dim 2 -> 3", SdpaNet(), x, core=False,
+                          plan_kw={"factor": 1.5, "heads": "dim", "seed": 4})
+    a, b, c, d, o = sympy.symbols("a b c d o", real=True)
+    s = 1 / sympy.sqrt(2)  # head_dim 2 -> 3, unit 0 twice: r = sqrt(3/2)
+    r, teacher = sympy.sqrt(sympy.Rational(3, 2)), (a * c + b * d) / sympy.sqrt(2)
+    f0, f1 = sympy.sqrt(r / 2), sympy.sqrt(r)
+    exact = (f0 * a * f0 * c * 2 + f1 * b * f1 * d) / sympy.sqrt(3)
+    claims.append(Claim("q and k rows scaled by sqrt(r / c) give the teacher's score at 1/sqrt(3)",
+                        not sym.difference(np.array([teacher]), np.array([exact]))))
+    literal = (f0 * a * f0 * c * 2 + f1 * b * f1 * d) * s  # the derived r where the scale is a kept literal
+    claims.append(broken_claim("r = sqrt(d'/d) where the student keeps the teacher's literal scale changes the score",
+                               sym.difference(np.array([teacher]), np.array([literal]))))
+    one = (a * c / 2 + a * c / 2 + b * d) * sympy.sqrt(2) / sympy.sqrt(3) * s  # k divided, no r: 1/sqrt(3) left
+    claims.append(broken_claim("k rows divided by the counts without r: the new 1/sqrt(3) remains",
+                               sym.difference(np.array([teacher]), np.array([one]))))
+    claims.append(broken_claim("v rows carrying f under consumer columns divided by c alone scale the output by f",
+                               sym.difference(np.array([o * a]), np.array([2 * (o / 2) * (f0 * a)]))))
     return claims
 
 

@@ -44,7 +44,7 @@ TIED_SHARED = Arch(2, 2, (("conv", 0, 3, 1, 1),), "tied_shared")  # ... whose ga
 
 def grow(arch: Arch, req: WidenRequest, built=None):
     model, x = built or arch.build()
-    spaces = n2n_fx.plan(model, x).spaces
+    spaces = n2n_fx.plan(model, x, heads=req.heads).spaces
     try:
         plan = n2n_fx.plan(model, x, **req.kwargs(spaces))
     except n2n_fx.ConstraintError:
@@ -111,7 +111,7 @@ def test_widen_twice_composes(arch, first, second):
     model, x, plan, student = grow(arch, first)
     if plan is None:
         return
-    spaces = n2n_fx.plan(student, x).spaces
+    spaces = n2n_fx.plan(student, x, heads=second.heads).spaces
     try:
         again = n2n_fx.widen(student, x, **second.kwargs(spaces))
     except n2n_fx.ConstraintError:

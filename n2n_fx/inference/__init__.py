@@ -47,9 +47,11 @@ from .values import (
     Analysis,
     Event,
     GroupedContract,
+    HeadGrowth,
     HeadLink,
     ModuleAttr,
     ParamAxis,
+    QKLink,
     Rewrite,
     RewriteKind,
     Role,
@@ -64,8 +66,8 @@ from .values import (
 )
 
 __all__ = [
-    "OBSERVERS", "RULES", "Analysis", "Context", "Event", "GroupedContract", "HeadLink", "Inference", "ModuleAttr",
-    "ParamAxis", "Rewrite", "RewriteKind", "Role", "RuleInfo", "Scalar", "Space", "TiedHead", "UnknownRuleError", "Val",
+    "OBSERVERS", "RULES", "Analysis", "Context", "Event", "GroupedContract", "HeadGrowth", "HeadLink", "Inference", "ModuleAttr",
+    "ParamAxis", "QKLink", "Rewrite", "RewriteKind", "Role", "RuleInfo", "Scalar", "Space", "TiedHead", "UnknownRuleError", "Val",
     "_fold_batch", "_get_attr", "_norm_dim", "_period", "_walk", "apply", "check_kinds", "infer", "lookup", "op_label",
     "qkv_rows", "reshape_layouts", "rule",
 ]

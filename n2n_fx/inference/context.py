@@ -15,9 +15,11 @@ from ..spec import OpSpec, RuleTable, bind, load_table
 from .values import (
     Event,
     GroupedContract,
+    HeadGrowth,
     HeadLink,
     ModuleAttr,
     ParamAxis,
+    QKLink,
     Rewrite,
     Role,
     Scalar,
@@ -32,8 +34,10 @@ from .values import (
 class Context:
     """What one run of the inference accumulates, and the helpers its rules call (as `ctx`)."""
 
-    def __init__(self, gm: torch.fx.GraphModule, table: RuleTable | None = None) -> None:
+    def __init__(self, gm: torch.fx.GraphModule, table: RuleTable | None = None,
+                 heads: HeadGrowth = HeadGrowth.COUNT) -> None:
         self.gm = gm
+        self.heads = HeadGrowth(heads)
         self.table = table or load_table()
         self.vals: dict[str, Any] = {}
         self.param_layouts: dict[ParamAxis, Layout] = {}
@@ -55,6 +59,7 @@ class Context:
         self.contractors: dict[ParamAxis, list[torch.fx.Node]] = {}  # the calls that contract each axis
         self.tied_heads: list[TiedHead] = []
         self.events: dict[str, Event] = {}
+        self.qk: list[QKLink] = []
 
     def reason(self, code: Code, detail: str = "") -> Reason:
         node = self.node

@@ -11,11 +11,12 @@ import torch
 import torch.fx
 from torch.fx.passes.shape_prop import TensorMetadata
 
+from ..errors import WidthError
 from ..spaces import Code
 from ..spec import OpSpec, RuleTable, bind
 from . import registry, solver
 from .context import Context
-from .values import Analysis, Event, Scalar, Val, _get_attr, _walk
+from .values import Analysis, Event, HeadGrowth, Scalar, Val, _get_attr, _walk
 
 # Called with (spec, node, gm) for every call the table matched: the proofs record which entries
 # (and which of their spellings) their models reach. Empty in normal use.
@@ -25,8 +26,9 @@ OBSERVERS: list[Callable[[OpSpec, torch.fx.Node, torch.nn.Module], None]] = []
 class Inference:
     """Runs the rules over a traced graph whose nodes carry shape metadata; `ctx` holds the state."""
 
-    def __init__(self, gm: torch.fx.GraphModule, table: RuleTable | None = None) -> None:
-        self.ctx = Context(gm, table)
+    def __init__(self, gm: torch.fx.GraphModule, table: RuleTable | None = None,
+                 heads: HeadGrowth = HeadGrowth.COUNT) -> None:
+        self.ctx = Context(gm, table, heads)
 
     def run(self) -> Analysis:
         ctx = self.ctx
@@ -45,7 +47,7 @@ class Inference:
         spaces = solver.solve(ctx)
         return Analysis(ctx.gm, ctx.vals, ctx.param_layouts, ctx.roles, ctx.grouped, ctx.ties,
                         ctx.rewrites, ctx.module_attrs, spaces, ctx.ops, ctx.uniform, ctx.links,
-                        ctx.aliases, ctx.tied_heads, ctx.events)
+                        ctx.aliases, ctx.tied_heads, ctx.events, ctx.qk)
 
     def call(self, node: torch.fx.Node) -> Any:
         ctx = self.ctx
@@ -105,6 +107,13 @@ def apply(ctx: Context, info: registry.RuleInfo, spec: OpSpec, bound: dict[str, 
     return (out, *rest)
 
 
-def infer(gm: torch.fx.GraphModule, table: RuleTable | None = None) -> Analysis:
-    """Run the remapping inference on a traced graph whose nodes carry shape metadata."""
-    return Inference(gm, table).run()
+def infer(gm: torch.fx.GraphModule, table: RuleTable | None = None, *,
+          heads: HeadGrowth | str = HeadGrowth.COUNT) -> Analysis:
+    """Run the remapping inference on a traced graph whose nodes carry shape metadata. `heads`:
+    attention grows by whole heads ("count") or by wider heads ("dim", the heads kept)."""
+    try:
+        heads = HeadGrowth(heads)
+    except ValueError:
+        raise WidthError(f"heads must be one of {[h.value for h in HeadGrowth]}, got {heads!r}",
+                         op="heads", fix="heads='count' grows attention by whole heads, heads='dim' by wider heads") from None
+    return Inference(gm, table, heads).run()

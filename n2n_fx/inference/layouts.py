@@ -204,6 +204,8 @@ def reshape_layouts(in_shape: tuple[int, ...], in_layouts: tuple[Layout, ...], o
             out[gj[0]] = lead
         elif len(gj) == 1 and group_spaced == [gi[0]]:  # merge: the space leads, the rest is its stride
             out[gj[0]] = S.stride(lead, _prod(in_shape[k] for k in gi[1:]))
+        elif len(gj) == 1 and group_spaced == [gi[-1]]:  # merge: fixed dims lead, one copy of the space each
+            out[gj[0]] = S.normalize(tuple(in_layouts[gi[-1]]) * _prod(in_shape[k] for k in gi[:-1]))
         elif len(real_in) == 1 and _divisible(lead, _prod(out_shape[k] for k in gj[1:])):  # unflatten
             rest = _prod(out_shape[k] for k in gj[1:])
             out[gj[0]] = tuple(Seg(s.atom, s.inner // rest) if isinstance(s, Seg) else Fixed(s.size // rest)
@@ -218,13 +220,13 @@ def reshape_layouts(in_shape: tuple[int, ...], in_layouts: tuple[Layout, ...], o
                 S.unify(blocks[0], b, why)
             out[gj[0]] = S.fixed(groups)
             out[gj[1]], out[gj[2]] = _split_heads(blocks[0], n_heads, head_dim, reason)
-        elif len(real_in) == 1 and len(gj) == 2:  # C -> (G, C/G), as in a channel shuffle
-            groups, size = out_shape[gj[0]], out_shape[gj[1]]
+        elif len(real_in) == 1 and len(gj) >= 2:  # C -> (G, C/G) (a channel shuffle; wider heads: (H, d), (3, H, d))
+            groups, size = _prod(out_shape[k] for k in gj[:-1]), out_shape[gj[-1]]
             why = reason(Code.RESHAPE_SPLITS_SPACE, "group blocks of a space cannot share one map")
             blocks = S.pieces(lead, [size] * groups, why)
             for b in blocks[1:]:  # the G blocks become one space: every block widens by one shared g
                 S.unify(blocks[0], b, why)
-            out[gj[1]] = S.normalize(blocks[0])
+            out[gj[-1]] = S.normalize(blocks[0])
         else:
             detail = "a space would be split across dims" if len(real_in) == 1 else "a space trails other dims in a merge"
             for k in group_spaced:

@@ -130,6 +130,73 @@ def param_uses(ctx: Context, qualname: str) -> list[torch.fx.Node]:
     return uses
 
 
+# ops that move or copy each element as it is (x * f per unit commutes with them)
+_MOVES = {"reshape", "permute", "expand", "split", "getitem"}
+# ops linear in a parameter whose rows (OUT) or columns (CONTRACT) lie on the space
+_LINEAR = {"dense", "matmul", "conv", "embedding"}
+
+
+def check_qk(ctx: Context) -> None:
+    """Wider heads rescale the q and k rows of a head_dim space (QKLink): exact only when every
+    value on the space reaches the scores through ops that commute with a per-unit factor, from
+    linear producers (their OUT rows and biases take the factor), and leaves them, when v shares
+    the space, into linear consumers (their columns take 1/(c f)). Anything else (rotary
+    embeddings, q/k norms, activations) freezes the space with the op that breaks it."""
+    for link in ctx.qk:
+        space = {S.find(a) for a in S.atoms_of(link.layout)}
+        if not space or any(a.frozen for a in space):
+            continue
+        found = _qk_params(ctx, link, space)
+        if not isinstance(found, Reason):
+            link.params = found
+            continue
+        for a in space:
+            S.freeze(a, found)
+
+
+def _qk_params(ctx: Context, link: Any, space: set) -> tuple[ParamAxis, ...] | Reason:
+    """The parameter axes on the space (every call on it commutes with the factor), or why not."""
+    def no(node: str, why: str) -> Reason:
+        return Reason(Code.CONSTRAINT, node, ctx.ops.get(node, "?"), f"wider heads rescale the q and k rows of {link.node}: {why}")
+
+    def on(v: Any) -> bool:
+        return isinstance(v, Val) and any(S.find(a) in space for lay in v.layouts for a in S.atoms_of(lay))
+
+    params: set[ParamAxis] = set()
+    for name, ev in ctx.events.items():
+        operands = [v for v in _walk(ev.bound) if isinstance(v, Val)]
+        if not any(on(v) for v in operands + [v for v in _walk(ev.out) if isinstance(v, Val)]):
+            continue
+        mine = [v for v in operands if v.param_axes and on(v)]
+        why = _qk_breaks(ctx, name, ev, [v for v in operands if not v.param_axes], mine, on)
+        if why is not None:
+            return no(name, why)
+        params |= {key for v in mine for key, lay in zip(v.param_axes, v.layouts)
+                   if key is not None and any(S.find(a) in space for a in S.atoms_of(lay))}
+    if any(ctx.roles.get(key, set()) - {Role.OUT, Role.CARRY, Role.CONTRACT} for key in params):
+        return no(link.node, "a parameter on it is divided or grouped")
+    return tuple(sorted(params))
+
+
+def _qk_breaks(ctx: Context, name: str, ev: Any, acts: list[Val], mine: list[Val], on: Any) -> str | None:
+    """Why one call on a rescaled head_dim space breaks the rescaling (None: it does not)."""
+    kind, how = ev.spec.kind, ev.spec.options.get("tie_head")
+    if kind == "sdpa":
+        return None if any(q.node == name for q in ctx.qk) else "another attention reads it"
+    if kind in _MOVES or how == "pass":
+        return None if not mine else "a parameter is moved as a value"
+    if kind in _LINEAR:  # a producer (rows on the space) or a consumer (columns on it), not both
+        if any(on(v) for v in acts) and any(on(v) for v in _walk(ev.out) if isinstance(v, Val)):
+            return "it passes a linear op"
+        return None
+    if how == "gain" and len(acts) == 1 and not mine and len([v for v in _walk(ev.bound) if isinstance(v, Val)]) == 1:
+        numbers = [v for v in _walk(ev.bound) if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        return None if numbers else "it is multiplied by a computed value"
+    if how == "shift" and all(isinstance(ev.bound.get(n), Val) and on(ev.bound[n]) for n in ("input", "other")):
+        return None  # x + b (+ alpha y) with both operands on the space: each is rescaled alike
+    return "it does not commute with a per-row factor (rotary embeddings, q/k norms, products, activations do not)"
+
+
 def check_ties(ctx: Context) -> None:
     for group in ctx.ties:
         atoms = [a for layout in group for a in S.atoms_of(layout)]
@@ -164,7 +231,8 @@ def check_links(ctx: Context) -> bool:
         heads = S.find(link.heads)
         embed = [S.find(a) for a in S.atoms_of(link.embed)]
         if heads.frozen and any(not a.frozen for a in embed):
-            why = Reason(Code.CONSTRAINT, link.node, "attention", f"embed width is heads x head_dim and the heads are frozen ({heads.frozen[0].code})")
+            why = Reason(Code.CONSTRAINT, link.node, "attention", f"embed width is heads x head_dim and the heads are frozen ({heads.frozen[0].code}"
+                         + (f": {heads.frozen[0].detail})" if heads.frozen[0].detail else ")"))
             for a in embed:
                 S.freeze(a, why)
             changed = True
@@ -224,6 +292,7 @@ def solve(ctx: Context) -> list[Space]:
     nothing changes), then the spaces, each told the norm or attention that constrains it."""
     check_sizes(ctx)
     check_roles(ctx)
+    check_qk(ctx)
     check_ties(ctx)
     while check_uniform(ctx) | check_links(ctx):
         check_ties(ctx)

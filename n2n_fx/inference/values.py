@@ -38,6 +38,13 @@ class RewriteKind(enum.StrEnum):
     SIZES = "sizes"  # zeros / ones: literal sizes
 
 
+class HeadGrowth(enum.StrEnum):
+    """How attention grows: by whole heads (head_dim kept) or by wider heads (the heads count kept)."""
+
+    COUNT = "count"  # a projection split into heads makes the heads a space; head_dim stays fixed
+    DIM = "dim"  # the heads stay fixed; head_dim is a space whose q and k rows are rescaled (QKLink)
+
+
 ParamAxis = tuple[str, int]
 
 
@@ -99,6 +106,19 @@ class HeadLink:
 
 
 @dataclass
+class QKLink:
+    """sdpa contracting q and k over a head_dim space. Widened by g, the scores keep the teacher's
+    when every q and k row of unit j is scaled by f = sqrt(r / c_j), r = s / s' (the teacher's
+    scale over the student's): the replicas' sum_i f_i^2 = r undoes the new scale. v shares the
+    factor when it shares the space; the consumers' columns then divide by c f instead of c."""
+
+    node: str
+    layout: Layout  # the head_dim axis of q and k
+    scale: float | None  # the literal scale of the call; None: 1/sqrt(head_dim) at run time
+    params: tuple[ParamAxis, ...] = ()  # the rows the factor goes on (set by the solver)
+
+
+@dataclass
 class TiedHead:
     """A tied table kept one tensor: its contracted use is not divided; `gains` (the final norm's
     weight and bias) are divided by replica counts instead."""
@@ -153,6 +173,7 @@ class Analysis:
     aliases: dict[str, list[str]] = field(default_factory=dict)  # tied: parameter -> its other names
     tied_heads: list[TiedHead] = field(default_factory=list)
     events: dict[str, Event] = field(default_factory=dict)  # node name -> the call as the rules saw it
+    qk: list[QKLink] = field(default_factory=list)  # head_dim spaces contracted by sdpa (HeadGrowth.DIM)
 
     def axes_by_param(self) -> dict[str, list[int]]:
         """The bound axes of every parameter or buffer, in binding order."""

@@ -13,7 +13,7 @@ from .. import layouts as L
 from ..context import Context
 from ..layouts import _operand, _owner, _weights_used
 from ..registry import rule
-from ..values import HeadLink, Rewrite, RewriteKind, Role, Scalar, Val
+from ..values import HeadGrowth, HeadLink, QKLink, Rewrite, RewriteKind, Role, Scalar, Val
 
 
 @rule("attention")
@@ -59,6 +59,9 @@ def attention(ctx: Context, spec: OpSpec, a: dict[str, Any]) -> Any:
         if isinstance(t, Val):
             S.unify(t.layouts[axis], (Seg(heads),), per_head)
             ctx.role(t, axis, Role.CARRY)
+    if ctx.heads == HeadGrowth.DIM:  # head_dim = embed / num_heads inside the op: no rescaled q, k rows here
+        S.freeze(heads, ctx.reason(Code.CONSTRAINT, "heads='dim' keeps the heads, and this attention grows only by "
+                                   "whole heads (its head_dim is embed width / num_heads)"))
     mask = a.get("attn_mask")
     if isinstance(mask, Val) and mask.ndim == 3:
         S.freeze(heads, ctx.reason(Code.CONSTRAINT, "a 3-D attn_mask holds one slice per head"))
@@ -89,14 +92,32 @@ def sdpa(ctx: Context, spec: OpSpec, a: dict[str, Any]) -> Any:
         return ctx.stop(a, {}, ctx.reason(Code.UNSUPPORTED_OP, "sdpa needs (..., heads, L, head_dim) tensors"))
     if a.get("enable_gqa") and q.shape[-3] != k.shape[-3]:
         return ctx.stop(a, {}, ctx.reason(Code.UNSUPPORTED_OP, "grouped-query attention (enable_gqa) has no rule yet"))
-    for t in (q, k, v):
-        for axis in (-2, -1):  # positions are mixed; head_dim sets the scale
-            if S.is_spaced(t.layouts[axis]):
-                ctx.freeze_all(Val((1,), (t.layouts[axis],)),
-                                ctx.reason(Code.CONSTRAINT, "sdpa: positions and head_dim must stay fixed"))
+    for t in (q, k, v):  # positions are mixed
+        if S.is_spaced(t.layouts[-2]):
+            ctx.freeze_all(Val((1,), (t.layouts[-2],)), ctx.reason(Code.CONSTRAINT, "sdpa: positions must stay fixed"))
+    scale = a.get("scale")
+    if S.is_spaced(q.layouts[-1]) or S.is_spaced(k.layouts[-1]):  # wider heads (HeadGrowth.DIM)
+        # q and k rows of one unit meet in every score: one space, its rows rescaled (QKLink)
+        S.unify(q.layouts[-1], k.layouts[-1], ctx.reason(Code.FIXED_COUPLING, "q and k share the head_dim they contract"))
+        if scale is None or (isinstance(scale, (int, float)) and not isinstance(scale, bool)):
+            ctx.qk.append(QKLink(ctx.node.name, q.layouts[-1], None if scale is None else float(scale)))
+            _label_head_dim(ctx, q.layouts[-1])
+            _label_head_dim(ctx, v.layouts[-1])
+        else:
+            ctx.freeze_all(Val((1,), (q.layouts[-1],)), ctx.reason(Code.CONSTRAINT, "sdpa: a computed scale with a wider head_dim"))
     # batch and heads axes broadcast like an elementwise op: q, k, v (and a per-head mask) of
     # one head share its map; a width-1 space broadcast over heads is frozen
     shape = tuple(int(d) for d in meta.shape)
     lead = [Val(t.shape[:-2], t.layouts[:-2]) for t in (q, k, v, mask) if isinstance(t, Val) and t.ndim >= 2]
     layouts = ctx.broadcast(lead, shape[:-2], ctx.reason(Code.FIXED_COUPLING, "q, k, v and mask of a head share its map"))
-    return Val(shape, layouts + (q.layouts[-2], S.fixed(shape[-1])))
+    return Val(shape, layouts + (q.layouts[-2], v.layouts[-1]))
+
+
+def _label_head_dim(ctx: Context, layout: S.Layout) -> None:
+    """Name a head_dim space after the module that owns its projection (`layers.0.attn.head_dim`)."""
+    for atom in S.atoms_of(layout):
+        root = S.find(atom)
+        if not root.label:
+            param = root.origin.split(":")[0]
+            owner = L._parent_module(param) or param.rsplit(".", 1)[0]
+            root.label = f"{owner}.head_dim"

@@ -12,7 +12,7 @@ from ...spec import OpSpec
 from ..context import Context
 from ..layouts import _bounds, _feeds_attention, _fold_batch, reshape_layouts
 from ..registry import rule
-from ..values import Rewrite, RewriteKind, Scalar, Val, _norm_dim, _walk, op_label
+from ..values import HeadGrowth, Rewrite, RewriteKind, Scalar, Val, _norm_dim, _walk, op_label
 
 
 def _tensor_list(ctx: Context, a: dict[str, Any]) -> tuple[list[Val], tuple[int, ...], int] | None:
@@ -184,7 +184,7 @@ def reshape(ctx: Context, spec: OpSpec, a: dict[str, Any]) -> Any:
     shape = tuple(int(d) for d in meta.shape)
     node, table, gm = ctx.node, ctx.table, ctx.gm  # asked only by a split that could be heads
     layouts = _fold_batch(x.shape, x.layouts, shape) or reshape_layouts(
-        x.shape, x.layouts, shape, ctx.reason, heads=lambda: _feeds_attention(node, table, gm))
+        x.shape, x.layouts, shape, ctx.reason, heads=lambda: ctx.heads == HeadGrowth.COUNT and _feeds_attention(node, table, gm))
     if "shape" in a:
         sizes = a["shape"]
         for k, (arg, lay) in enumerate(zip(sizes, layouts)):
