@@ -15,8 +15,10 @@ import hashlib
 import json
 import math
 import os
+import queue
 import shutil
 import struct
+import threading
 import time
 from dataclasses import dataclass
 from functools import cached_property
@@ -377,28 +379,10 @@ def grow_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, factor: f
     by_name = {out: (src_name, zero) for out, src_name, zero in stream.entries}
     todo = [(file, group) for file, group in zip(names, shards) if not (partial / file).is_file()]
     bar = _Progress(sum(_nbytes(*stream.shapes[n]) for _, g in todo for n in g), progress)
-    readers = _Readers(source)
-    written = 0
     try:
-        for file, group in todo:
-            tmp = partial / (file + ".tmp")
-            with open(tmp, "wb") as f:
-                f.write(_header(group, stream.shapes))
-                for name in group:
-                    src_name, zero = by_name[name]
-                    t = stream.student_tensor(src_name, readers.get(src_name))
-                    if zero:
-                        t = torch.zeros_like(t)
-                    if tuple(t.shape) != stream.shapes[name][0]:  # pragma: no cover - planned on meta
-                        raise CheckpointError(f"{name}: computed {tuple(t.shape)}, planned {stream.shapes[name][0]}",
-                                              node=name, op="grow_checkpoint", fix="report this: a bug")
-                    _write_bytes(f, t.to(stream.shapes[name][1]))
-                    written += 1
-                    bar.update(_nbytes(*stream.shapes[name]), written)
-            os.replace(tmp, partial / file)
+        _stream_shards(source, stream, by_name, todo, partial, bar)
     finally:
         bar.close()
-        readers.close()
     weight_map = {n: file for file, group in zip(names, shards) for n in group}
     total = sum(_nbytes(*stream.shapes[n]) for n in weight_map)
     if len(names) > 1:
@@ -414,6 +398,139 @@ def grow_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, factor: f
         shutil.rmtree(dst)
     os.replace(partial, dst)
     return dst
+
+
+# ---------------------------------------------------------------- the pipeline: read, remap, write at once
+QUEUE_TENSORS = 2  # tensors waiting between two stages: peak memory stays a few tensors
+
+
+class _Stopped(Exception):
+    """Another stage failed (or the run was interrupted): this one stops where it is."""
+
+
+class _Channel:
+    """A bounded hand-over between two threads; a put or get gives up once `stop` is set, so a
+    failure on either side ends the other instead of leaving it waiting forever."""
+
+    def __init__(self, stop: threading.Event, size: int = QUEUE_TENSORS) -> None:
+        self.queue: queue.Queue = queue.Queue(size)
+        self.stop = stop
+
+    def put(self, item: Any) -> None:
+        while not self.stop.is_set():
+            try:
+                return self.queue.put(item, timeout=0.05)
+            except queue.Full:
+                pass
+        raise _Stopped
+
+    def get(self) -> Any:
+        while not self.stop.is_set():
+            try:
+                return self.queue.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        raise _Stopped
+
+
+class _Stage(threading.Thread):
+    """A worker whose exception (any, KeyboardInterrupt included) stops the pipeline and is kept to be
+    raised, as it was, in the caller's thread."""
+
+    def __init__(self, work: Any, stop: threading.Event, name: str) -> None:
+        super().__init__(name=name, daemon=True)
+        self.work, self.stop, self.error = work, stop, None
+
+    def run(self) -> None:
+        try:
+            self.work()
+        except _Stopped:
+            pass
+        except BaseException as exc:  # re-raised by _stream_shards in the caller's thread
+            self.error = exc
+            self.stop.set()
+
+
+def _read_order(todo: list[tuple[str, list[str]]], by_name: dict[str, tuple[str, bool]]) -> list[str]:
+    """The source tensors the remaining shards need, in order; a run of copies (new blocks) of one
+    source tensor reads it once, zeroed copies not at all."""
+    order: list[str] = []
+    for _, group in todo:
+        for name in group:
+            src_name, zero = by_name[name]
+            if not zero and (not order or order[-1] != src_name):
+                order.append(src_name)
+    return order
+
+
+def _stream_shards(source: Source, stream: StreamPlan, by_name: dict[str, tuple[str, bool]],
+                   todo: list[tuple[str, list[str]]], partial: Path, bar: _Progress) -> None:
+    """Write the shards in `todo`: a reader thread reads the next source tensors while this thread
+    remaps the current one and a writer thread writes the previous ones (each bounded by a
+    QUEUE_TENSORS queue). A shard is renamed from *.tmp only when all its tensors are in; the first
+    failure of any stage stops all three and is raised here."""
+    stop = threading.Event()
+    reads, writes = _Channel(stop), _Channel(stop)
+
+    def read() -> None:
+        readers = _Readers(source)
+        for src_name in _read_order(todo, by_name):
+            reads.put((src_name, readers.get(src_name)))
+
+    def write() -> None:
+        written = 0
+        for file, group in todo:
+            tmp = partial / (file + ".tmp")
+            with open(tmp, "wb") as f:
+                f.write(_header(group, stream.shapes))
+                for name in group:
+                    got, t = writes.get()
+                    assert got == name, (got, name)  # one order for both threads
+                    _write_bytes(f, t)
+                    written += 1
+                    bar.update(_nbytes(*stream.shapes[name]), written)
+            os.replace(tmp, partial / file)
+
+    stages = [_Stage(read, stop, "grow-checkpoint-read"), _Stage(write, stop, "grow-checkpoint-write")]
+    for stage in stages:
+        stage.start()
+    threads = torch.get_num_threads()
+    # the remap's parallel loops leave a core to the reads and writes (their copies run in the kernel):
+    # a loop whose thread shares its core with them waits at every barrier; the bits do not change
+    torch.set_num_threads(max(1, threads - 1))
+    try:
+        current: tuple[str, torch.Tensor] | None = None  # (source name, its student tensor)
+        for _, group in todo:
+            for name in group:
+                src_name, zero = by_name[name]
+                shape, dtype = stream.shapes[name]
+                if zero:
+                    writes.put((name, torch.zeros(shape, dtype=dtype)))
+                    continue
+                if current is None or current[0] != src_name:
+                    got, t = reads.get()
+                    assert got == src_name, (got, src_name)  # one order for both threads
+                    current = (src_name, stream.student_tensor(src_name, t).to(dtype))
+                    del t  # the source tensor is not needed once remapped
+                if tuple(current[1].shape) != shape:  # pragma: no cover - planned on meta
+                    raise CheckpointError(f"{name}: computed {tuple(current[1].shape)}, planned {shape}",
+                                          node=name, op="grow_checkpoint", fix="report this: a bug")
+                writes.put((name, current[1]))
+        current = None
+        stages[1].join()  # the writer ends after the last shard's rename, or on a failure
+    except _Stopped:
+        pass
+    finally:
+        stop.set()
+        for stage in stages:
+            stage.join()
+        torch.set_num_threads(threads)
+    for stage in stages:
+        if stage.error is not None:
+            raise stage.error
+    if missing := [file for file, _ in todo if not (partial / file).is_file()]:  # never a student with holes
+        raise CheckpointError(f"the pipeline stopped before {missing[0]} was complete", op="grow_checkpoint",
+                              fix="report this (a bug); rerun to resume")
 
 
 class _Readers:

@@ -187,3 +187,77 @@ def test_audit_findings_source_safety_stale_resume_stray_weights_and_typed_error
     (tmp_path / "src" / "config.json").write_text(json.dumps({**cfg, "intermediate_size": 64}))
     with pytest.raises(CheckpointError, match="disagree"):
         grow_checkpoint(tmp_path / "src", tmp_path / "d3", factor=2.0, progress=False)
+
+
+def _no_pipeline_threads() -> bool:
+    import threading
+
+    return not [t for t in threading.enumerate() if t.name.startswith("grow-checkpoint")]
+
+
+@pytest.mark.parametrize("stage", ["read", "remap", "write"])
+def test_a_failing_pipeline_stage_raises_its_own_error_stops_the_others_and_resumes(stage, tmp_path,
+                                                                                   monkeypatch) -> None:
+    """Reads, remaps and writes run at once (two threads and the caller's): the first failure, in any
+    of them, is raised as it was in the caller, no thread is left behind, nothing looks complete, and a
+    rerun keeps the complete shards and gives the fresh run's tensors."""
+    import errno
+
+    import n2n_fx.checkpoint as ck
+
+    _llama(False).save_pretrained(tmp_path / "src")
+    target = {"read": (ck._Readers, "get"), "remap": (ck.StreamPlan, "student_tensor"),
+              "write": (ck, "_write_bytes")}[stage]
+    real, calls = getattr(*target), {"n": 0}
+
+    def failing(*args):
+        if not (stage == "remap" and args[2].is_meta):  # the plan remaps meta tensors too: count real ones
+            calls["n"] += 1
+            if calls["n"] == 12:
+                raise OSError(errno.ENOSPC, f"no space left ({stage})")
+        return real(*args)
+
+    monkeypatch.setattr(*target, failing)
+    with pytest.raises(OSError, match=f"no space left \\({stage}\\)"):
+        grow_checkpoint(tmp_path / "src", tmp_path / "dst", max_shard_size="100KB", progress=False, **CHANGES)
+    assert _no_pipeline_threads() and not (tmp_path / "dst").exists()
+    partial = tmp_path / "dst.partial"
+    assert not (partial / "config.json").exists() and (partial / "n2n_manifest.json").exists()
+    done = {p.name: p.stat().st_mtime_ns for p in partial.glob("*.safetensors")}
+    assert done, "shards written before the failure are kept"
+    monkeypatch.setattr(*target, real)
+    out = grow_checkpoint(tmp_path / "src", tmp_path / "dst", max_shard_size="100KB", progress=False, **CHANGES)
+    assert all((out / name).stat().st_mtime_ns == ns for name, ns in done.items())
+    fresh = grow_checkpoint(tmp_path / "src", tmp_path / "fresh", max_shard_size="100KB", progress=False, **CHANGES)
+    assert _same_state(transformers.LlamaForCausalLM.from_pretrained(out),
+                       transformers.LlamaForCausalLM.from_pretrained(fresh))
+
+
+def test_the_reader_runs_at_most_a_few_tensors_ahead_of_the_writer(tmp_path, monkeypatch) -> None:
+    """The queues between the stages are bounded: with a slow disk the reader waits instead of
+    holding the checkpoint in memory."""
+    import time
+
+    import n2n_fx.checkpoint as ck
+
+    _llama(False).save_pretrained(tmp_path / "src")
+    read, write, counts = ck._Readers.get, ck._write_bytes, {"read": 0, "written": 0, "ahead": 0}
+
+    def counted_read(self, name):
+        t = read(self, name)
+        counts["read"] += 1
+        counts["ahead"] = max(counts["ahead"], counts["read"] - counts["written"])
+        return t
+
+    def slow_write(f, t):
+        time.sleep(0.01)
+        write(f, t)
+        counts["written"] += 1
+
+    monkeypatch.setattr(ck._Readers, "get", counted_read)
+    monkeypatch.setattr(ck, "_write_bytes", slow_write)
+    out = grow_checkpoint(tmp_path / "src", tmp_path / "dst", factor=2.0, progress=False)
+    n = len(read_source(out).weight_map)
+    assert counts["read"] == counts["written"] == n > 4 * ck.QUEUE_TENSORS + 6
+    # one tensor in each stage's hands and QUEUE_TENSORS in each queue, at most
+    assert 1 <= counts["ahead"] <= 2 * ck.QUEUE_TENSORS + 3, counts
