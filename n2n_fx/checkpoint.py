@@ -674,23 +674,61 @@ class _Streamed:
                 out[f"{mod_name}.{b}".lstrip(".")] = getattr(real, b).to(self.dtype)
         return out
 
-    def run(self, inputs: tuple, dtype: torch.dtype) -> torch.Tensor:
+    def run(self, inputs: tuple, dtypes: tuple[torch.dtype, ...]) -> list[torch.Tensor]:
+        """The model's output in each of `dtypes` (float64 for the comparison): one interpreter per
+        dtype, stepped node by node together, so each weight is read from disk once for all of them."""
         from .verification import retarget_dtypes
 
-        gm = self.gm
-        if dtype != self.dtype:
-            import copy
+        graphs = []
+        for dtype in dtypes:
+            gm = self.gm
+            if dtype != self.dtype:
+                import copy
 
-            gm = copy.deepcopy(self.gm)
-            retarget_dtypes(gm, dtype, self.dtype)
+                gm = copy.deepcopy(self.gm)
+                retarget_dtypes(gm, dtype, self.dtype)
+            graphs.append(gm)
+        step: dict[str, torch.Tensor] = {}  # the weights the current node reads, as stored
 
-        def fetch(name: str) -> torch.Tensor:
-            t = self.extras[name] if name in self.extras else self.readers.get(self.alias.get(name, name))
-            return t.to(dtype) if t.is_floating_point() else t
+        def fetcher(dtype: torch.dtype) -> Any:
+            def fetch(name: str) -> torch.Tensor:
+                if name not in step:
+                    step[name] = self.extras[name] if name in self.extras else \
+                        self.readers.get(self.alias.get(name, name))
+                t = step[name]
+                return t.to(dtype) if t.is_floating_point() else t
 
+            return fetch
+
+        stored = set(self.alias) | set(self.extras)
+        runs = [_LazyRun(gm, fetcher(dtype), stored) for gm, dtype in zip(graphs, dtypes)]
         with torch.no_grad():
-            out = _LazyRun(gm, fetch, set(self.alias) | set(self.extras)).run(*inputs)
-        return _first_tensor(out).to(torch.float64)
+            outs = _lockstep(runs, inputs, step)
+        return [_first_tensor(out).to(torch.float64) for out in outs]
+
+
+def _lockstep(runs: list[_LazyRun], inputs: tuple, step: dict[str, torch.Tensor]) -> list[Any]:
+    """Interpreter.run for copies of one graph at once (retargeting changes arguments, not nodes):
+    node i of every copy runs before node i + 1 of any, and `step` (the weights node i read) is
+    emptied in between, so a weight is resident for one node."""
+    nodes = [list(run.graph.nodes) for run in runs]
+    if len({tuple(n.name for n in ns) for ns in nodes}) != 1:  # pragma: no cover - deepcopy keeps nodes
+        raise CheckpointError("the retargeted graph's nodes differ from the original's", op="verify_checkpoint",
+                              fix="report this: a bug")
+    for run in runs:
+        run.env = {}
+        run.args_iter = iter(run.graph.process_inputs(*inputs))
+    outs: list[Any] = [None] * len(runs)
+    for at in zip(*nodes):
+        step.clear()
+        for i, (run, node) in enumerate(zip(runs, at)):
+            run.env[node] = run.run_node(node)
+            for dead in run.user_to_last_uses.get(node, []):
+                del run.env[dead]
+            if node.op == "output":
+                outs[i] = run.graph.process_outputs(run.env[node])
+    step.clear()
+    return outs
 
 
 def _to_cpu(gm: torch.nn.Module) -> None:
@@ -731,8 +769,8 @@ def verify_checkpoint(teacher_dir: str | os.PathLike, student_dir: str | os.Path
                       rtol: float | None = None, seed: int = 0) -> StreamReport:
     """Does the student checkpoint compute the teacher checkpoint's function? Both run from disk,
     graph node by graph node, each parameter read when an op needs it and dropped after (neither
-    model is resident): once in float64 (the plan; rtol as verify's: 1e-10 for float64
-    checkpoints, else max(1e-5, eps/4)) and once in the checkpoints' dtype (the student against
+    model is resident; the two dtypes run together, so each checkpoint is read once): in float64 (the plan; rtol as verify's: 1e-10 for float64
+    checkpoints, else max(1e-5, eps/4)) and in the checkpoints' dtype (the student against
     NATIVE_C times the teacher's own rounding error). example_inputs: two sequences of eight token
     ids by default."""
     from .verification import native_rtol, plan_rtol
@@ -752,11 +790,11 @@ def verify_checkpoint(teacher_dir: str | os.PathLike, student_dir: str | os.Path
     native = student.dtype
     if rtol is None:
         rtol = plan_rtol(native, filled=_filled(teacher.source.config, student.source.config))
-    ref = teacher.run(inputs, torch.float64)
+    dtypes = tuple(dict.fromkeys((torch.float64, native)))  # each checkpoint is read once for both
+    t_outs, s_outs = teacher.run(inputs, dtypes), student.run(inputs, dtypes)
+    ref, t_native, s_plan, s_native = t_outs[0], t_outs[-1], s_outs[0], s_outs[-1]
     scale = ref.abs().max().clamp_min(1e-300)
-    plan_err = float((student.run(inputs, torch.float64) - ref).abs().max() / scale)
-    s_err = float((student.run(inputs, native) - ref).abs().max() / scale)
-    t_err = float((teacher.run(inputs, native) - ref).abs().max() / scale)
+    plan_err, s_err, t_err = (float((out - ref).abs().max() / scale) for out in (s_plan, s_native, t_native))
     tol = native_rtol(native, t_err) if native != torch.float64 else rtol
     return StreamReport(plan_err <= rtol and s_err <= tol, plan_err, rtol, s_err, t_err, tol, native)
 

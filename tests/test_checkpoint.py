@@ -261,3 +261,40 @@ def test_the_reader_runs_at_most_a_few_tensors_ahead_of_the_writer(tmp_path, mon
     assert counts["read"] == counts["written"] == n > 4 * ck.QUEUE_TENSORS + 6
     # one tensor in each stage's hands and QUEUE_TENSORS in each queue, at most
     assert 1 <= counts["ahead"] <= 2 * ck.QUEUE_TENSORS + 3, counts
+
+
+def test_the_streamed_check_reads_each_weight_once_for_both_dtypes_and_equals_separate_runs(tmp_path,
+                                                                                          monkeypatch) -> None:
+    """The float64 and native runs step through the graph together: each stored tensor is read from
+    disk once per checkpoint (not once per dtype), and each output is the one a run of its own gives;
+    a float64 checkpoint runs once."""
+    from collections import Counter
+
+    import n2n_fx.checkpoint as ck
+
+    _llama(False).to(torch.bfloat16).save_pretrained(tmp_path / "src", max_shard_size="60KB")
+    out = grow_checkpoint(tmp_path / "src", tmp_path / "dst", max_shard_size="100KB", progress=False, **CHANGES)
+    real, reads = ck._Readers.get, Counter()
+
+    def counted(self, name):
+        reads[(self.source.path.name, name)] += 1
+        return real(self, name)
+
+    monkeypatch.setattr(ck._Readers, "get", counted)
+    report = ck.verify_checkpoint(tmp_path / "src", out)
+    assert report.ok, report
+    for path in (tmp_path / "src", out):  # untied: every stored tensor is used by one node
+        names = read_source(path).weight_map
+        assert {n: reads[(path.name, n)] for n in names} == dict.fromkeys(names, 1), path
+    ids = (torch.randint(0, 80, (2, 5), generator=torch.Generator().manual_seed(3)),)
+    streamed = ck._Streamed(out, ids)
+    together = streamed.run(ids, (torch.float64, torch.bfloat16))
+    alone = [streamed.run(ids, (dtype,))[0] for dtype in (torch.float64, torch.bfloat16)]
+    assert all(torch.equal(a, b) for a, b in zip(together, alone))
+    assert not torch.equal(together[0], together[1])  # the two dtypes did run apart
+    _llama(False).double().save_pretrained(tmp_path / "f64")
+    grown = grow_checkpoint(tmp_path / "f64", tmp_path / "f64x2", factor=2.0, progress=False)
+    reads.clear()
+    report = ck.verify_checkpoint(tmp_path / "f64", grown, rtol=1e-6)  # HF RMSNorm computes in float32
+    assert report.ok and report.native_rel_err == report.max_rel_err < 1e-6, report
+    assert max(reads.values()) == 1
