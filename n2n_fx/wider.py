@@ -146,7 +146,7 @@ def _scale_along(t: torch.Tensor, axis: int, scale: torch.Tensor, inplace: bool 
             and counts.max() <= HALF_COUNTS[t.dtype]:
         # torch divides bfloat16/float16 on the CPU in float32 and rounds to the stored dtype: rounding
         # twice is innocuous for a quotient when 24 >= 2p + 2 bits (p = 8, 11), so w / c is the nearest
-        # stored value, the float64 route's bits (every value and count: test_wider_scale), ~9x faster
+        # stored value, the float64 route's bits (every value and count: tests/test_dtypes.py), ~9x faster
         counts = counts.to(t.dtype).reshape(shape)
         return t.div_(counts) if inplace else t / counts
     if t.is_floating_point() and t.dtype != torch.float64:
