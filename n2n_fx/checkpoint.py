@@ -466,14 +466,14 @@ def _prefetch(source: Source) -> None:
             break
         try:
             fd = os.open(source.path / file, os.O_RDONLY)
+            try:
+                size = os.fstat(fd).st_size
+                os.posix_fadvise(fd, 0, min(size, budget), os.POSIX_FADV_WILLNEED)
+                budget -= size
+            finally:
+                os.close(fd)
         except OSError:
-            return  # the reader will name the missing shard
-        try:
-            size = os.fstat(fd).st_size
-            os.posix_fadvise(fd, 0, min(size, budget), os.POSIX_FADV_WILLNEED)
-            budget -= size
-        finally:
-            os.close(fd)
+            return  # only a hint: a missing shard is named by the reader, a filesystem may refuse hints
 
 
 def _read_order(todo: list[tuple[str, list[str]]], by_name: dict[str, tuple[str, bool]]) -> list[str]:

@@ -298,3 +298,33 @@ def test_the_streamed_check_reads_each_weight_once_for_both_dtypes_and_equals_se
     report = ck.verify_checkpoint(tmp_path / "f64", grown, rtol=1e-6)  # HF RMSNorm computes in float32
     assert report.ok and report.native_rel_err == report.max_rel_err < 1e-6, report
     assert max(reads.values()) == 1
+
+
+def test_the_read_ahead_is_a_hint_that_never_fails(tmp_path, monkeypatch) -> None:
+    """The first shards are read ahead while the plan is traced: a filesystem that refuses the hint,
+    or a missing shard (named later by the reader), is no error there."""
+    import os
+
+    import n2n_fx.checkpoint as ck
+
+    _llama(False).save_pretrained(tmp_path / "src", max_shard_size="60KB")
+    source = read_source(tmp_path / "src")
+    calls = []
+    monkeypatch.setattr(os, "posix_fadvise", lambda fd, at, n, how: calls.append(n), raising=False)
+    monkeypatch.setattr(ck, "PREFETCH_BYTES", 100_000)
+    ck._prefetch(source)
+    sizes = [(tmp_path / "src" / f).stat().st_size for f in dict.fromkeys(source.weight_map.values())]
+    want, left = [], 100_000
+    for size in sizes:  # shards in order, the last one cut at the budget
+        if left > 0:
+            want.append(min(size, left))
+            left -= size
+    assert calls == want and len(want) < len(sizes), (calls, sizes)  # the budget, not every shard
+
+    def refuse(*args):
+        raise OSError(22, "Invalid argument")
+
+    monkeypatch.setattr(os, "posix_fadvise", refuse, raising=False)
+    ck._prefetch(source)
+    (tmp_path / "src" / next(iter(source.weight_map.values()))).unlink()
+    ck._prefetch(source)
