@@ -4,7 +4,9 @@ The model is built and traced on the meta device (no storage: the plan costs mem
 to the graph, not the weights). Each source tensor is then read lazily from its safetensors shard,
 remapped by the very maps `widen` uses (`wider.remap_tensor`), and written straight into its place
 in a student shard whose header was laid out beforehand from the planned shapes, so peak memory is
-a few tensors whatever the model's size. The student is built in `DST.partial/`: each shard is
+a few tensors whatever the model's size. Reads, remaps and writes overlap: a reader thread and a
+writer thread hand tensors to and from the remap through bounded queues, and the first failure of
+any of the three is raised in the caller. The student is built in `DST.partial/`: each shard is
 written as `*.tmp` and renamed when complete, and the directory is renamed to DST only when the
 index and config are in; a rerun with the same arguments keeps the complete shards and resumes.
 """
