@@ -4,7 +4,9 @@ The model is built and traced on the meta device (no storage: the plan costs mem
 to the graph, not the weights). Each source tensor is then read lazily from its safetensors shard,
 remapped by the very maps `widen` uses (`wider.remap_tensor`), and written straight into its place
 in a student shard whose header was laid out beforehand from the planned shapes, so peak memory is
-a few tensors whatever the model's size. The student is built in `DST.partial/`: each shard is
+a few tensors whatever the model's size. Reads, remaps and writes overlap: a reader thread and a
+writer thread hand tensors to and from the remap through bounded queues, and the first failure of
+any of the three is raised in the caller. The student is built in `DST.partial/`: each shard is
 written as `*.tmp` and renamed when complete, and the directory is renamed to DST only when the
 index and config are in; a rerun with the same arguments keeps the complete shards and resumes.
 """
@@ -15,8 +17,10 @@ import hashlib
 import json
 import math
 import os
+import queue
 import shutil
 import struct
+import threading
 import time
 from dataclasses import dataclass
 from functools import cached_property
@@ -360,9 +364,10 @@ def grow_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, factor: f
                               op="grow_checkpoint", fix="write the student to a directory of its own")
     if dst.exists() and not overwrite:
         raise CheckpointError(f"{dst} exists", op="grow_checkpoint", fix="choose a new directory or pass overwrite=True")
+    limit = parse_size(max_shard_size)
+    _prefetch(source)  # the disk reads the first shards while the plan is traced
     stream = plan_stream(source, changes, seed=seed, symmetry=symmetry, layer_map=layer_map,
                          example_inputs=example_inputs)
-    limit = parse_size(max_shard_size)
     shards = shard_layout(stream.entries, stream.shapes, limit)
     names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))] \
         if len(shards) > 1 else [SINGLE]
@@ -377,28 +382,10 @@ def grow_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, factor: f
     by_name = {out: (src_name, zero) for out, src_name, zero in stream.entries}
     todo = [(file, group) for file, group in zip(names, shards) if not (partial / file).is_file()]
     bar = _Progress(sum(_nbytes(*stream.shapes[n]) for _, g in todo for n in g), progress)
-    readers = _Readers(source)
-    written = 0
     try:
-        for file, group in todo:
-            tmp = partial / (file + ".tmp")
-            with open(tmp, "wb") as f:
-                f.write(_header(group, stream.shapes))
-                for name in group:
-                    src_name, zero = by_name[name]
-                    t = stream.student_tensor(src_name, readers.get(src_name))
-                    if zero:
-                        t = torch.zeros_like(t)
-                    if tuple(t.shape) != stream.shapes[name][0]:  # pragma: no cover - planned on meta
-                        raise CheckpointError(f"{name}: computed {tuple(t.shape)}, planned {stream.shapes[name][0]}",
-                                              node=name, op="grow_checkpoint", fix="report this: a bug")
-                    _write_bytes(f, t.to(stream.shapes[name][1]))
-                    written += 1
-                    bar.update(_nbytes(*stream.shapes[name]), written)
-            os.replace(tmp, partial / file)
+        _stream_shards(source, stream, by_name, todo, partial, bar)
     finally:
         bar.close()
-        readers.close()
     weight_map = {n: file for file, group in zip(names, shards) for n in group}
     total = sum(_nbytes(*stream.shapes[n]) for n in weight_map)
     if len(names) > 1:
@@ -414,6 +401,163 @@ def grow_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, factor: f
         shutil.rmtree(dst)
     os.replace(partial, dst)
     return dst
+
+
+# ---------------------------------------------------------------- the pipeline: read, remap, write at once
+QUEUE_TENSORS = 2  # tensors waiting between two stages: peak memory stays a few tensors
+
+
+class _Stopped(Exception):
+    """Another stage failed (or the run was interrupted): this one stops where it is."""
+
+
+class _Channel:
+    """A bounded hand-over between two threads; a put or get gives up once `stop` is set, so a
+    failure on either side ends the other instead of leaving it waiting forever."""
+
+    def __init__(self, stop: threading.Event, size: int = QUEUE_TENSORS) -> None:
+        self.queue: queue.Queue = queue.Queue(size)
+        self.stop = stop
+
+    def put(self, item: Any) -> None:
+        while not self.stop.is_set():
+            try:
+                return self.queue.put(item, timeout=0.05)
+            except queue.Full:
+                pass
+        raise _Stopped
+
+    def get(self) -> Any:
+        while not self.stop.is_set():
+            try:
+                return self.queue.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        raise _Stopped
+
+
+class _Stage(threading.Thread):
+    """A worker whose exception (any, KeyboardInterrupt included) stops the pipeline and is kept to be
+    raised, as it was, in the caller's thread."""
+
+    def __init__(self, work: Any, stop: threading.Event, name: str) -> None:
+        super().__init__(name=name, daemon=True)
+        self.work, self.stop, self.error = work, stop, None
+
+    def run(self) -> None:
+        try:
+            self.work()
+        except _Stopped:
+            pass
+        except BaseException as exc:  # re-raised by _stream_shards in the caller's thread
+            self.error = exc
+            self.stop.set()
+
+
+PREFETCH_BYTES = 2 * 10**9  # source bytes the kernel is asked to read ahead during the planning
+
+
+def _prefetch(source: Source) -> None:
+    """Ask the kernel to start reading the first source shards (up to PREFETCH_BYTES) into its page
+    cache, asynchronously: a hint that costs no process memory and changes no result."""
+    if not hasattr(os, "posix_fadvise"):  # pragma: no cover - not on Linux
+        return
+    budget = PREFETCH_BYTES
+    for file in dict.fromkeys(source.weight_map.values()):
+        if budget <= 0:
+            break
+        try:
+            fd = os.open(source.path / file, os.O_RDONLY)
+            try:
+                size = os.fstat(fd).st_size
+                os.posix_fadvise(fd, 0, min(size, budget), os.POSIX_FADV_WILLNEED)
+                budget -= size
+            finally:
+                os.close(fd)
+        except OSError:
+            return  # only a hint: a missing shard is named by the reader, a filesystem may refuse hints
+
+
+def _read_order(todo: list[tuple[str, list[str]]], by_name: dict[str, tuple[str, bool]]) -> list[str]:
+    """The source tensors the remaining shards need, in order; a run of copies (new blocks) of one
+    source tensor reads it once, zeroed copies not at all."""
+    order: list[str] = []
+    for _, group in todo:
+        for name in group:
+            src_name, zero = by_name[name]
+            if not zero and (not order or order[-1] != src_name):
+                order.append(src_name)
+    return order
+
+
+def _stream_shards(source: Source, stream: StreamPlan, by_name: dict[str, tuple[str, bool]],
+                   todo: list[tuple[str, list[str]]], partial: Path, bar: _Progress) -> None:
+    """Write the shards in `todo`: a reader thread reads the next source tensors while this thread
+    remaps the current one and a writer thread writes the previous ones (each bounded by a
+    QUEUE_TENSORS queue). A shard is renamed from *.tmp only when all its tensors are in; the first
+    failure of any stage stops all three and is raised here."""
+    stop = threading.Event()
+    reads, writes = _Channel(stop), _Channel(stop)
+
+    def read() -> None:
+        readers = _Readers(source)
+        for src_name in _read_order(todo, by_name):
+            reads.put((src_name, readers.get(src_name)))
+
+    def write() -> None:
+        written = 0
+        for file, group in todo:
+            tmp = partial / (file + ".tmp")
+            with open(tmp, "wb") as f:
+                f.write(_header(group, stream.shapes))
+                for name in group:
+                    got, t = writes.get()
+                    assert got == name, (got, name)  # one order for both threads
+                    _write_bytes(f, t)
+                    written += 1
+                    bar.update(_nbytes(*stream.shapes[name]), written)
+            os.replace(tmp, partial / file)
+
+    stages = [_Stage(read, stop, "grow-checkpoint-read"), _Stage(write, stop, "grow-checkpoint-write")]
+    for stage in stages:
+        stage.start()
+    threads = torch.get_num_threads()
+    # the remap's parallel loops leave a core to the reads and writes (their copies run in the kernel):
+    # a loop whose thread shares its core with them waits at every barrier; the bits do not change
+    torch.set_num_threads(max(1, threads - 1))
+    try:
+        current: tuple[str, torch.Tensor] | None = None  # (source name, its student tensor)
+        for _, group in todo:
+            for name in group:
+                src_name, zero = by_name[name]
+                shape, dtype = stream.shapes[name]
+                if zero:
+                    writes.put((name, torch.zeros(shape, dtype=dtype)))
+                    continue
+                if current is None or current[0] != src_name:
+                    got, t = reads.get()
+                    assert got == src_name, (got, src_name)  # one order for both threads
+                    current = (src_name, stream.student_tensor(src_name, t).to(dtype))
+                    del t  # the source tensor is not needed once remapped
+                if tuple(current[1].shape) != shape:  # pragma: no cover - planned on meta
+                    raise CheckpointError(f"{name}: computed {tuple(current[1].shape)}, planned {shape}",
+                                          node=name, op="grow_checkpoint", fix="report this: a bug")
+                writes.put((name, current[1]))
+        current = None
+        stages[1].join()  # the writer ends after the last shard's rename, or on a failure
+    except _Stopped:
+        pass
+    finally:
+        stop.set()
+        for stage in stages:
+            stage.join()
+        torch.set_num_threads(threads)
+    for stage in stages:
+        if stage.error is not None:
+            raise stage.error
+    if missing := [file for file, _ in todo if not (partial / file).is_file()]:  # never a student with holes
+        raise CheckpointError(f"the pipeline stopped before {missing[0]} was complete", op="grow_checkpoint",
+                              fix="report this (a bug); rerun to resume")
 
 
 class _Readers:
@@ -532,23 +676,61 @@ class _Streamed:
                 out[f"{mod_name}.{b}".lstrip(".")] = getattr(real, b).to(self.dtype)
         return out
 
-    def run(self, inputs: tuple, dtype: torch.dtype) -> torch.Tensor:
+    def run(self, inputs: tuple, dtypes: tuple[torch.dtype, ...]) -> list[torch.Tensor]:
+        """The model's output in each of `dtypes` (float64 for the comparison): one interpreter per
+        dtype, stepped node by node together, so each weight is read from disk once for all of them."""
         from .verification import retarget_dtypes
 
-        gm = self.gm
-        if dtype != self.dtype:
-            import copy
+        graphs = []
+        for dtype in dtypes:
+            gm = self.gm
+            if dtype != self.dtype:
+                import copy
 
-            gm = copy.deepcopy(self.gm)
-            retarget_dtypes(gm, dtype, self.dtype)
+                gm = copy.deepcopy(self.gm)
+                retarget_dtypes(gm, dtype, self.dtype)
+            graphs.append(gm)
+        step: dict[str, torch.Tensor] = {}  # the weights the current node reads, as stored
 
-        def fetch(name: str) -> torch.Tensor:
-            t = self.extras[name] if name in self.extras else self.readers.get(self.alias.get(name, name))
-            return t.to(dtype) if t.is_floating_point() else t
+        def fetcher(dtype: torch.dtype) -> Any:
+            def fetch(name: str) -> torch.Tensor:
+                if name not in step:
+                    step[name] = self.extras[name] if name in self.extras else \
+                        self.readers.get(self.alias.get(name, name))
+                t = step[name]
+                return t.to(dtype) if t.is_floating_point() else t
 
+            return fetch
+
+        stored = set(self.alias) | set(self.extras)
+        runs = [_LazyRun(gm, fetcher(dtype), stored) for gm, dtype in zip(graphs, dtypes)]
         with torch.no_grad():
-            out = _LazyRun(gm, fetch, set(self.alias) | set(self.extras)).run(*inputs)
-        return _first_tensor(out).to(torch.float64)
+            outs = _lockstep(runs, inputs, step)
+        return [_first_tensor(out).to(torch.float64) for out in outs]
+
+
+def _lockstep(runs: list[_LazyRun], inputs: tuple, step: dict[str, torch.Tensor]) -> list[Any]:
+    """Interpreter.run for copies of one graph at once (retargeting changes arguments, not nodes):
+    node i of every copy runs before node i + 1 of any, and `step` (the weights node i read) is
+    emptied in between, so a weight is resident for one node."""
+    nodes = [list(run.graph.nodes) for run in runs]
+    if len({tuple(n.name for n in ns) for ns in nodes}) != 1:  # pragma: no cover - deepcopy keeps nodes
+        raise CheckpointError("the retargeted graph's nodes differ from the original's", op="verify_checkpoint",
+                              fix="report this: a bug")
+    for run in runs:
+        run.env = {}
+        run.args_iter = iter(run.graph.process_inputs(*inputs))
+    outs: list[Any] = [None] * len(runs)
+    for at in zip(*nodes):
+        step.clear()
+        for i, (run, node) in enumerate(zip(runs, at)):
+            run.env[node] = run.run_node(node)
+            for dead in run.user_to_last_uses.get(node, []):
+                del run.env[dead]
+            if node.op == "output":
+                outs[i] = run.graph.process_outputs(run.env[node])
+    step.clear()
+    return outs
 
 
 def _to_cpu(gm: torch.nn.Module) -> None:
@@ -589,8 +771,8 @@ def verify_checkpoint(teacher_dir: str | os.PathLike, student_dir: str | os.Path
                       rtol: float | None = None, seed: int = 0) -> StreamReport:
     """Does the student checkpoint compute the teacher checkpoint's function? Both run from disk,
     graph node by graph node, each parameter read when an op needs it and dropped after (neither
-    model is resident): once in float64 (the plan; rtol as verify's: 1e-10 for float64
-    checkpoints, else max(1e-5, eps/4)) and once in the checkpoints' dtype (the student against
+    model is resident; the two dtypes run together, so each checkpoint is read once): in float64 (the plan; rtol as verify's: 1e-10 for float64
+    checkpoints, else max(1e-5, eps/4)) and in the checkpoints' dtype (the student against
     NATIVE_C times the teacher's own rounding error). example_inputs: two sequences of eight token
     ids by default."""
     from .verification import native_rtol, plan_rtol
@@ -610,11 +792,11 @@ def verify_checkpoint(teacher_dir: str | os.PathLike, student_dir: str | os.Path
     native = student.dtype
     if rtol is None:
         rtol = plan_rtol(native, filled=_filled(teacher.source.config, student.source.config))
-    ref = teacher.run(inputs, torch.float64)
+    dtypes = tuple(dict.fromkeys((torch.float64, native)))  # each checkpoint is read once for both
+    t_outs, s_outs = teacher.run(inputs, dtypes), student.run(inputs, dtypes)
+    ref, t_native, s_plan, s_native = t_outs[0], t_outs[-1], s_outs[0], s_outs[-1]
     scale = ref.abs().max().clamp_min(1e-300)
-    plan_err = float((student.run(inputs, torch.float64) - ref).abs().max() / scale)
-    s_err = float((student.run(inputs, native) - ref).abs().max() / scale)
-    t_err = float((teacher.run(inputs, native) - ref).abs().max() / scale)
+    plan_err, s_err, t_err = (float((out - ref).abs().max() / scale) for out in (s_plan, s_native, t_native))
     tol = native_rtol(native, t_err) if native != torch.float64 else rtol
     return StreamReport(plan_err <= rtol and s_err <= tol, plan_err, rtol, s_err, t_err, tol, native)
 

@@ -138,6 +138,10 @@ def _set_tensor(gm: torch.nn.Module, qualname: str, value: torch.Tensor) -> None
         setattr(module, attr, value)
 
 
+# counts exactly stored in the dtype (integers up to 2**p), for which w / c runs in the stored dtype
+HALF_COUNTS = {torch.bfloat16: 2**8, torch.float16: 2**11}
+
+
 def _scale_along(t: torch.Tensor, axis: int, scale: torch.Tensor, inplace: bool = False) -> torch.Tensor:
     shape = [1] * t.ndim
     shape[axis] = -1
@@ -145,6 +149,13 @@ def _scale_along(t: torch.Tensor, axis: int, scale: torch.Tensor, inplace: bool 
         # IEEE division rounds w / 3 once, to the nearest float32: as exact as the float64 route
         # below, without converting the tensor twice
         return t.div_(counts.reshape(shape)) if inplace else t / counts.reshape(shape)
+    if t.dtype in HALF_COUNTS and t.device.type == "cpu" and (counts := _counts(scale)) is not None \
+            and counts.max() <= HALF_COUNTS[t.dtype]:
+        # torch divides bfloat16/float16 on the CPU in float32 and rounds to the stored dtype: rounding
+        # twice is innocuous for a quotient when 24 >= 2p + 2 bits (p = 8, 11), so w / c is the nearest
+        # stored value, the float64 route's bits (every value and count: tests/test_dtypes.py), ~9x faster
+        counts = counts.to(t.dtype).reshape(shape)
+        return t.div_(counts) if inplace else t / counts
     if t.is_floating_point() and t.dtype != torch.float64:
         # w / 3 with 1/3 itself rounded to bfloat16 (or float32) is rounded twice: compute the product
         # in float64 and round once to the stored dtype, so each weight is the nearest one it can be

@@ -187,3 +187,144 @@ def test_audit_findings_source_safety_stale_resume_stray_weights_and_typed_error
     (tmp_path / "src" / "config.json").write_text(json.dumps({**cfg, "intermediate_size": 64}))
     with pytest.raises(CheckpointError, match="disagree"):
         grow_checkpoint(tmp_path / "src", tmp_path / "d3", factor=2.0, progress=False)
+
+
+def _no_pipeline_threads() -> bool:
+    import threading
+
+    return not [t for t in threading.enumerate() if t.name.startswith("grow-checkpoint")]
+
+
+@pytest.mark.parametrize("stage", ["read", "remap", "write"])
+def test_a_failing_pipeline_stage_raises_its_own_error_stops_the_others_and_resumes(stage, tmp_path,
+                                                                                   monkeypatch) -> None:
+    """Reads, remaps and writes run at once (two threads and the caller's): the first failure, in any
+    of them, is raised as it was in the caller, no thread is left behind, nothing looks complete, and a
+    rerun keeps the complete shards and gives the fresh run's tensors."""
+    import errno
+
+    import n2n_fx.checkpoint as ck
+
+    _llama(False).save_pretrained(tmp_path / "src")
+    target = {"read": (ck._Readers, "get"), "remap": (ck.StreamPlan, "student_tensor"),
+              "write": (ck, "_write_bytes")}[stage]
+    real, calls = getattr(*target), {"n": 0}
+
+    def failing(*args):
+        if not (stage == "remap" and args[2].is_meta):  # the plan remaps meta tensors too: count real ones
+            calls["n"] += 1
+            if calls["n"] == 12:
+                raise OSError(errno.ENOSPC, f"no space left ({stage})")
+        return real(*args)
+
+    monkeypatch.setattr(*target, failing)
+    with pytest.raises(OSError, match=f"no space left \\({stage}\\)"):
+        grow_checkpoint(tmp_path / "src", tmp_path / "dst", max_shard_size="100KB", progress=False, **CHANGES)
+    assert _no_pipeline_threads() and not (tmp_path / "dst").exists()
+    partial = tmp_path / "dst.partial"
+    assert not (partial / "config.json").exists() and (partial / "n2n_manifest.json").exists()
+    done = {p.name: p.stat().st_mtime_ns for p in partial.glob("*.safetensors")}
+    assert done, "shards written before the failure are kept"
+    monkeypatch.setattr(*target, real)
+    out = grow_checkpoint(tmp_path / "src", tmp_path / "dst", max_shard_size="100KB", progress=False, **CHANGES)
+    assert all((out / name).stat().st_mtime_ns == ns for name, ns in done.items())
+    fresh = grow_checkpoint(tmp_path / "src", tmp_path / "fresh", max_shard_size="100KB", progress=False, **CHANGES)
+    assert _same_state(transformers.LlamaForCausalLM.from_pretrained(out),
+                       transformers.LlamaForCausalLM.from_pretrained(fresh))
+
+
+def test_the_reader_runs_at_most_a_few_tensors_ahead_of_the_writer(tmp_path, monkeypatch) -> None:
+    """The queues between the stages are bounded: with a slow disk the reader waits instead of
+    holding the checkpoint in memory."""
+    import time
+
+    import n2n_fx.checkpoint as ck
+
+    _llama(False).save_pretrained(tmp_path / "src")
+    read, write, counts = ck._Readers.get, ck._write_bytes, {"read": 0, "written": 0, "ahead": 0}
+
+    def counted_read(self, name):
+        t = read(self, name)
+        counts["read"] += 1
+        counts["ahead"] = max(counts["ahead"], counts["read"] - counts["written"])
+        return t
+
+    def slow_write(f, t):
+        time.sleep(0.01)
+        write(f, t)
+        counts["written"] += 1
+
+    monkeypatch.setattr(ck._Readers, "get", counted_read)
+    monkeypatch.setattr(ck, "_write_bytes", slow_write)
+    out = grow_checkpoint(tmp_path / "src", tmp_path / "dst", factor=2.0, progress=False)
+    n = len(read_source(out).weight_map)
+    assert counts["read"] == counts["written"] == n > 4 * ck.QUEUE_TENSORS + 6
+    # one tensor in each stage's hands and QUEUE_TENSORS in each queue, at most
+    assert 1 <= counts["ahead"] <= 2 * ck.QUEUE_TENSORS + 3, counts
+
+
+def test_the_streamed_check_reads_each_weight_once_for_both_dtypes_and_equals_separate_runs(tmp_path,
+                                                                                          monkeypatch) -> None:
+    """The float64 and native runs step through the graph together: each stored tensor is read from
+    disk once per checkpoint (not once per dtype), and each output is the one a run of its own gives;
+    a float64 checkpoint runs once."""
+    from collections import Counter
+
+    import n2n_fx.checkpoint as ck
+
+    _llama(False).to(torch.bfloat16).save_pretrained(tmp_path / "src", max_shard_size="60KB")
+    out = grow_checkpoint(tmp_path / "src", tmp_path / "dst", max_shard_size="100KB", progress=False, **CHANGES)
+    real, reads = ck._Readers.get, Counter()
+
+    def counted(self, name):
+        reads[(self.source.path.name, name)] += 1
+        return real(self, name)
+
+    monkeypatch.setattr(ck._Readers, "get", counted)
+    report = ck.verify_checkpoint(tmp_path / "src", out)
+    assert report.ok, report
+    for path in (tmp_path / "src", out):  # untied: every stored tensor is used by one node
+        names = read_source(path).weight_map
+        assert {n: reads[(path.name, n)] for n in names} == dict.fromkeys(names, 1), path
+    ids = (torch.randint(0, 80, (2, 5), generator=torch.Generator().manual_seed(3)),)
+    streamed = ck._Streamed(out, ids)
+    together = streamed.run(ids, (torch.float64, torch.bfloat16))
+    alone = [streamed.run(ids, (dtype,))[0] for dtype in (torch.float64, torch.bfloat16)]
+    assert all(torch.equal(a, b) for a, b in zip(together, alone))
+    assert not torch.equal(together[0], together[1])  # the two dtypes did run apart
+    _llama(False).double().save_pretrained(tmp_path / "f64")
+    grown = grow_checkpoint(tmp_path / "f64", tmp_path / "f64x2", factor=2.0, progress=False)
+    reads.clear()
+    report = ck.verify_checkpoint(tmp_path / "f64", grown, rtol=1e-6)  # HF RMSNorm computes in float32
+    assert report.ok and report.native_rel_err == report.max_rel_err < 1e-6, report
+    assert max(reads.values()) == 1
+
+
+def test_the_read_ahead_is_a_hint_that_never_fails(tmp_path, monkeypatch) -> None:
+    """The first shards are read ahead while the plan is traced: a filesystem that refuses the hint,
+    or a missing shard (named later by the reader), is no error there."""
+    import os
+
+    import n2n_fx.checkpoint as ck
+
+    _llama(False).save_pretrained(tmp_path / "src", max_shard_size="60KB")
+    source = read_source(tmp_path / "src")
+    calls = []
+    monkeypatch.setattr(os, "posix_fadvise", lambda fd, at, n, how: calls.append(n), raising=False)
+    monkeypatch.setattr(ck, "PREFETCH_BYTES", 100_000)
+    ck._prefetch(source)
+    sizes = [(tmp_path / "src" / f).stat().st_size for f in dict.fromkeys(source.weight_map.values())]
+    want, left = [], 100_000
+    for size in sizes:  # shards in order, the last one cut at the budget
+        if left > 0:
+            want.append(min(size, left))
+            left -= size
+    assert calls == want and len(want) < len(sizes), (calls, sizes)  # the budget, not every shard
+
+    def refuse(*args):
+        raise OSError(22, "Invalid argument")
+
+    monkeypatch.setattr(os, "posix_fadvise", refuse, raising=False)
+    ck._prefetch(source)
+    (tmp_path / "src" / next(iter(source.weight_map.values()))).unlink()
+    ck._prefetch(source)

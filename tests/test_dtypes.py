@@ -74,6 +74,28 @@ def test_bfloat16_weights_are_scaled_in_float64_and_rounded_once() -> None:
     assert torch.equal(_scale_along(w, 1, scale), (w.double() / 3).to(torch.bfloat16))
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_weights_divided_in_their_dtype_are_the_float64_routes_bits_for_every_value_and_count(dtype) -> None:
+    """Division by counts in the stored dtype replaced the float64 round trip: over every bit pattern
+    of the dtype and every count it takes, the bits are the float64 route's (NaN stays NaN)."""
+    from n2n_fx.wider import HALF_COUNTS, _scale_along
+
+    w = torch.arange(-(2**15), 2**15, dtype=torch.int32).to(torch.int16).view(dtype).reshape(-1, 1)
+    w = w[~w.isnan().reshape(-1)]
+    for start in range(1, HALF_COUNTS[dtype] + 1, 256):
+        counts = torch.arange(start, min(start + 256, HALF_COUNTS[dtype] + 1), dtype=torch.float64)
+        block = w.expand(-1, counts.numel())
+        want = (block.double() * (1 / counts)).to(dtype)  # the float64 route, rounded once to the dtype
+        for inplace in (False, True):
+            got = _scale_along(block.clone(), 1, 1 / counts, inplace=inplace)
+            assert torch.equal(got.view(torch.int16), want.view(torch.int16)), (dtype, start, inplace)
+    nan = torch.full((1, 3), float("nan"), dtype=dtype)
+    assert _scale_along(nan, 1, 1 / torch.tensor([1.0, 2, 3], dtype=torch.float64)).isnan().all()
+    big = torch.tensor([HALF_COUNTS[dtype] + 1.0, 3], dtype=torch.float64)  # a count the dtype rounds
+    x = torch.randn(4, 2).to(dtype)
+    assert torch.equal(_scale_along(x, 1, 1 / big), (x.double() * (1 / big)).to(dtype))
+
+
 def test_native_check_catches_a_wrong_low_precision_student() -> None:
     model = _lm("llama").to(torch.bfloat16)
     ids = _ids(1, 6)
