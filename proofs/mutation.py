@@ -188,6 +188,25 @@ def _naive_tie() -> None:
     solver.divide_before_head = naive
 
 
+@mutant("qk_without_r", "wider heads scale q and k rows by sqrt(1 / count), forgetting r (the change of scale)")
+def _qk_without_r() -> None:
+    import n2n_fx.indexmaps as im
+
+    im.qk_gain4 = lambda g, n, ratio_sq: im.divide_scale(g, n) ** 2
+
+
+@mutant("qk_consumer_by_count", "wider heads: v rows carry f, but their consumer's columns divide by the count alone")
+def _qk_consumer_by_count() -> None:
+    from n2n_fx.wider import TorchArrays
+
+    from .symbolic import SympyArrays
+
+    for arrays in (TorchArrays, SympyArrays):  # the pass and its symbolic twin alike
+        original = arrays.scale_root4
+        arrays.scale_root4 = (lambda fn: lambda self, x, axis, fourth, inverse: x if inverse
+                              else fn(self, x, axis, fourth, False))(original)
+
+
 SUITE = ["tests/test_properties.py", "tests/test_models.py", "-k",
          "properties or widen_exact_float64 or deepen_several or compositions", "-x", "-q", "-p", "no:cacheprovider"]
 

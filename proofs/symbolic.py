@@ -51,11 +51,10 @@ class SympyArrays:
         shape[axis] = -1
         return x * f.reshape(shape)
 
-    @staticmethod
-    def scale_root4(x: Array, axis: int, fourth: Any, inverse: bool) -> Array:
+    def scale_root4(self, x: Array, axis: int, fourth: Any, inverse: bool) -> Array:
         """TorchArrays.scale_root4 on symbols: f = (f^4)^(1/4) stays an exact surd."""
         f = [sympy.root(exact(float(v)), 4) ** (-1 if inverse else 1) for v in list(fourth)]
-        return SympyArrays.scale(x, axis, f, True)
+        return self.scale(x, axis, f, True)
 
     @staticmethod
     def per_old_unit(n: int, index: torch.Tensor, scale: torch.Tensor) -> Array:

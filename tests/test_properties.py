@@ -71,6 +71,8 @@ def grow(arch: Arch, req: WidenRequest, built=None):
 @example(TIED, WidenRequest(1.5, None, "none", 0))
 @example(TIED, WidenRequest(2.0, None, "split", 1))
 @example(TIED_SHARED, WidenRequest(2.0, None, "none", 0))
+@example(FUSED, WidenRequest(1.5, None, "none", 0, heads="dim"))  # wider heads: q, k rows rescaled
+@example(FUSED, WidenRequest(None, (0.5, 1.0), "split", 3, heads="dim"))
 def test_widen_preserves_random_architectures(arch, req):
     model, x = arch.build()
     snap = snapshot(model)
