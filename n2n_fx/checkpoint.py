@@ -626,10 +626,11 @@ class StreamReport:
     teacher_native_rel_err: float
     native_rtol: float
     dtype: torch.dtype
+    rounding_rel_err: float = 0.0  # measured where eps/4 fails (verification.rounding_rtol)
 
     def __str__(self) -> str:
         verdict = "preserved" if self.ok else "NOT preserved"
-        return (f"{verdict} (streamed): max rel err {self.max_rel_err:.3e} in float64 (rtol {self.rtol:g}); in "
+        return (f"{verdict} (streamed): max rel err {self.max_rel_err:.3e} in float64 (rtol {self.rtol:.3g}); in "
                 f"{str(self.dtype).removeprefix('torch.')}: student {self.native_rel_err:.3e}, teacher "
                 f"{self.teacher_native_rel_err:.3e} (rtol {self.native_rtol:.1e})")
 
@@ -676,10 +677,11 @@ class _Streamed:
                 out[f"{mod_name}.{b}".lstrip(".")] = getattr(real, b).to(self.dtype)
         return out
 
-    def run(self, inputs: tuple, dtypes: tuple[torch.dtype, ...]) -> list[torch.Tensor]:
+    def run(self, inputs: tuple, dtypes: tuple[torch.dtype, ...], perturb: float = 0.0, seed: int = 0) -> list[torch.Tensor]:
         """The model's output in each of `dtypes` (float64 for the comparison): one interpreter per
-        dtype, stepped node by node together, so each weight is read from disk once for all of them."""
-        from .verification import retarget_dtypes
+        dtype, stepped node by node together, so each weight is read from disk once for all of them.
+        perturb: every stored weight times (1 + perturb * u) (verification.perturbed), for the rounding measure."""
+        from .verification import perturbed, retarget_dtypes
 
         graphs = []
         for dtype in dtypes:
@@ -698,6 +700,8 @@ class _Streamed:
                     step[name] = self.extras[name] if name in self.extras else \
                         self.readers.get(self.alias.get(name, name))
                 t = step[name]
+                if perturb and t.is_floating_point() and name not in self.extras:
+                    return perturbed(t, perturb, name, seed).to(dtype)
                 return t.to(dtype) if t.is_floating_point() else t
 
             return fetch
@@ -773,9 +777,11 @@ def verify_checkpoint(teacher_dir: str | os.PathLike, student_dir: str | os.Path
     graph node by graph node, each parameter read when an op needs it and dropped after (neither
     model is resident; the two dtypes run together, so each checkpoint is read once): in float64 (the plan; rtol as verify's: 1e-10 for float64
     checkpoints, else max(1e-5, eps/4)) and in the checkpoints' dtype (the student against
-    NATIVE_C times the teacher's own rounding error). example_inputs: two sequences of eight token
+    NATIVE_C times the teacher's own rounding error). A 16-bit student over eps/4 is judged, as by
+    verify, against twice the error a typical rounding of every weight makes (one more pass over the
+    student, perturbed: verification.rounding_rtol). example_inputs: two sequences of eight token
     ids by default."""
-    from .verification import native_rtol, plan_rtol
+    from .verification import native_rtol, plan_rtol, rounding_rtol
 
     teacher_cfg = read_source(teacher_dir).config
     if example_inputs is None:
@@ -790,15 +796,22 @@ def verify_checkpoint(teacher_dir: str | os.PathLike, student_dir: str | os.Path
                                   op="verify_checkpoint", fix=f"draw ids in [0, {vocab})")
     teacher, student = _Streamed(teacher_dir, inputs), _Streamed(student_dir, inputs)
     native = student.dtype
+    filled = _filled(teacher.source.config, student.source.config)
+    measure = rtol is None and native.itemsize == 2 and not filled
     if rtol is None:
-        rtol = plan_rtol(native, filled=_filled(teacher.source.config, student.source.config))
+        rtol = plan_rtol(native, filled=filled)
     dtypes = tuple(dict.fromkeys((torch.float64, native)))  # each checkpoint is read once for both
     t_outs, s_outs = teacher.run(inputs, dtypes), student.run(inputs, dtypes)
     ref, t_native, s_plan, s_native = t_outs[0], t_outs[-1], s_outs[0], s_outs[-1]
     scale = ref.abs().max().clamp_min(1e-300)
     plan_err, s_err, t_err = (float((out - ref).abs().max() / scale) for out in (s_plan, s_native, t_native))
     tol = native_rtol(native, t_err) if native != torch.float64 else rtol
-    return StreamReport(plan_err <= rtol and s_err <= tol, plan_err, rtol, s_err, t_err, tol, native)
+    rounding = 0.0
+    if measure and plan_err > rtol:  # as verify: a deep 16-bit student is judged against its own roundings
+        (again,) = student.run(inputs, (torch.float64,), perturb=torch.finfo(native).eps / 4, seed=seed)
+        rounding = float((again - s_plan).abs().max() / scale)
+        rtol = rounding_rtol(rtol, rounding)
+    return StreamReport(plan_err <= rtol and s_err <= tol, plan_err, rtol, s_err, t_err, tol, native, rounding)
 
 
 __all__ = ["CheckpointError", "StreamPlan", "StreamReport", "grow_checkpoint", "plan_stream", "read_source",

@@ -328,3 +328,26 @@ def test_the_read_ahead_is_a_hint_that_never_fails(tmp_path, monkeypatch) -> Non
     ck._prefetch(source)
     (tmp_path / "src" / next(iter(source.weight_map.values()))).unlink()
     ck._prefetch(source)
+
+
+def test_streamed_check_measures_the_rounding_where_eps_over_4_fails(tmp_path, monkeypatch):
+    """verify_checkpoint judges a 16-bit student over eps/4 as verify does: against twice the error a
+    typical rounding of every weight makes, measured by one more (perturbed) pass over the student.
+    The default bound is lowered here so that a small model takes that path."""
+    import n2n_fx.verification as V
+    from n2n_fx.checkpoint import verify_checkpoint
+    from n2n_fx.hf import grow
+
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_attention_heads=4,
+                                   num_key_value_heads=2, num_hidden_layers=2)
+    teacher = transformers.LlamaForCausalLM(cfg).to(torch.bfloat16).eval()
+    grown = grow(teacher, hidden_size=64, intermediate_size=80)  # multiples of the norm width: no fill
+    teacher.save_pretrained(tmp_path / "t")
+    grown.save_pretrained(tmp_path / "g")
+    plain = verify_checkpoint(tmp_path / "t", tmp_path / "g")
+    assert plain.ok and plain.rounding_rel_err == 0.0, plain  # under eps/4: nothing measured
+    monkeypatch.setattr(V, "plan_rtol", lambda native, filled=False, dtype=torch.float64: plain.max_rel_err / 2)
+    measured = verify_checkpoint(tmp_path / "t", tmp_path / "g")
+    assert measured.rounding_rel_err > 0 and measured.rtol == max(plain.max_rel_err / 2, 2 * measured.rounding_rel_err)
+    assert measured.max_rel_err == plain.max_rel_err and measured.ok == (plain.max_rel_err <= measured.rtol), measured

@@ -6,6 +6,7 @@ import torch
 
 import n2n_fx
 from n2n_fx.models import ZOO
+from n2n_fx.testing import assert_untouched, fingerprint
 
 
 def _pair():
@@ -81,3 +82,36 @@ def test_float32_comparison_for_models_too_big_for_float64():
     with torch.no_grad():
         student.get_submodule("layer1.0.conv2").weight[0, 0, 0, 0] += 1.0
     assert not n2n_fx.verify(model, student, x, dtype=torch.float32).ok
+
+
+def _deep_bf16_llama():
+    import transformers
+
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=128, intermediate_size=256, num_attention_heads=4,
+                                   num_key_value_heads=2, num_hidden_layers=8)
+    return transformers.LlamaForCausalLM(cfg).to(torch.bfloat16).eval()
+
+
+def test_a_deep_bfloat16_student_is_judged_against_its_own_rounding():
+    """w / 3 stored in bfloat16 is rounded once per weight, and the roundings add up with depth: at 8
+    layers the plan error passes eps/4. The bound then follows the model (2x a typical rounding of
+    every weight, measured on the student's twin), so a right student passes and a wrong one does not."""
+    from n2n_fx.hf import grow
+
+    teacher = _deep_bf16_llama()
+    grown = grow(teacher, hidden_size=256, intermediate_size=512, num_attention_heads=8, num_key_value_heads=4)
+    report = grown.n2n_report
+    eps = torch.finfo(torch.bfloat16).eps
+    assert report.ok and report.max_rel_err > eps / 4, report  # eps/4 alone would refuse a right student
+    assert report.rounding_rel_err > 0 and report.rtol == 2 * report.rounding_rel_err < eps, report
+    ids = (torch.randint(0, 64, (2, 6)),)
+    before = (fingerprint(teacher), fingerprint(grown))
+    again = n2n_fx.verify(teacher, grown, ids)
+    assert again.rounding_rel_err == n2n_fx.verify(teacher, grown, ids).rounding_rel_err  # seeded
+    assert_untouched(teacher, before[0])  # the measure perturbs the student's private float64 twin
+    assert_untouched(grown, before[1])
+    with torch.no_grad():  # one block's MLP output doubled: a mistake, not a rounding
+        grown.model.layers[3].mlp.down_proj.weight.mul_(2)
+    wrong = n2n_fx.verify(teacher, grown, ids)
+    assert not wrong.ok and wrong.max_rel_err > wrong.rtol, wrong
