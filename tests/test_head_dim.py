@@ -144,6 +144,17 @@ def test_numbers_and_sums_of_rescaled_values_commute() -> None:
     assert n2n_fx.verify(teacher, n2n_fx.apply_plan(plan), _x(2), rtol=1e-12).ok
 
 
+def test_the_pass_grows_wider_heads_in_a_pass_manager() -> None:
+    from torch.fx.passes.infra.pass_manager import PassManager
+
+    torch.manual_seed(0)
+    teacher = Attn(fused=True).double().eval()
+    wider = n2n_fx.Net2WiderNet(factor=1.5, example_inputs=_x(2), heads="dim")
+    student = PassManager([wider])(torch.fx.symbolic_trace(teacher)).graph_module
+    assert any(p.name.endswith("head_dim") and p.new_width == 6 for p in wider.last_plan.spaces)
+    assert n2n_fx.verify(teacher, student, _x(2), rtol=1e-12).ok
+
+
 def test_heads_mode_is_checked_and_multihead_attention_keeps_whole_heads() -> None:
     with pytest.raises(n2n_fx.WidthError, match="heads must be one of"):
         n2n_fx.plan(Attn(), _x(1).float(), heads="width")
