@@ -421,7 +421,8 @@ def grow(teacher: torch.nn.Module, target: torch.nn.Module, example_inputs: Any,
     is read but its structure and shapes); it is not modified. Its parameter names must be the
     teacher's, plus blocks its stacks have in addition (see the module docstring for layer_map).
     Every space's width is read from the target's shapes; the plan is Net2WiderNet's with `seed`
-    and `symmetry`. New blocks copy a teacher block and zero the last op of each residual branch.
+    and `symmetry` (wider heads, heads='dim', where the target's head_dim differs and its heads do
+    not: q and k rows rescaled for the scale the target's own code computes with). New blocks copy a teacher block and zero the last op of each residual branch.
     Raises GrowError (a shape no plan reaches, a parameter without a counterpart, a post-norm new
     block), FrozenSpaceError / ConstraintError / WidthError from the plan (a frozen space the
     target grows, with its reason; a shrink), NotPreservedError when the check fails.
