@@ -451,7 +451,7 @@ def grow(teacher: torch.nn.Module, target: torch.nn.Module, example_inputs: Any,
     if untie:
         untie_parameters(gm)
     an = infer(gm, heads=heads)
-    qk = target_qk_scales(an, target, inputs, leaf_modules=leaf_modules, frontend=frontend, mode=mode)
+    qk = target_qk_scales(an, target, inputs, kept=True, leaf_modules=leaf_modules, frontend=frontend, mode=mode)
     plan = plan_target(an, {n: tuple(g_state[tn].shape) for n, tn in name_of.items()}, seed=seed, symmetry=symmetry,
                        qk_scales=qk)
     widened = any(p.new_width != p.width for p in plan.spaces)
@@ -644,27 +644,56 @@ def sdpa_scales(gm: torch.fx.GraphModule, table: RuleTable | None = None) -> lis
     return out
 
 
-def target_qk_scales(an: Analysis, target: torch.nn.Module, inputs: Any, **trace_kw: Any) -> dict[str, float | None]:
+def target_qk_scales(an: Analysis, target: torch.nn.Module, inputs: Any, *, kept: bool = False,
+                     **trace_kw: Any) -> dict[str, float | None]:
     """The scale each of the teacher's rescaled attentions computes with in the target's class (its
     code decides: HF's scaling = head_dim ** -0.5 is the target's own literal). One scale for all
-    of the target's attentions (the usual case) applies to all; otherwise they pair in order."""
-    if not an.qk:
+    of the target's attentions (the usual case) applies to all; otherwise they pair in order.
+    kept=True also refuses an attention whose head_dim is kept (whole heads, or frozen) and whose
+    scale the target changes (a literal or a multiplier of its own): no factor is planned for it."""
+    ours = sdpa_scales(an.gm)
+    if not an.qk and not (kept and ours):
         return {}
     theirs = sdpa_scales(trace(target, inputs, share_tensors=True, **trace_kw))
-    if any(v is not None and not isinstance(v, (int, float)) for _, v in theirs):
+    if an.qk and any(not _literal_scale(v) for _, v in theirs):
         raise GrowError("the target computes an attention scale in its graph", node=theirs[0][0], op="sdpa",
                         fix="wider heads need the target's scale as a literal or sdpa's default")
     values = {v for _, v in theirs}
     if len(values) == 1:
         (value,) = values
-        return {link.node: value for link in an.qk}
-    ours = [n for n, _ in sdpa_scales(an.gm)]
-    if len(ours) != len(theirs):
+        pairs = {n: value for n, _ in ours}
+    elif len(ours) == len(theirs):
+        pairs = dict(zip((n for n, _ in ours), (v for _, v in theirs)))
+    elif an.qk:
         raise GrowError(f"the target's {len(theirs)} attentions use {len(values)} scales and the teacher has "
                         f"{len(ours)}: their pairing is unknown", node=an.qk[0].node, op="sdpa",
                         fix="grow head_dim and the number of layers in two steps")
-    pairs = dict(zip(ours, (v for _, v in theirs)))
+    else:
+        pairs = {}  # unknown pairing: the verification judges
+    rescaled = {link.node for link in an.qk}
+    if kept:
+        for name, scale in ours:
+            if name in rescaled or name not in pairs or not (_literal_scale(scale) and _literal_scale(pairs[name])):
+                continue
+            d = _head_dim_of(an.gm, name)
+            mine, their = (1 / math.sqrt(d) if v is None else float(v) for v in (scale, pairs[name]))
+            if not math.isclose(mine, their, rel_tol=1e-12):
+                raise GrowError(f"{name} scales its scores by {mine:.6g} in the teacher and by {their:.6g} in the "
+                                "target, and its head_dim is kept: the target's scores would not be the teacher's",
+                                node=name, op="sdpa", fix="give the target the teacher's attention scale "
+                                "(its literal, multiplier or scale config field)")
     return {link.node: pairs[link.node] for link in an.qk}
+
+
+def _literal_scale(v: Any) -> bool:
+    """sdpa's scale as a literal the graph holds, or None (1/sqrt(head_dim) at run time)."""
+    return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
+
+
+def _head_dim_of(gm: torch.fx.GraphModule, name: str) -> int:
+    """The head_dim of an sdpa call: its query's last size (shape propagation's metadata)."""
+    node = next(n for n in gm.graph.nodes if n.name == name)
+    return int(node.args[0].meta["tensor_meta"].shape[-1])
 
 
 def _sid(t: torch.Tensor) -> int:

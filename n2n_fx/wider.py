@@ -178,7 +178,7 @@ class Net2WiderNet(PassBase):
     fingerprint: nodes, targets, parameter shapes; StalePlanError otherwise), or
     `Net2WiderNet(factor=..., example_inputs=...)` (or widths=...) planned from whatever graph it
     receives, so it composes with other passes in any PassManager order (`last_plan` is the plan it
-    made, e.g. for widen_optimizer).
+    made, e.g. for widen_optimizer; `heads` as n2n_fx.plan's: 'dim' grows head_dim).
 
     The pass never writes into the graph module it is given: `torch.fx.symbolic_trace(model)` shares
     the model's submodules, so the student is a copy of the module tree whose every tensor is its
@@ -188,9 +188,9 @@ class Net2WiderNet(PassBase):
     def __init__(self, plan: Plan | None = None, *, factor: float | None = None,
                  widths: dict[str, int] | None = None, example_inputs: Any = None, seed: int = 0,
                  symmetry: str = "none", replication: str = "random", norm_fill: bool = False,
-                 mode: str = "eval") -> None:
+                 mode: str = "eval", heads: str = "count") -> None:
         super().__init__()
-        if plan is not None and (factor is not None or widths or example_inputs is not None):
+        if plan is not None and (factor is not None or widths or example_inputs is not None or heads != "count"):
             raise WidthError("Net2WiderNet takes a plan, or factor/widths with example_inputs, not both",
                              op="Net2WiderNet", fix="drop the plan to plan from the graph the pass receives")
         if plan is None and example_inputs is None:
@@ -201,13 +201,13 @@ class Net2WiderNet(PassBase):
         self.plan, self.last_plan = plan, plan
         self._options = dict(factor=factor, widths=widths, seed=seed, symmetry=symmetry, replication=replication,
                              norm_fill=norm_fill)
-        self._inputs, self._mode = example_inputs, mode
+        self._inputs, self._mode, self._heads = example_inputs, mode, heads
 
     @typed("Net2WiderNet")
     def call(self, graph_module: torch.fx.GraphModule) -> PassResult:
         if self.plan is None:
             traced = trace(graph_module, self._inputs, share_tensors=True, mode=self._mode)
-            plan = Plan(infer(traced), **self._options)
+            plan = Plan(infer(traced, heads=self._heads), **self._options)
             gm = plan.analysis.gm  # a private copy of the module tree, sharing the input's tensors
         else:
             plan = self.plan
