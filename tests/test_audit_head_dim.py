@@ -58,6 +58,11 @@ class Attn(nn.Module):
             extra = self.o(k.transpose(1, 2).reshape(b, n, -1)).mean()
         elif self.variant == "bias_buffer":  # a parameter added over head_dim takes the factor too
             k = k + self.q.bias[: self.d]
+        elif self.variant == "shape":  # reading q's sizes reads no value of it
+            batch, heads, length, dim = q.shape
+            q = q.reshape(batch, heads, length, dim)
+        elif self.variant == "size_factor":  # ... but a size used as a factor is a computed value
+            q = q * q.size(-1) ** -0.5
         a = F.scaled_dot_product_attention(q, k, v)
         return self.head(h + self.o(a.transpose(1, 2).reshape(b, n, -1))) + extra
 
@@ -93,7 +98,7 @@ def test_a_cast_to_an_integer_dtype_freezes_head_dim() -> None:
         assert _rel(teacher, student, _x(batch)) < 1e-12
 
 
-@pytest.mark.parametrize("variant", ["k_linear", "bias_buffer"])
+@pytest.mark.parametrize("variant", ["k_linear", "bias_buffer", "shape"])
 def test_other_linear_uses_of_the_rescaled_rows_stay_exact(variant: str) -> None:
     torch.manual_seed(0)
     teacher = Attn(variant).double().eval()
@@ -102,6 +107,14 @@ def test_other_linear_uses_of_the_rescaled_rows_stay_exact(variant: str) -> None
     student = n2n_fx.apply_plan(plan)
     for batch in (1, 3):
         assert _rel(teacher, student, _x(batch)) < 1e-12
+
+
+def test_a_size_used_as_a_factor_freezes_head_dim() -> None:
+    torch.manual_seed(0)
+    teacher = Attn("size_factor").double().eval()
+    plan = n2n_fx.plan(teacher, _x(2), factor=2.0, heads="dim")
+    assert all(new == old and f for n, (old, new, f) in _head_dims(plan).items() if n.startswith("q.")), _head_dims(plan)
+    assert _rel(teacher, n2n_fx.apply_plan(plan), _x(3)) < 1e-12
 
 
 @pytest.mark.parametrize("embed,heads", [(2, 2), (8, 1), (1, 1)])

@@ -202,6 +202,8 @@ def _qk_breaks(ctx: Context, name: str, ev: Any, acts: list[Val], mine: list[Val
     kind, how = ev.spec.kind, ev.spec.options.get("tie_head")
     if kind == "sdpa":
         return None if any(q.node == name for q in ctx.qk) else "another attention reads it"
+    if kind == "shape_query":  # x.shape, x.size(-1): sizes, not values (a size used as a factor breaks later)
+        return None
     if kind in _MOVES or how == "pass":
         return None if not mine else "a parameter is moved as a value"
     if kind in _LINEAR:  # a producer (rows on the space) or a consumer (columns on it), not both
