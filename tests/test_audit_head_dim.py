@@ -230,3 +230,32 @@ def test_default_mode_reshapes_widen_exactly() -> None:
     student = n2n_fx.apply_plan(plan)
     for batch in (1, 3):
         assert _rel(teacher, student, _x(batch, 3, 5, 5)) < 1e-12
+
+
+class DeepViews(Attn):
+    """q, k, v reach sdpa past more views than the head-split search looks through: the view rule
+    then cuts their projections into blocks, and sdpa met a spaced head_dim in the default mode."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.emb(x)
+        b, n, _ = h.shape
+        q, k, v = (p(h).view(b, n, self.h, self.d) for p in (self.q, self.k, self.v))
+        for _ in range(14):
+            q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+        a = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        return self.head(h + self.o(a.transpose(1, 2).reshape(b, n, -1)))
+
+
+def test_the_default_mode_keeps_head_dim_where_it_misses_the_head_split() -> None:
+    """heads='count' grew head_dim (with rescaled q, k rows) there, against its contract and the
+    optimizer hand-over's; now that head_dim stays fixed, as before wider heads, and 'dim' grows it."""
+    torch.manual_seed(0)
+    teacher = DeepViews().double().eval()
+    plan = n2n_fx.plan(teacher, _x(2), factor=2.0)
+    assert not plan.analysis.qk and not any(p.name.endswith("head_dim") for p in plan.spaces), plan
+    assert any("heads='count' keeps head_dim" in (p.frozen or "") for p in plan.spaces), plan
+    assert _rel(teacher, n2n_fx.apply_plan(plan), _x(3)) < 1e-12
+    wider = n2n_fx.plan(teacher, _x(2), factor=2.0, heads="dim")
+    assert any(new > old for old, new, _ in _head_dims(wider).values()), _head_dims(wider)
+    for batch in (1, 3):
+        assert _rel(teacher, n2n_fx.apply_plan(wider), _x(batch)) < 1e-12
