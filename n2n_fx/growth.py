@@ -451,9 +451,13 @@ def grow(teacher: torch.nn.Module, target: torch.nn.Module, example_inputs: Any,
     if untie:
         untie_parameters(gm)
     an = infer(gm, heads=heads)
-    qk = target_qk_scales(an, target, inputs, kept=True, leaf_modules=leaf_modules, frontend=frontend, mode=mode)
+    target_gm = trace(target, inputs, share_tensors=True, leaf_modules=leaf_modules, frontend=frontend,
+                      mode=mode) if sdpa_scales(an.gm) else None
+    qk = target_qk_scales(an, target, inputs, kept=True, target_gm=target_gm)
     plan = plan_target(an, {n: tuple(g_state[tn].shape) for n, tn in name_of.items()}, seed=seed, symmetry=symmetry,
                        qk_scales=qk)
+    if target_gm is not None:
+        _check_attention_shapes(plan, target_gm)
     widened = any(p.new_width != p.width for p in plan.spaces)
     student = Net2WiderNet(plan)(an.gm).graph_module if widened else an.gm
     own_tensors(student, teacher)
@@ -645,16 +649,17 @@ def sdpa_scales(gm: torch.fx.GraphModule, table: RuleTable | None = None) -> lis
 
 
 def target_qk_scales(an: Analysis, target: torch.nn.Module, inputs: Any, *, kept: bool = False,
-                     **trace_kw: Any) -> dict[str, float | None]:
+                     target_gm: torch.fx.GraphModule | None = None, **trace_kw: Any) -> dict[str, float | None]:
     """The scale each of the teacher's rescaled attentions computes with in the target's class (its
     code decides: HF's scaling = head_dim ** -0.5 is the target's own literal). One scale for all
     of the target's attentions (the usual case) applies to all; otherwise they pair in order.
     kept=True also refuses an attention whose head_dim is kept (whole heads, or frozen) and whose
-    scale the target changes (a literal or a multiplier of its own): no factor is planned for it."""
+    scale the target changes (a literal or a multiplier of its own): no factor is planned for it.
+    target_gm: the target's trace, where the caller has one."""
     ours = sdpa_scales(an.gm)
     if not an.qk and not (kept and ours):
         return {}
-    theirs = sdpa_scales(trace(target, inputs, share_tensors=True, **trace_kw))
+    theirs = sdpa_scales(target_gm if target_gm is not None else trace(target, inputs, share_tensors=True, **trace_kw))
     if an.qk and any(not _literal_scale(v) for _, v in theirs):
         raise GrowError("the target computes an attention scale in its graph", node=theirs[0][0], op="sdpa",
                         fix="wider heads need the target's scale as a literal or sdpa's default")
@@ -683,6 +688,34 @@ def target_qk_scales(an: Analysis, target: torch.nn.Module, inputs: Any, *, kept
                                 node=name, op="sdpa", fix="give the target the teacher's attention scale "
                                 "(its literal, multiplier or scale config field)")
     return {link.node: pairs[link.node] for link in an.qk}
+
+
+def _check_attention_shapes(plan: Plan, target_gm: torch.fx.GraphModule) -> None:
+    """The query shape (heads, head_dim) each of the student's sdpa calls will see must be the target's: a
+    target class that splits its projections otherwise (a head count attribute of a name
+    head_growth does not read, no head_dim attribute at all) would read the grown rows as other
+    heads. The calls pair as the scales do: one shape for all of the target's, or in order."""
+    ours = [n for n, _ in sdpa_scales(plan.analysis.gm)]
+    theirs = [_qk_shape(target_gm, n) for n, _ in sdpa_scales(target_gm)]
+    if len(set(theirs)) == 1:
+        pairs = dict.fromkeys(ours, theirs[0])
+    elif len(ours) == len(theirs):
+        pairs = dict(zip(ours, theirs))
+    else:
+        return  # the pairing is unknown: the verification judges
+    for name in ours:
+        q = plan.analysis.vals[next(n for n in plan.analysis.gm.graph.nodes if n.name == name).args[0].name]
+        mine = tuple(plan.new_width(layout) for layout in q.layouts)
+        if mine != pairs[name]:
+            raise GrowError(f"{name}: the grown query is {mine} (..., heads, positions, head_dim) and the target's "
+                            f"class makes it {pairs[name]}: it would read the grown rows as other heads", node=name, op="sdpa",
+                            fix="give the attention modules head_dim and num_heads attributes (so that grow sees "
+                            "which one grows), and grow either the heads or head_dim")
+
+
+def _qk_shape(gm: torch.fx.GraphModule, name: str) -> tuple[int, ...]:
+    """The shape of an sdpa call's query (shape propagation's metadata)."""
+    return tuple(int(d) for d in next(n for n in gm.graph.nodes if n.name == name).args[0].meta["tensor_meta"].shape)
 
 
 def _literal_scale(v: Any) -> bool:

@@ -262,3 +262,52 @@ def test_the_default_mode_keeps_head_dim_where_it_misses_the_head_split() -> Non
     assert any(new > old for old, new, _ in _head_dims(wider).values()), _head_dims(wider)
     for batch in (1, 3):
         assert _rel(teacher, n2n_fx.apply_plan(wider), _x(batch)) < 1e-12
+
+
+class OddBlock(Block):
+    """Its head count under a name head_growth does not read (`nh`), head_dim optional."""
+
+    def __init__(self, embed: int, heads: int, head_dim_attr: bool) -> None:
+        super().__init__(embed, heads, None)
+        self.nh, self.hd = heads, embed // heads
+        del self.num_heads
+        if not head_dim_attr:
+            del self.head_dim
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        b, n, _ = h.shape
+        q, k, v = self.qkv(h).view(b, n, 3, self.nh, self.hd).permute(2, 0, 3, 1, 4).unbind(0)
+        a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return h + self.o(a.transpose(1, 2).reshape(b, n, -1))
+
+
+class OddNet(Net):
+    def __init__(self, embed: int = 8, heads: int = 2, head_dim_attr: bool = True) -> None:
+        super().__init__(embed, heads)
+        self.blocks = nn.ModuleList([OddBlock(embed, heads, head_dim_attr)])
+
+
+@pytest.mark.parametrize("head_dim_attr,embed,heads", [(True, 24, 3), (False, 24, 3), (False, 16, 2)])
+@pytest.mark.parametrize("check", [True, False])
+def test_grow_refuses_a_target_that_splits_its_heads_otherwise(head_dim_attr: bool, embed: int, heads: int,
+                                                               check: bool) -> None:
+    """The plan reads the growth kind from head_dim / num_heads attributes; a target whose class
+    names them otherwise read the grown rows as other heads, silently with check=False (rel err
+    ~1e-2). The student's query shape at every sdpa is now the target's, or a GrowError names it."""
+    torch.manual_seed(0)
+    teacher = OddNet(head_dim_attr=head_dim_attr).double().eval()
+    with torch.device("meta"):
+        target = OddNet(embed, heads, head_dim_attr).double()
+    with pytest.raises(GrowError, match="the grown query is"):
+        n2n_fx.grow(teacher, target, _x(2), check=check)
+
+
+@pytest.mark.parametrize("head_dim_attr,embed,heads", [(True, 16, 2), (True, 16, 4), (False, 16, 4)])
+def test_grow_into_odd_names_where_the_shapes_agree(head_dim_attr: bool, embed: int, heads: int) -> None:
+    torch.manual_seed(0)
+    teacher = OddNet(head_dim_attr=head_dim_attr).double().eval()
+    with torch.device("meta"):
+        target = OddNet(embed, heads, head_dim_attr).double()
+    student = n2n_fx.grow(teacher, target, _x(2), check=False)
+    for batch in (1, 3):
+        assert _rel(teacher, student, _x(batch)) < 1e-12
