@@ -680,7 +680,7 @@ def target_qk_scales(an: Analysis, target: torch.nn.Module, inputs: Any, *, kept
         for name, scale in ours:
             if name in rescaled or name not in pairs or not (_literal_scale(scale) and _literal_scale(pairs[name])):
                 continue
-            d = _head_dim_of(an.gm, name)
+            d = _qk_shape(an.gm, name)[-1]
             mine, their = (1 / math.sqrt(d) if v is None else float(v) for v in (scale, pairs[name]))
             if not math.isclose(mine, their, rel_tol=1e-12):
                 raise GrowError(f"{name} scales its scores by {mine:.6g} in the teacher and by {their:.6g} in the "
@@ -704,7 +704,7 @@ def _check_attention_shapes(plan: Plan, target_gm: torch.fx.GraphModule) -> None
     else:
         return  # the pairing is unknown: the verification judges
     for name in ours:
-        q = plan.analysis.vals[next(n for n in plan.analysis.gm.graph.nodes if n.name == name).args[0].name]
+        q = plan.analysis.vals[_sdpa_query(plan.analysis.gm, name).name]
         mine = tuple(plan.new_width(layout) for layout in q.layouts)
         if mine != pairs[name]:
             raise GrowError(f"{name}: the grown query is {mine} (..., heads, positions, head_dim) and the target's "
@@ -715,18 +715,18 @@ def _check_attention_shapes(plan: Plan, target_gm: torch.fx.GraphModule) -> None
 
 def _qk_shape(gm: torch.fx.GraphModule, name: str) -> tuple[int, ...]:
     """The shape of an sdpa call's query (shape propagation's metadata)."""
-    return tuple(int(d) for d in next(n for n in gm.graph.nodes if n.name == name).args[0].meta["tensor_meta"].shape)
+    return tuple(int(d) for d in _sdpa_query(gm, name).meta["tensor_meta"].shape)
+
+
+def _sdpa_query(gm: torch.fx.GraphModule, name: str) -> torch.fx.Node:
+    """The query operand of an sdpa call, passed by position or by name."""
+    node = next(n for n in gm.graph.nodes if n.name == name)
+    return node.args[0] if node.args else node.kwargs["query"]
 
 
 def _literal_scale(v: Any) -> bool:
     """sdpa's scale as a literal the graph holds, or None (1/sqrt(head_dim) at run time)."""
     return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
-
-
-def _head_dim_of(gm: torch.fx.GraphModule, name: str) -> int:
-    """The head_dim of an sdpa call: its query's last size (shape propagation's metadata)."""
-    node = next(n for n in gm.graph.nodes if n.name == name)
-    return int(node.args[0].meta["tensor_meta"].shape[-1])
 
 
 def _sid(t: torch.Tensor) -> int:

@@ -311,3 +311,24 @@ def test_grow_into_odd_names_where_the_shapes_agree(head_dim_attr: bool, embed: 
     student = n2n_fx.grow(teacher, target, _x(2), check=False)
     for batch in (1, 3):
         assert _rel(teacher, student, _x(batch)) < 1e-12
+
+
+class KeywordBlock(Block):
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        b, n, _ = h.shape
+        q, k, v = self.qkv(h).view(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        a = F.scaled_dot_product_attention(query=q, key=k, value=v, is_causal=True, scale=self.scale)
+        return h + self.o(a.transpose(1, 2).reshape(b, n, -1))
+
+
+@pytest.mark.parametrize("embed,heads", [(16, 2), (16, 4)])
+def test_grow_reads_a_query_passed_by_name(embed: int, heads: int) -> None:
+    torch.manual_seed(0)
+    teacher = Net(scale=0.3).double().eval()
+    teacher.blocks = nn.ModuleList([KeywordBlock(8, 2, 0.3).double()])
+    with torch.device("meta"):
+        target = Net(embed, heads, scale=0.3).double()
+        target.blocks = nn.ModuleList([KeywordBlock(embed, heads, 0.3).double()])
+    student = n2n_fx.grow(teacher.eval(), target, _x(2), check=False)
+    for batch in (1, 3):
+        assert _rel(teacher, student, _x(batch)) < 1e-12
