@@ -25,7 +25,7 @@ import torch
 import torch.fx
 
 from . import spaces as S
-from .errors import FrozenSpaceError, HookError, N2NError, NotPreservedError
+from .errors import FrozenSpaceError, HookError, N2NError, NotPreservedError, TraceFailure
 from .frontend import as_inputs, own_tensors, trace
 from .inference import Analysis, HeadGrowth, infer
 from .planning import Plan
@@ -451,8 +451,8 @@ def grow(teacher: torch.nn.Module, target: torch.nn.Module, example_inputs: Any,
     if untie:
         untie_parameters(gm)
     an = infer(gm, heads=heads)
-    target_gm = trace(target, inputs, share_tensors=True, leaf_modules=leaf_modules, frontend=frontend,
-                      mode=mode) if sdpa_scales(an.gm) else None
+    target_gm = trace_target(target, inputs, leaf_modules=leaf_modules, frontend=frontend,
+                             mode=mode) if sdpa_scales(an.gm) else None
     qk = target_qk_scales(an, target, inputs, kept=True, target_gm=target_gm)
     plan = plan_target(an, {n: tuple(g_state[tn].shape) for n, tn in name_of.items()}, seed=seed, symmetry=symmetry,
                        qk_scales=qk)
@@ -659,7 +659,7 @@ def target_qk_scales(an: Analysis, target: torch.nn.Module, inputs: Any, *, kept
     ours = sdpa_scales(an.gm)
     if not an.qk and not (kept and ours):
         return {}
-    theirs = sdpa_scales(target_gm if target_gm is not None else trace(target, inputs, share_tensors=True, **trace_kw))
+    theirs = sdpa_scales(target_gm if target_gm is not None else trace_target(target, inputs, **trace_kw))
     if an.qk and any(not _literal_scale(v) for _, v in theirs):
         raise GrowError("the target computes an attention scale in its graph", node=theirs[0][0], op="sdpa",
                         fix="wider heads need the target's scale as a literal or sdpa's default")
@@ -688,6 +688,18 @@ def target_qk_scales(an: Analysis, target: torch.nn.Module, inputs: Any, *, kept
                                 node=name, op="sdpa", fix="give the target the teacher's attention scale "
                                 "(its literal, multiplier or scale config field)")
     return {link.node: pairs[link.node] for link in an.qk}
+
+
+def trace_target(target: torch.nn.Module, inputs: Any, **trace_kw: Any) -> torch.fx.GraphModule:
+    """The target's graph with shapes (for its attention scales and query shapes). A target on the
+    meta device that torch.export cannot run on the example's device is traced on meta inputs."""
+    try:
+        return trace(target, inputs, share_tensors=True, **trace_kw)
+    except TraceFailure:
+        if not any(t.is_meta for t in target.state_dict().values()):
+            raise
+        to_meta = lambda v: v.to("meta") if isinstance(v, torch.Tensor) else v  # noqa: E731
+        return trace(target, torch.utils._pytree.tree_map(to_meta, as_inputs(inputs)), share_tensors=True, **trace_kw)
 
 
 def _check_attention_shapes(plan: Plan, target_gm: torch.fx.GraphModule) -> None:

@@ -332,3 +332,17 @@ def test_grow_reads_a_query_passed_by_name(embed: int, heads: int) -> None:
     student = n2n_fx.grow(teacher.eval(), target, _x(2), check=False)
     for batch in (1, 3):
         assert _rel(teacher, student, _x(batch)) < 1e-12
+
+
+@pytest.mark.parametrize("heads", [4, 2])  # whole heads, wider heads
+def test_grow_through_torch_export_into_a_meta_target(heads: int) -> None:
+    """grow traces the target for its attention scales; torch.export ran a meta target on the
+    example's device and failed (TraceFailure) under wider heads: now it traces on meta inputs."""
+    torch.manual_seed(0)
+    teacher = Net(layers=2).double().eval()
+    with torch.device("meta"):
+        target = Net(embed=16, heads=heads, layers=3).double()
+    student = n2n_fx.grow(teacher, target, _x(2), frontend="export", dynamic_shapes="auto")
+    assert (student.blocks[0].num_heads, student.blocks[0].head_dim) == (heads, 16 // heads)
+    for batch in (1, 3):
+        assert _rel(teacher, student, _x(batch)) < 1e-12
