@@ -25,7 +25,7 @@ import torch
 import torch.fx
 
 from . import spaces as S
-from .errors import FrozenSpaceError, HookError, N2NError, NotPreservedError
+from .errors import FrozenSpaceError, HookError, N2NError, NotPreservedError, TraceFailure
 from .frontend import as_inputs, own_tensors, trace
 from .inference import Analysis, HeadGrowth, infer
 from .planning import Plan
@@ -452,9 +452,13 @@ def grow(teacher: torch.nn.Module, target: torch.nn.Module, example_inputs: Any,
     if untie:
         untie_parameters(gm)
     an = infer(gm, heads=heads)
-    qk = target_qk_scales(an, target, inputs, leaf_modules=leaf_modules, frontend=frontend, mode=mode)
+    target_gm = trace_target(target, inputs, leaf_modules=leaf_modules, frontend=frontend,
+                             mode=mode) if sdpa_scales(an.gm) else None
+    qk = target_qk_scales(an, target, inputs, kept=True, target_gm=target_gm)
     plan = plan_target(an, {n: tuple(g_state[tn].shape) for n, tn in name_of.items()}, seed=seed, symmetry=symmetry,
                        qk_scales=qk)
+    if target_gm is not None:
+        _check_attention_shapes(plan, target_gm)
     widened = any(p.new_width != p.width for p in plan.spaces)
     student = Net2WiderNet(plan)(an.gm).graph_module if widened else an.gm
     own_tensors(student, teacher)
@@ -645,27 +649,97 @@ def sdpa_scales(gm: torch.fx.GraphModule, table: RuleTable | None = None) -> lis
     return out
 
 
-def target_qk_scales(an: Analysis, target: torch.nn.Module, inputs: Any, **trace_kw: Any) -> dict[str, float | None]:
+def target_qk_scales(an: Analysis, target: torch.nn.Module, inputs: Any, *, kept: bool = False,
+                     target_gm: torch.fx.GraphModule | None = None, **trace_kw: Any) -> dict[str, float | None]:
     """The scale each of the teacher's rescaled attentions computes with in the target's class (its
     code decides: HF's scaling = head_dim ** -0.5 is the target's own literal). One scale for all
-    of the target's attentions (the usual case) applies to all; otherwise they pair in order."""
-    if not an.qk:
+    of the target's attentions (the usual case) applies to all; otherwise they pair in order.
+    kept=True also refuses an attention whose head_dim is kept (whole heads, or frozen) and whose
+    scale the target changes (a literal or a multiplier of its own): no factor is planned for it.
+    target_gm: the target's trace, where the caller has one."""
+    ours = sdpa_scales(an.gm)
+    if not an.qk and not (kept and ours):
         return {}
-    theirs = sdpa_scales(trace(target, inputs, share_tensors=True, **trace_kw))
-    if any(v is not None and not isinstance(v, (int, float)) for _, v in theirs):
+    theirs = sdpa_scales(target_gm if target_gm is not None else trace_target(target, inputs, **trace_kw))
+    if an.qk and any(not _literal_scale(v) for _, v in theirs):
         raise GrowError("the target computes an attention scale in its graph", node=theirs[0][0], op="sdpa",
                         fix="wider heads need the target's scale as a literal or sdpa's default")
     values = {v for _, v in theirs}
     if len(values) == 1:
         (value,) = values
-        return {link.node: value for link in an.qk}
-    ours = [n for n, _ in sdpa_scales(an.gm)]
-    if len(ours) != len(theirs):
+        pairs = {n: value for n, _ in ours}
+    elif len(ours) == len(theirs):
+        pairs = dict(zip((n for n, _ in ours), (v for _, v in theirs)))
+    elif an.qk:
         raise GrowError(f"the target's {len(theirs)} attentions use {len(values)} scales and the teacher has "
                         f"{len(ours)}: their pairing is unknown", node=an.qk[0].node, op="sdpa",
                         fix="grow head_dim and the number of layers in two steps")
-    pairs = dict(zip(ours, (v for _, v in theirs)))
+    else:
+        pairs = {}  # unknown pairing: the verification judges
+    rescaled = {link.node for link in an.qk}
+    if kept:
+        for name, scale in ours:
+            if name in rescaled or name not in pairs or not (_literal_scale(scale) and _literal_scale(pairs[name])):
+                continue
+            d = _qk_shape(an.gm, name)[-1]
+            mine, their = (1 / math.sqrt(d) if v is None else float(v) for v in (scale, pairs[name]))
+            if not math.isclose(mine, their, rel_tol=1e-12):
+                raise GrowError(f"{name} scales its scores by {mine:.6g} in the teacher and by {their:.6g} in the "
+                                "target, and its head_dim is kept: the target's scores would not be the teacher's",
+                                node=name, op="sdpa", fix="give the target the teacher's attention scale "
+                                "(its literal, multiplier or scale config field)")
     return {link.node: pairs[link.node] for link in an.qk}
+
+
+def trace_target(target: torch.nn.Module, inputs: Any, **trace_kw: Any) -> torch.fx.GraphModule:
+    """The target's graph with shapes (for its attention scales and query shapes). A target on the
+    meta device that torch.export cannot run on the example's device is traced on meta inputs."""
+    try:
+        return trace(target, inputs, share_tensors=True, **trace_kw)
+    except TraceFailure:
+        if not any(t.is_meta for t in target.state_dict().values()):
+            raise
+        to_meta = lambda v: v.to("meta") if isinstance(v, torch.Tensor) else v  # noqa: E731
+        return trace(target, torch.utils._pytree.tree_map(to_meta, as_inputs(inputs)), share_tensors=True, **trace_kw)
+
+
+def _check_attention_shapes(plan: Plan, target_gm: torch.fx.GraphModule) -> None:
+    """The query shape (heads, head_dim) each of the student's sdpa calls will see must be the target's: a
+    target class that splits its projections otherwise (a head count attribute of a name
+    head_growth does not read, no head_dim attribute at all) would read the grown rows as other
+    heads. The calls pair as the scales do: one shape for all of the target's, or in order."""
+    ours = [n for n, _ in sdpa_scales(plan.analysis.gm)]
+    theirs = [_qk_shape(target_gm, n) for n, _ in sdpa_scales(target_gm)]
+    if len(set(theirs)) == 1:
+        pairs = dict.fromkeys(ours, theirs[0])
+    elif len(ours) == len(theirs):
+        pairs = dict(zip(ours, theirs))
+    else:
+        return  # the pairing is unknown: the verification judges
+    for name in ours:
+        q = plan.analysis.vals[_sdpa_query(plan.analysis.gm, name).name]
+        mine = tuple(plan.new_width(layout) for layout in q.layouts)
+        if mine != pairs[name]:
+            raise GrowError(f"{name}: the grown query is {mine} (..., heads, positions, head_dim) and the target's "
+                            f"class makes it {pairs[name]}: it would read the grown rows as other heads", node=name, op="sdpa",
+                            fix="give the attention modules head_dim and num_heads attributes (so that grow sees "
+                            "which one grows), and grow either the heads or head_dim")
+
+
+def _qk_shape(gm: torch.fx.GraphModule, name: str) -> tuple[int, ...]:
+    """The shape of an sdpa call's query (shape propagation's metadata)."""
+    return tuple(int(d) for d in _sdpa_query(gm, name).meta["tensor_meta"].shape)
+
+
+def _sdpa_query(gm: torch.fx.GraphModule, name: str) -> torch.fx.Node:
+    """The query operand of an sdpa call, passed by position or by name."""
+    node = next(n for n in gm.graph.nodes if n.name == name)
+    return node.args[0] if node.args else node.kwargs["query"]
+
+
+def _literal_scale(v: Any) -> bool:
+    """sdpa's scale as a literal the graph holds, or None (1/sqrt(head_dim) at run time)."""
+    return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
 
 
 def _sid(t: torch.Tensor) -> int:

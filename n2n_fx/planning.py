@@ -433,6 +433,12 @@ class Plan:
             num = (link.scale ** 2 if link.scale is not None else 1.0) * (new if theirs is None else 1)
             den = (theirs ** 2 if theirs is not None else 1.0) * (old if link.scale is None else 1)
             ratio_sq = num / den
+            frozen = next((r for a in S.atoms_of(link.layout) for r in S.find(a).frozen), None)
+            if frozen is not None and ratio_sq != 1.0:  # the check did not clear these rows for a factor
+                raise ConstraintError(f"{link.node} computes with another scale on the student ({theirs}, the teacher's "
+                                      f"{link.scale}) and its head_dim is frozen ({frozen}): no factor on its q and k "
+                                      "rows is known to keep the scores", node=link.node, op="sdpa",
+                                      fix="keep this attention's scale in the target, or remove what freezes its head_dim")
             for root in roots:
                 if ratios.setdefault(root, ratio_sq) != ratio_sq:
                     raise ConstraintError(f"head_dim space of {link.node} is contracted by attentions with different "

@@ -178,7 +178,7 @@ class Net2WiderNet(PassBase):
     fingerprint: nodes, targets, parameter shapes; StalePlanError otherwise), or
     `Net2WiderNet(factor=..., example_inputs=...)` (or widths=...) planned from whatever graph it
     receives, so it composes with other passes in any PassManager order (`last_plan` is the plan it
-    made, e.g. for widen_optimizer); `heads` as plan's ("dim": wider heads).
+    made, e.g. for widen_optimizer; `heads` as n2n_fx.plan's: 'dim' grows head_dim).
 
     The pass never writes into the graph module it is given: `torch.fx.symbolic_trace(model)` shares
     the model's submodules, so the student is a copy of the module tree whose every tensor is its
@@ -190,7 +190,7 @@ class Net2WiderNet(PassBase):
                  symmetry: str = "none", replication: str = "random", norm_fill: bool = False,
                  mode: str = "eval", heads: str = "count") -> None:
         super().__init__()
-        if plan is not None and (factor is not None or widths or example_inputs is not None):
+        if plan is not None and (factor is not None or widths or example_inputs is not None or heads != "count"):
             raise WidthError("Net2WiderNet takes a plan, or factor/widths with example_inputs, not both",
                              op="Net2WiderNet", fix="drop the plan to plan from the graph the pass receives")
         if plan is None and example_inputs is None:

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 import torch.fx
+from torch.fx.passes.shape_prop import TensorMetadata
 
 from .. import spaces as S
 from ..spaces import Code, Reason, Seg
@@ -144,7 +145,13 @@ def check_qk(ctx: Context) -> None:
     embeddings, q/k norms, activations) freezes the space with the op that breaks it."""
     for link in ctx.qk:
         space = {S.find(a) for a in S.atoms_of(link.layout)}
-        if not space or any(a.frozen for a in space):
+        frozen = [a for a in space if a.frozen]
+        if frozen:  # a piece frozen (a reduce over half of head_dim, ...): its values meet the others'
+            # in every score, so no piece may widen or take a factor the check has not cleared
+            why = Reason(Code.CONSTRAINT, link.node, "sdpa", "wider heads rescale every q and k row of a head_dim, "
+                         f"and part of this one is frozen ({frozen[0].frozen[0]})")
+            for a in space - set(frozen):
+                S.freeze(a, why)
             continue
         found = _qk_params(ctx, link, space)
         if not isinstance(found, Reason):
@@ -163,12 +170,13 @@ def _qk_params(ctx: Context, link: Any, space: set) -> tuple[ParamAxis, ...] | R
         return isinstance(v, Val) and any(S.find(a) in space for lay in v.layouts for a in S.atoms_of(lay))
 
     params: set[ParamAxis] = set()
+    nodes = {n.name: n for n in ctx.gm.graph.nodes}
     for name, ev in ctx.events.items():
         operands = [v for v in _walk(ev.bound) if isinstance(v, Val)]
         if not any(on(v) for v in operands + [v for v in _walk(ev.out) if isinstance(v, Val)]):
             continue
         mine = [v for v in operands if v.param_axes and on(v)]
-        why = _qk_breaks(ctx, name, ev, [v for v in operands if not v.param_axes], mine, on)
+        why = _not_float(nodes.get(name)) or _qk_breaks(ctx, name, ev, [v for v in operands if not v.param_axes], mine, on)
         if why is not None:
             return no(name, why)
         params |= {key for v in mine for key, lay in zip(v.param_axes, v.layouts)
@@ -178,11 +186,24 @@ def _qk_params(ctx: Context, link: Any, space: set) -> tuple[ParamAxis, ...] | R
     return tuple(sorted(params))
 
 
+def _not_float(node: torch.fx.Node | None) -> str | None:
+    """A call whose result is not floating point (a cast to int or bool, a comparison) rounds or
+    tests each element: it does not commute with a per-row factor."""
+    metas = node.meta.get("tensor_meta") if node is not None else None
+    for meta in [metas] if isinstance(metas, TensorMetadata) else metas if isinstance(metas, (list, tuple)) else []:
+        dtype = getattr(meta, "dtype", None)
+        if isinstance(dtype, torch.dtype) and not dtype.is_floating_point:
+            return f"its result is {dtype}, not floating point (a cast does not commute with a per-row factor)"
+    return None
+
+
 def _qk_breaks(ctx: Context, name: str, ev: Any, acts: list[Val], mine: list[Val], on: Any) -> str | None:
     """Why one call on a rescaled head_dim space breaks the rescaling (None: it does not)."""
     kind, how = ev.spec.kind, ev.spec.options.get("tie_head")
     if kind == "sdpa":
         return None if any(q.node == name for q in ctx.qk) else "another attention reads it"
+    if kind == "shape_query":  # x.shape, x.size(-1): sizes, not values (a size used as a factor breaks later)
+        return None
     if kind in _MOVES or how == "pass":
         return None if not mine else "a parameter is moved as a value"
     if kind in _LINEAR:  # a producer (rows on the space) or a consumer (columns on it), not both

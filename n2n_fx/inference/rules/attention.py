@@ -96,7 +96,12 @@ def sdpa(ctx: Context, spec: OpSpec, a: dict[str, Any]) -> Any:
         if S.is_spaced(t.layouts[-2]):
             ctx.freeze_all(Val((1,), (t.layouts[-2],)), ctx.reason(Code.CONSTRAINT, "sdpa: positions must stay fixed"))
     scale = a.get("scale")
-    if S.is_spaced(q.layouts[-1]) or S.is_spaced(k.layouts[-1]):  # wider heads (HeadGrowth.DIM)
+    if ctx.heads == HeadGrowth.COUNT:  # whole heads: a head_dim space (a head split the view rule did not
+        for t in (q, k, v):            # see, e.g. past a long chain of views) stays as it was, fixed
+            if S.is_spaced(t.layouts[-1]):
+                ctx.freeze_all(Val((1,), (t.layouts[-1],)), ctx.reason(
+                    Code.CONSTRAINT, "sdpa: heads='count' keeps head_dim (heads='dim' grows it)"))
+    elif S.is_spaced(q.layouts[-1]) or S.is_spaced(k.layouts[-1]):  # wider heads
         # q and k rows of one unit meet in every score: one space, its rows rescaled (QKLink)
         S.unify(q.layouts[-1], k.layouts[-1], ctx.reason(Code.FIXED_COUPLING, "q and k share the head_dim they contract"))
         if scale is None or (isinstance(scale, (int, float)) and not isinstance(scale, bool)):
