@@ -1,14 +1,14 @@
 """A mutation score from an off-the-shelf tool: cosmic-ray over the engine's core.
 
     python -m proofs.mutation_tool run                # every mutant of MODULES (tox -e mutation-tool)
-    python -m proofs.mutation_tool run --sample 24    # a fixed, seeded sample (CI)
-    python -m proofs.mutation_tool run --module n2n_fx/indexmaps.py
-    python -m proofs.mutation_tool test               # the test command cosmic-ray runs per mutant
+    python -m proofs.mutation_tool run --sample 24    # a fixed, seeded sample of 24 across MODULES (CI)
+    python -m proofs.mutation_tool run --module n2n_fx/spaces.py
+    python -m proofs.mutation_tool test n2n_fx/spaces.py   # the test command cosmic-ray runs per mutant
 
 proofs.mutation seeds a dozen bugs chosen by hand; this lets cosmic-ray write every mutant its
 operators can (binary/comparison/unary operator swaps, numbers +-1, `not` added, loops emptied)
-and runs, per mutant, a fast test command: exact index-map tests, the proofs that apply the maps
-and the property suite under the small `mutation` Hypothesis profile. A survivor is either a
+and runs, per mutant, a fast test command: the exact tests of the mutated module, the proofs that
+apply the maps and the property suite under the small `mutation` Hypothesis profile. A survivor is either a
 hole, to be killed by a new test, or listed in EQUIVALENT with the reason it cannot change any
 result. The run exits 1 on any other survivor. cosmic-ray writes each mutant into the source
 file itself (and puts it back), so a run needs a checkout of its own: never run two at once.
@@ -28,9 +28,14 @@ from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-MODULES = ["n2n_fx/indexmaps.py"]
-# per mutant, cheapest first: a failure stops the command (killed), so survivors pay for all of it
-FAST_TESTS = ["tests/test_indexmaps.py", "tests/test_spaces.py"]
+MODULES = ["n2n_fx/indexmaps.py", "n2n_fx/spaces.py", "n2n_fx/planning.py"]
+# per mutant, cheapest first: a failure stops the command (killed), so survivors pay for all of it.
+# The fast stage is per module: the exact tests that pin the mutated file, fastest first.
+FAST_TESTS: dict[str, list[str]] = {
+    "n2n_fx/indexmaps.py": ["tests/test_indexmaps.py", "tests/test_spaces.py"],
+    "n2n_fx/spaces.py": ["tests/test_spaces.py"],
+    "n2n_fx/planning.py": ["tests/test_planning.py"],
+}
 # norm_fill (31 s: most of the proofs' time) is left to `python -m proofs`; fill_factor is pinned by test_indexmaps
 PROOF_NAMES = ["dense_matrix", "concat_offsets", "flatten_stride", "normalize", "split_pieces"]
 PROPERTY_TESTS = ["tests/test_properties.py"]
@@ -59,18 +64,18 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
 STAGES = ("fast", "proofs", "properties")
 
 
-def _test() -> int:
-    """The per-mutant test command: 0 when the mutant survives every stage.
+def _test(module: str) -> int:
+    """The per-mutant test command for a mutant of `module`: 0 when it survives every stage.
 
     N2N_MUTATION_STAGES="fast,proofs" runs only those stages (a cheaper bound: fewer stages can
-    only kill fewer mutants); N2N_MUTATION_FAST_TESTS="a.py,b.py" replaces FAST_TESTS."""
+    only kill fewer mutants); N2N_MUTATION_FAST_TESTS="a.py,b.py" replaces FAST_TESTS[module]."""
     os.environ.setdefault("HYPOTHESIS_PROFILE", "mutation")
     stages = os.environ.get("N2N_MUTATION_STAGES", ",".join(STAGES)).split(",")
     import pytest
 
     args = ["-x", "-q", "-p", "no:cacheprovider"]
     fast = os.environ.get("N2N_MUTATION_FAST_TESTS")
-    if "fast" in stages and pytest.main([*(fast.split(",") if fast else FAST_TESTS), *args]):
+    if "fast" in stages and pytest.main([*(fast.split(",") if fast else FAST_TESTS[module]), *args]):
         return 1
     if "proofs" in stages:
         from . import run_all
@@ -82,7 +87,7 @@ def _test() -> int:
 
 
 def _config(module: str, timeout: float) -> str:
-    command = " ".join(shlex.quote(a) for a in (sys.executable, "-m", "proofs.mutation_tool", "test"))
+    command = " ".join(shlex.quote(a) for a in (sys.executable, "-m", "proofs.mutation_tool", "test", module))
     return (f'[cosmic-ray]\nmodule-path = "{module}"\ntimeout = {timeout}\nexcluded-modules = []\n'
             f'test-command = "{command}"\n\n[cosmic-ray.distributor]\nname = "local"\n')
 
@@ -147,7 +152,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.fast_tests:
         env["N2N_MUTATION_FAST_TESTS"] = args.fast_tests
     failing, lines = 0, []
-    for module in args.module or MODULES:
+    modules = args.module or MODULES
+    for i, module in enumerate(modules):
+        share = args.sample // len(modules) + (i < args.sample % len(modules))  # --sample is the total
         name = Path(module).stem
         session = out / (f"{name}-{args.tag}" if args.tag else name)
         config, db = session.with_suffix(".toml"), session.with_suffix(".sqlite")
@@ -160,7 +167,7 @@ def _run(args: argparse.Namespace) -> int:
         try:
             subprocess.run([cosmic_ray, "init", str(config), str(db)], cwd=ROOT, env=env, check=True)
             if args.sample:
-                print(f"{module}: a fixed sample of {_keep_only(db, args.sample, args.seed)} mutants (seed {args.seed})")
+                print(f"{module}: a fixed sample of {_keep_only(db, share, args.seed)} mutants (seed {args.seed})")
             subprocess.run([cosmic_ray, "exec", str(config), str(db)], cwd=ROOT, env=env, check=True)
         finally:
             if source.read_bytes() != original:  # an interrupted run leaves its mutant on disk
@@ -185,19 +192,24 @@ def _run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str]) -> int:
     if argv[:1] == ["test"]:
-        return _test()
+        module = argv[1] if len(argv) > 1 else MODULES[0]
+        if module not in FAST_TESTS:
+            print(f"no fast tests for {module}: one of {', '.join(FAST_TESTS)}", file=sys.stderr)
+            return 2
+        return _test(module)
     parser = argparse.ArgumentParser(prog="python -m proofs.mutation_tool")
     sub = parser.add_subparsers(dest="cmd", required=True)
     run = sub.add_parser("run", help="init a cosmic-ray session per module and execute it")
     run.add_argument("--module", action="append", help=f"a file to mutate (default: {', '.join(MODULES)})")
-    run.add_argument("--sample", type=int, default=0, help="run only this many mutants, a fixed seeded sample")
+    run.add_argument("--sample", type=int, default=0,
+                     help="run only this many mutants in all, a fixed seeded sample shared evenly by the modules")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--timeout", type=float, default=300.0, help="seconds per mutant; beyond it counts killed")
     run.add_argument("--stages", help=f"comma-separated subset of {','.join(STAGES)} (default: all)")
-    run.add_argument("--fast-tests", help=f"comma-separated test files for the fast stage (default: {','.join(FAST_TESTS)})")
+    run.add_argument("--fast-tests", help="comma-separated test files for the fast stage (default: FAST_TESTS[module])")
     run.add_argument("--tag", default="", help="a name for this session's files under build/mutation_tool/")
     run.add_argument("-v", "--verbose", action="store_true", help="print every mutant, not only survivors")
-    sub.add_parser("test", help="the per-mutant test command")
+    sub.add_parser("test", help="the per-mutant test command: test MODULE (default: the first of MODULES)")
     return _run(parser.parse_args(argv))
 
 
