@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from hypothesis import given
@@ -119,6 +121,12 @@ def test_refine_splits_into_pieces_that_inherit_frozen_and_free_and_name_their_o
     for edge in (1, 3, 5):  # an existing boundary: nothing changes, no empty piece appears
         S._refine_at(a, edge)
     assert _widths(a) == [1, 2, 2, 2] and S._cut_points(a) == [1, 3, 5]
+    b = Atom(8, "b")  # a second piece at offset 2, 6 wide: the cut at 5 falls in it (2 + 6, not 2 ^ 6)
+    S._refine_at(b, 2)
+    S._refine_at(b, 5)
+    assert _widths(b) == [2, 3, 3]
+    S._refine_at(b, 7)  # in the last piece (offset 5 = 2 + 3, 3 wide): its unit 2
+    assert _widths(b) == [2, 3, 2, 1]
 
 
 def test_refine_of_a_piece_reached_through_a_union_cuts_the_root():
@@ -145,15 +153,21 @@ def test_union_of_refined_atoms_cuts_both_to_the_common_pieces_and_pairs_them():
     a, b = Atom(6, "a"), Atom(6, "b")
     S._refine_at(a, 2)  # a: 2 | 4
     S._refine_at(b, 4)  # b: 4 | 2
+    held = S.leaves(b)  # the pieces layouts already hold (a Seg of b's first 4 units)
     S.union(a, b)
     assert _widths(a) == [2, 2, 2] and _widths(b) == [2, 2, 2]
+    assert [S.find(x) for piece in held for x in S.leaves(piece)] == [S.find(x) for x in S.leaves(a)]
     assert [S.find(x) for x in S.leaves(a)] == [S.find(y) for y in S.leaves(b)]
     assert len({S.find(x).id for x in S.leaves(a)}) == 3 and S.find(b) is S.find(a)
 
 
 def test_union_of_different_widths_is_a_bug_that_asserts():
-    with pytest.raises(AssertionError):
-        S.union(Atom(2, "a"), Atom(3, "b"))
+    for wa, wb in ((2, 3), (3, 2)):
+        with pytest.raises(AssertionError):
+            S.union(Atom(wa, "a"), Atom(wb, "b"))
+    a, b = Atom(1000, "a"), Atom(int("1000"), "b")  # equal widths, two int objects (past the small-int cache)
+    S.union(a, b)
+    assert S.find(b) is a
 
 
 def test_freeze_reaches_every_leaf_once_and_keeps_at_most_eight_reasons():
@@ -230,6 +244,9 @@ def test_cut_inside_the_first_or_last_unit_refines_one_edge_only():
     rest, last = S.leaves(b)
     assert (rest.width, last.width) == (2, 1) and last.frozen == [WHY] and not rest.frozen
     assert out == (Fixed(1), Seg(rest, 2), Fixed(1), Fixed(1))
+    c = Atom(4, "c")  # inside unit 3 (odd, the last): one cut at 3, none at 3 ^ 1 = 2
+    S.cut((Seg(c, 2),), 7, WHY)
+    assert _widths(c) == [3, 1] and [bool(leaf.frozen) for leaf in S.leaves(c)] == [False, True]
 
 
 def test_pieces_cut_fixed_runs_and_atoms_to_the_sizes():
@@ -240,6 +257,8 @@ def test_pieces_cut_fixed_runs_and_atoms_to_the_sizes():
     assert parts == [(Fixed(1),), (Fixed(2), Seg(l0)), (Seg(l1),), (Fixed(2),)]
     assert S.pieces((Fixed(6),), [6], WHY) == [(Fixed(6),)]
     assert S._split_fixed((Fixed(6),), [2, 0, 4]) == [(Fixed(2),), (), (Fixed(4),)]
+    c = Atom(2, "c")  # the rest of a straddling run (5 - 2, not 5 ^ 2) is what the next piece starts with
+    assert S._split_fixed((Fixed(5), Seg(c)), [2, 3, 2]) == [(Fixed(2),), (Fixed(3),), (Seg(c),)]
 
 
 def test_unify_pairs_atoms_by_position_and_freezes_what_meets_fixed():
@@ -267,6 +286,7 @@ def test_a_free_parameter_axis_adopts_a_coarser_stride_as_an_alias():
     h, p = Atom(2, "h"), Atom(4, "p", free=True, frozen=[OTHER])
     S.unify((Seg(p, 3),), (Seg(h, 6),), WHY)  # p's units 3 wide, h's 6: each h unit is 2 p units
     assert p.alias == (h, 2) and not p.free and S.normalize((Seg(p, 3),)) == (Seg(h, 6),)
+    assert type(p.alias[1]) is int  # a block size indexes: a float one makes the passes' gathers fail
     assert h.frozen == [OTHER]  # a frozen free axis freezes what it now is
     q, k = Atom(4, "q", free=True), Atom(3, "k")
     S.unify((Seg(q, 3),), (Seg(k, 4),), WHY)  # 4 is no multiple of 3 and k is not free: both freeze
@@ -283,6 +303,8 @@ def test_two_free_blocks_of_coprime_sizes_share_one_lcm_atom():
     S.unify((Seg(a, 6),), (Seg(b, 4),), WHY)
     common, ka = a.alias
     assert ka == 2 and b.alias == (common, 3) and common.width == 2 and common.free
+    assert type(ka) is int and type(b.alias[1]) is int  # block sizes index: 2.0 compares equal, gathers refuse it
+    assert type(common.width) is int
     assert common.label == "gn8.groups" and common.frozen == [OTHER] and not a.free and not b.free
     assert S.normalize((Seg(a, 6),)) == S.normalize((Seg(b, 4),)) == (Seg(common, 12),)
     c, d = Atom(2, "c", free=True), Atom(3, "d", free=True)  # 12 positions: lcm 12 fits once
@@ -323,3 +345,100 @@ def test_stride_multiplies_units_and_fixed_runs():
     l0, l1 = S.leaves(a)
     assert S.stride((Fixed(2), Seg(a, 2)), 3) == (Fixed(6), Seg(l0, 6), Seg(l1, 6))
     assert S.stride((Seg(a),), 1) == (Seg(l0), Seg(l1))
+
+
+@pytest.mark.parametrize("swap", [False, True])
+def test_unify_refines_again_when_a_cut_on_one_side_moves_a_repeated_atom(swap):
+    # b = cat(p, p); a's edges 1 and 4 fall on p's units: cutting p at 1 (for a's edge 1) also
+    # cuts its second copy at 5, inside a's z: another round must cut z there (either side first)
+    x, y, z, p = Atom(1, "x"), Atom(3, "y"), Atom(4, "z"), Atom(4, "p")
+    a, b = (Seg(x), Seg(y), Seg(z)), (Seg(p), Seg(p))
+    S.unify(*((b, a) if swap else (a, b)), WHY)
+    assert _widths(p) == [1, 3] and _widths(z) == [1, 3]
+    p0, p1 = (S.find(leaf) for leaf in S.leaves(p))
+    z0, z1 = (S.find(leaf) for leaf in S.leaves(z))
+    assert S.find(x) is p0 is z0 and S.find(y) is p1 is z1 and p0 is not p1
+    assert not p0.frozen and not p1.frozen
+
+
+@pytest.mark.parametrize("swap", [False, True])
+def test_unify_refines_again_when_a_cut_refines_an_atom_both_sides_hold(swap):
+    # p is on both sides: cutting a's p at 1 (b's edge) cuts b's p too, at 5, inside a's z, which
+    # a second round must cut (the side that changed is either one)
+    x, y, z, p = Atom(1, "x"), Atom(3, "y"), Atom(4, "z"), Atom(4, "p")
+    a, b = (Seg(p), Seg(z)), (Seg(x), Seg(y), Seg(p))
+    S.unify(*((b, a) if swap else (a, b)), WHY)
+    assert _widths(p) == [1, 3] and _widths(z) == [1, 3]
+    p0, p1 = (S.find(leaf) for leaf in S.leaves(p))
+    z0, z1 = (S.find(leaf) for leaf in S.leaves(z))
+    assert S.find(x) is p0 is z0 and S.find(y) is p1 is z1 and p0 is not p1
+
+
+def test_freeze_adds_nothing_to_a_leaf_that_a_union_gave_more_than_eight_reasons():
+    a, b = Atom(2, "a"), Atom(2, "b")
+    for i in range(8):
+        S.freeze(a, Reason(S.Code.CONSTRAINT, f"a{i}", "op"))
+        S.freeze(b, Reason(S.Code.CONSTRAINT, f"b{i}", "op"))
+    S.union(a, b)  # the union keeps every distinct reason of both: 16
+    assert len(a.frozen) == 16
+    S.freeze(a, OTHER)
+    assert len(a.frozen) == 16 and OTHER not in a.frozen
+
+
+def test_segments_are_immutable_hashable_values():
+    # one Seg object sits in the layouts of many tensors: it must not change under one of them
+    a = Atom(2, "a")
+    why = Reason(S.Code.PADDED, "pad", "pad")  # one Reason is shared by every leaf it froze
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        why.node = "other"  # type: ignore[misc]
+    assert hash(why) == hash(Reason(S.Code.PADDED, "pad", "pad"))
+    for seg in (Seg(a, 2), Fixed(3)):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            seg.inner = 4 if isinstance(seg, Seg) else None  # type: ignore[misc]
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            seg.size = 5  # type: ignore[misc]
+    assert len({Seg(a, 2), Seg(a, 2), Fixed(3), Fixed(3)}) == 2 and hash(Seg(a)) == hash(Seg(a, 1))
+
+
+def test_cut_keeps_the_segments_after_the_one_it_cuts_at_any_index():
+    a = Atom(2, "a")
+    assert S.cut((Seg(a), Fixed(5)), 4, WHY) == (Seg(a), Fixed(2), Fixed(3))  # a fixed run at index 1
+    assert S.cut((Seg(a), Fixed(5), Seg(a)), 4, WHY) == (Seg(a), Fixed(2), Fixed(3), Seg(a))
+    b = Atom(1, "b")  # one unit, cut inside its block: frozen, at index 1
+    assert S.cut((Fixed(1), Seg(b, 4), Fixed(1)), 3, WHY) == (Fixed(1), Fixed(2), Fixed(2), Fixed(1))
+    assert S.cut((Seg(a), Seg(b, 4)), 4, WHY) == (Seg(a), Fixed(2), Fixed(2))
+
+
+def test_cut_inside_one_of_two_units_keeps_the_other_widenable():
+    a = Atom(2, "a")
+    out = S.cut((Seg(a, 2),), 1, WHY)
+    first, second = S.leaves(a)
+    assert (first.width, second.width) == (1, 1) and first.frozen == [WHY] and not second.frozen
+    assert out == (Fixed(1), Fixed(1), Seg(second, 2))
+
+
+def test_unify_of_layouts_of_different_widths_is_a_bug_that_asserts():
+    for wa, wb in ((2, 3), (3, 2)):
+        with pytest.raises(AssertionError):
+            S.unify((Fixed(wa),), (Fixed(wb),), WHY)
+    S.unify((Fixed(1000),), (Fixed(int("1000")),), WHY)  # equal, not identical ints: fine
+
+
+def test_unify_compares_strides_by_value():
+    a, b = Atom(2, "a"), Atom(2, "b")  # a flatten of 1000 trailing positions: two equal, distinct ints
+    S.unify((Seg(a, 1000),), (Seg(b, int("1000")),), WHY)
+    assert S.find(a) is S.find(b) and not S.find(a).frozen
+
+
+def test_union_of_a_plain_and_a_refined_atom_refines_the_plain_one_and_keeps_its_reasons():
+    a, b = Atom(5, "a"), Atom(5, "b", frozen=[WHY])
+    S._refine_at(a, 2)
+    held = S.leaves(a)
+    S.union(a, b)  # the refined one first
+    assert _widths(b) == [2, 3] and [leaf.frozen for leaf in S.leaves(a)] == [[WHY], [WHY]]
+    assert [S.find(x) for x in held] == [S.find(x) for x in S.leaves(b)]
+    c, d = Atom(5, "c"), Atom(5, "d")
+    S._refine_at(d, 3)
+    held = S.leaves(d)
+    S.union(c, d)  # the plain one first
+    assert _widths(c) == [3, 2] and [S.find(x) for x in held] == [S.find(x) for x in S.leaves(c)]
