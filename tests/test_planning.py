@@ -376,3 +376,83 @@ def test_summary_orders_frozen_codes_by_count_then_name():
     assert P.summary_line(_plan(MLP())) == "0 of 3 spaces widened, 2 open but kept; frozen: model_output 1 (traced with fx)"
     assert P.summary_line(_plan(Grouped(), Y, factor=2.0)) == (
         "4 of 5 spaces widened; frozen: model_output 1 (traced with fx)")
+
+
+# ------------------------------------------------------------------ more, for the sample's survivors
+class PieceNormed(nn.Module):
+    """A grouped conv's output pieces g[0:4] (under a LayerNorm) and g[4:8] (not): one tie group."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c0, self.g, self.head = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 8, 3, groups=2), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = self.g(self.c0(x)).split(4, 1)
+        a = nn.functional.layer_norm(a.permute(0, 2, 3, 1), (4,)).permute(0, 3, 1, 2)
+        return self.head(torch.cat([a, b], 1))
+
+
+def test_a_norm_on_one_piece_of_a_tie_group_settles_the_group_at_the_norms_width():
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64)
+    w = _widths(_plan(PieceNormed(), x, factor=1.5))  # the normalised piece can only keep 4 (k = 1)
+    assert (w["g[0:4]"], w["g[4:8]"]) == (4, 4)
+    w = _widths(_plan(PieceNormed(), x, factor=2.0))
+    assert (w["g[0:4]"], w["g[4:8]"]) == (8, 8)
+
+
+class AttnTanh(nn.Module):
+    """nn.MultiheadAttention (embed 8 = 2 heads x 4) on a LayerNorm-bound stream through tanh."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.ln, self.head = nn.Linear(3, 8), nn.LayerNorm(8), nn.Linear(8, 2)
+        self.att = nn.MultiheadAttention(8, 2, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a(x)
+        y = self.ln(h)
+        return self.head(torch.tanh(h + self.att(y, y, y, need_weights=False)[0]))
+
+
+def test_heads_follow_the_stream_back_when_norm_fill_falls_back():
+    w = _widths(_plan(AttnTanh(), XS, factor=1.5, norm_fill=True))  # fill (12) refused: floor(1.5) = 1
+    assert (w["a"], w["att.heads"]) == (8, 2)
+
+
+def test_axis_fill_finds_the_fill_of_a_filled_space():
+    plan = _plan(Normed(), widths={"a": 6})
+    sf = plan.fills["a"]
+    for key in [("a.weight", 0), ("a.bias", 0), ("h.weight", 1)]:
+        assert plan.axis_fill(key) == (sf.axes[key], sf)
+    assert plan.axis_fill(("out.weight", 0)) is None
+
+
+def test_split_is_recognised_by_value_not_identity():
+    mode = "".join(["sp", "lit"])  # a string built at run time: equal to "split", not the same object
+    plan = _plan(MLP(), factor=1.5, symmetry=mode)
+    lay = (Seg(S.find(_space(plan, "a").space.atom)),)
+    assert not torch.equal(plan.layout_scale(lay, "k"), plan.layout_scale(lay, "j"))
+
+
+def test_stale_plan_message_names_the_first_missing_and_first_new_entry():
+    gm = torch.fx.symbolic_trace(MLP())
+    fp = P.fingerprint(gm)
+    planned = ("node q: first", "node r: second", *fp[2:])
+    with pytest.raises(n2n_fx.StalePlanError) as info:
+        P.check_fingerprint(planned, gm, "w")
+    assert f"the plan's 'node q: first' is not in it; it has {fp[0]!r} (2 planned entries missing, 2 new" in str(info.value)
+    assert info.value.node == "q"
+
+
+class Shared(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(2, 2)
+        self.b = self.a  # one module under two names
+
+
+def test_fingerprint_lists_a_shared_module_under_each_name():
+    fp = P.fingerprint(Shared())
+    assert [e for e in fp if e.startswith("module")] == ["module a: torch.nn.modules.linear.Linear",
+                                                         "module b: torch.nn.modules.linear.Linear"]
+    assert "parameter b.weight: (2, 2) = a.weight" in fp
