@@ -3,6 +3,7 @@
     python -m proofs.mutation_tool run                # every mutant of MODULES (tox -e mutation-tool)
     python -m proofs.mutation_tool run --sample 24    # a fixed, seeded sample of 24 across MODULES (CI)
     python -m proofs.mutation_tool run --module n2n_fx/spaces.py
+    python -m proofs.mutation_tool run --module n2n_fx/spaces.py --recheck   # its survivors again, after new tests
     python -m proofs.mutation_tool test n2n_fx/spaces.py   # the test command cosmic-ray runs per mutant
 
 proofs.mutation seeds a dozen bugs chosen by hand; this lets cosmic-ray write every mutant its
@@ -59,6 +60,47 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
     ("n2n_fx/indexmaps.py", "totals = torch.zeros(n, dtype=torch.float64).index_add_(0, g, raw)",
      "totals = torch.zeros(n, dtype=torch.float64).index_add_( -1, g, raw)"): "totals is 1-D: dim -1 is dim 0",
 }
+# spaces.py: cut()'s isolating edges are unit and unit + 1, with 0 <= unit < units
+_EDGE_LOW = "edge is unit or unit + 1 >= 0, so 0 < edge is edge != 0 (and 0 is CPython's cached small int)"
+_EDGE_HIGH = ("edge == units only as unit + 1 with unit = units - 1 >= 1: the edge units - 1 has just cut the "
+              "atom, so a refine at its full width finds no piece strictly containing it and changes nothing")
+_ONE_SEGMENT = ("unify's pieces are cut at every boundary of both sides (and normalize drops empty segments): "
+                "each holds exactly one segment, so [0] is [-1]")
+_PAIRS = "for x, y in zip(_split_fixed(a, _sizes(a, b)), _split_fixed(b, _sizes(a, b)), strict={}):"
+_ISOLATE = "  # isolate the one unit the cut falls in; its neighbours stay widenable"
+_LINK = "  # both now stand for the same leaves; link the roots too"
+_CUTS = "cuts = sorted(set(_cut_points(ra)) {} set(_cut_points(rb)))"
+EQUIVALENT |= {
+    ("n2n_fx/spaces.py", "if 0 < edge < units:", f"if {op} edge < units:"): _EDGE_LOW for op in ("0 !=", "0 is not")
+} | {
+    ("n2n_fx/spaces.py", "if 0 < edge < units:", f"if 0 < edge {op} units:"): _EDGE_HIGH
+    for op in ("<=", "!=", "is not")
+} | {
+    ("n2n_fx/spaces.py", "for edge in (unit, unit + 1):", "for edge in (unit, unit | 1):"): (
+        "unit | 1 is unit + 1 for an even unit; for an odd one the second refine is a no-op and cut's recursion "
+        "isolates the unit from the right instead: the same pieces, the same frozen unit"),
+    ("n2n_fx/spaces.py", "if ra is rb:", "if ra == rb:"): "Atom is a dataclass(eq=False): == is identity",
+    ("n2n_fx/spaces.py", f"if ra is not rb:{_LINK}", f"if ra != rb:{_LINK}"): "Atom is a dataclass(eq=False): != is not identity",
+    ("n2n_fx/spaces.py", f"if units > 1:{_ISOLATE}", f"if units != 1:{_ISOLATE}"): (
+        "units is the width of the atom the cut falls inside: >= 1, so != 1 is > 1"),
+    ("n2n_fx/spaces.py", _PAIRS.format("True"), _PAIRS.format("False")): (
+        "both sides are split into the same sizes: equally many pieces, so strict never fires"),
+    ("n2n_fx/spaces.py", "for x, y in zip(la, lb, strict=True):", "for x, y in zip(la, lb, strict=False):"): (
+        "both roots were just cut at the union of their cut points: equally many leaves, so strict never fires"),
+    ("n2n_fx/spaces.py", "if offset < pos < offset + w:", "if offset != pos < offset + w:"): (
+        "a refined atom has two pieces and every caller passes 0 < pos: a pos the first piece does not hold is "
+        ">= the second's offset, so offset != pos and offset < pos pick the same piece"),
+    ("n2n_fx/spaces.py", "sx, sy = x[0], y[0]", "sx, sy = x[ -1], y[0]"): _ONE_SEGMENT,
+    ("n2n_fx/spaces.py", "sx, sy = x[0], y[0]", "sx, sy = x[0], y[ -1]"): _ONE_SEGMENT,
+    ("n2n_fx/spaces.py", _CUTS.format("|"), _CUTS.format("^")): (
+        "the points ^ drops are cuts of both roots already: refining an atom at one of its boundaries changes nothing"),
+} | {
+    ("n2n_fx/spaces.py", "for _ in range(10_000):", f"for _ in range( {n}):"): (
+        "the size of a safety bound: each round that changes takes at least one position out of a segment's "
+        "interior for good (a cut), so a unify ends within 2 x (width - 1) + 1 rounds; the bound could bind only "
+        "on axes over 5_000 wide losing one interior position per round (argued, not proved)")
+    for n in (9999, 10001)
+}
 
 
 STAGES = ("fast", "proofs", "properties")
@@ -104,6 +146,23 @@ def _keep_only(db_path: Path, sample: int, seed: int) -> int:
             if w.job_id not in keep:
                 db.set_result(w.job_id, WorkResult(output="not in the sample", worker_outcome=WorkerOutcome.SKIPPED))
     return len(keep)
+
+
+def _reopen_survivors(db_path: Path, module: str) -> int:
+    """Forget the results of the session's survivors that EQUIVALENT does not excuse, so that exec
+    runs them again (after new tests); return how many."""
+    import sqlite3
+
+    from cosmic_ray.work_db import WorkDB, use_db
+    from cosmic_ray.work_item import TestOutcome, WorkerOutcome
+
+    with use_db(str(db_path), WorkDB.Mode.open) as db:
+        jobs = [item.job_id for item, r in db.completed_work_items
+                if r.worker_outcome == WorkerOutcome.NORMAL and r.test_outcome == TestOutcome.SURVIVED
+                and (module, *_changed_lines(r.diff or "")) not in EQUIVALENT]
+    with sqlite3.connect(db_path) as con:
+        con.executemany("DELETE FROM work_results WHERE job_id = ?", [(j,) for j in jobs])
+    return len(jobs)
 
 
 def _changed_lines(diff: str) -> tuple[str, str]:
@@ -165,8 +224,14 @@ def _run(args: argparse.Namespace) -> int:
             pyc.unlink()
         t0 = time.perf_counter()
         try:
-            subprocess.run([cosmic_ray, "init", str(config), str(db)], cwd=ROOT, env=env, check=True)
-            if args.sample:
+            if args.recheck:
+                if not db.exists():
+                    print(f"--recheck: no session {db} to recheck", file=sys.stderr)
+                    return 2
+                print(f"{module}: running {_reopen_survivors(db, module)} survivors of {db.name} again")
+            else:
+                subprocess.run([cosmic_ray, "init", str(config), str(db)], cwd=ROOT, env=env, check=True)
+            if args.sample and not args.recheck:
                 print(f"{module}: a fixed sample of {_keep_only(db, share, args.seed)} mutants (seed {args.seed})")
             subprocess.run([cosmic_ray, "exec", str(config), str(db)], cwd=ROOT, env=env, check=True)
         finally:
@@ -208,6 +273,9 @@ def main(argv: list[str]) -> int:
     run.add_argument("--stages", help=f"comma-separated subset of {','.join(STAGES)} (default: all)")
     run.add_argument("--fast-tests", help="comma-separated test files for the fast stage (default: FAST_TESTS[module])")
     run.add_argument("--tag", default="", help="a name for this session's files under build/mutation_tool/")
+    run.add_argument("--recheck", action="store_true",
+                     help="run the survivors of the existing session (same --tag) again, after new tests; "
+                          "documented equivalents are not rerun")
     run.add_argument("-v", "--verbose", action="store_true", help="print every mutant, not only survivors")
     sub.add_parser("test", help="the per-mutant test command: test MODULE (default: the first of MODULES)")
     return _run(parser.parse_args(argv))
