@@ -127,6 +127,10 @@ def test_refine_splits_into_pieces_that_inherit_frozen_and_free_and_name_their_o
     assert _widths(b) == [2, 3, 3]
     S._refine_at(b, 7)  # in the last piece (offset 5 = 2 + 3, 3 wide): its unit 2
     assert _widths(b) == [2, 3, 2, 1]
+    c = Atom(1000, "c")  # an existing boundary past the small-int cache: equal, not identical offsets
+    S._refine_at(c, 600)
+    S._refine_at(c, int("600"))
+    assert _widths(c) == [600, 400]
 
 
 def test_refine_of_a_piece_reached_through_a_union_cuts_the_root():
