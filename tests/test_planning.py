@@ -456,3 +456,67 @@ def test_fingerprint_lists_a_shared_module_under_each_name():
     assert [e for e in fp if e.startswith("module")] == ["module a: torch.nn.modules.linear.Linear",
                                                          "module b: torch.nn.modules.linear.Linear"]
     assert "parameter b.weight: (2, 2) = a.weight" in fp
+
+
+class PaddedFirst(nn.Module):
+    """A pad-frozen space made before the output's: both codes once each."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.d, self.a, self.c = nn.Linear(3, 5), nn.Linear(3, 4), nn.Linear(4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.pad(self.d(x), (0, 1))[..., :1] + self.c(torch.relu(self.a(x)))
+
+
+def test_summary_breaks_equal_counts_by_code_name_not_by_order():
+    assert P.summary_line(_plan(PaddedFirst(), factor=2.0)) == (
+        "1 of 3 spaces widened; frozen: model_output 1, padded 1 (traced with fx)")
+
+
+class GroupedAttn(nn.Module):
+    """A grouped conv's output piece g[0:4] is an attention's embed (4 = 2 heads x 2); its tie mate
+    g[4:8] is not."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c0, self.g = nn.Conv1d(3, 8, 1), nn.Conv1d(8, 8, 1, groups=2)
+        self.att, self.o, self.p = nn.MultiheadAttention(4, 2, batch_first=True), nn.Linear(4, 2), nn.Conv1d(4, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = self.g(self.c0(x)).split(4, 1)
+        q = a.permute(0, 2, 1)
+        return self.o(self.att(q, q, q, need_weights=False)[0]).sum() + self.p(torch.relu(b)).sum()
+
+
+def test_a_request_that_reaches_an_attention_through_a_tie_is_checked_like_a_direct_one():
+    x = torch.randn(2, 3, 5, dtype=torch.float64)
+    w = _widths(_plan(GroupedAttn(), x, widths={"g[4:8]": 6}))  # the tie carries 6 to the embed: 3 heads
+    assert (w["g[0:4]"], w["g[4:8]"], w["att.heads"]) == (6, 6, 3)
+    w = _widths(_plan(GroupedAttn(), x, factor=1.25))  # a factor off the head grid: the tie group keeps 4
+    assert (w["g[0:4]"], w["g[4:8]"], w["att.heads"]) == (4, 4, 2)
+    for name in ("g[0:4]", "g[4:8]"):  # 5 is off the grid whichever piece asks: an error, never dropped silently
+        with pytest.raises(n2n_fx.ConstraintError, match=r"attention att: embed width 5") as info:
+            _plan(GroupedAttn(), x, widths={name: 5})
+        assert info.value.node == "att"
+
+
+class TwoNorms(nn.Module):
+    """Two LayerNorms on two unrelated spaces (a: 4, b: 2): two norm groups, each with its own k."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.la, self.lb = nn.Linear(3, 4), nn.Linear(3, 2), nn.LayerNorm(4), nn.LayerNorm(2)
+        self.oa, self.ob = nn.Linear(4, 1), nn.Linear(2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.oa(self.la(self.a(x))) + self.ob(self.lb(self.b(x)))
+
+
+def test_norm_groups_join_only_when_they_share_a_space():
+    plan = _plan(TwoNorms(), widths={"a": 8, "b": 6})  # k = 2 and k = 3: two groups
+    assert [(node, [sp.name for sp in spaces]) for node, spaces in plan.uniform_groups()] == [
+        ("la", ["a"]), ("lb", ["b"])]
+    assert (_widths(plan)["a"], _widths(plan)["b"]) == (8, 6)
+    assert [(node, sorted(sp.name for sp in spaces)) for node, spaces in _plan(TwoNormed()).uniform_groups()] == [
+        ("ln", ["a", "b"])]
