@@ -520,3 +520,21 @@ def test_norm_groups_join_only_when_they_share_a_space():
     assert (_widths(plan)["a"], _widths(plan)["b"]) == (8, 6)
     assert [(node, sorted(sp.name for sp in spaces)) for node, spaces in _plan(TwoNormed()).uniform_groups()] == [
         ("ln", ["a", "b"])]
+
+
+class AttnAfter(nn.Module):
+    """A plain space a (6) made before an attention's embed z (4 = 2 heads x 2)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.z = nn.Linear(3, 6), nn.Linear(6, 4)
+        self.att, self.out = nn.MultiheadAttention(4, 2, batch_first=True), nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.z(torch.relu(self.a(x)))
+        return self.out(self.att(h, h, h, need_weights=False)[0])
+
+
+def test_an_attention_reset_restores_each_space_to_its_own_width():
+    w = _widths(_plan(AttnAfter(), XS, factor=1.25))  # z: 5 is off the grid; a: 6 -> 8 is not the attention's
+    assert (w["a"], w["z"], w["att.heads"]) == (8, 4, 2)
