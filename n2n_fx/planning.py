@@ -194,7 +194,7 @@ class Plan:
             targets[name] = q
         tied = self._apply_ties(targets, set(widths))
         self._apply_uniform(targets, set(widths) | tied, factor)  # a tie-mate of a request is asked too
-        self._apply_links(targets, set(widths))
+        self._apply_links(targets, set(widths) | tied)  # a tie-mate of a request is asked too
         self._settle_ties(targets, set(widths))
         self._solve_fills(targets, set(widths) | tied, factor)
         return targets

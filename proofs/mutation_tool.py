@@ -1,14 +1,15 @@
 """A mutation score from an off-the-shelf tool: cosmic-ray over the engine's core.
 
     python -m proofs.mutation_tool run                # every mutant of MODULES (tox -e mutation-tool)
-    python -m proofs.mutation_tool run --sample 24    # a fixed, seeded sample (CI)
-    python -m proofs.mutation_tool run --module n2n_fx/indexmaps.py
-    python -m proofs.mutation_tool test               # the test command cosmic-ray runs per mutant
+    python -m proofs.mutation_tool run --sample 24    # a fixed, seeded sample of 24 across MODULES (CI)
+    python -m proofs.mutation_tool run --module n2n_fx/spaces.py
+    python -m proofs.mutation_tool run --module n2n_fx/spaces.py --recheck   # its survivors again, after new tests
+    python -m proofs.mutation_tool test n2n_fx/spaces.py   # the test command cosmic-ray runs per mutant
 
 proofs.mutation seeds a dozen bugs chosen by hand; this lets cosmic-ray write every mutant its
 operators can (binary/comparison/unary operator swaps, numbers +-1, `not` added, loops emptied)
-and runs, per mutant, a fast test command: exact index-map tests, the proofs that apply the maps
-and the property suite under the small `mutation` Hypothesis profile. A survivor is either a
+and runs, per mutant, a fast test command: the exact tests of the mutated module, the proofs that
+apply the maps and the property suite under the small `mutation` Hypothesis profile. A survivor is either a
 hole, to be killed by a new test, or listed in EQUIVALENT with the reason it cannot change any
 result. The run exits 1 on any other survivor. cosmic-ray writes each mutant into the source
 file itself (and puts it back), so a run needs a checkout of its own: never run two at once.
@@ -28,9 +29,14 @@ from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-MODULES = ["n2n_fx/indexmaps.py"]
-# per mutant, cheapest first: a failure stops the command (killed), so survivors pay for all of it
-FAST_TESTS = ["tests/test_indexmaps.py", "tests/test_spaces.py"]
+MODULES = ["n2n_fx/indexmaps.py", "n2n_fx/spaces.py", "n2n_fx/planning.py"]
+# per mutant, cheapest first: a failure stops the command (killed), so survivors pay for all of it.
+# The fast stage is per module: the exact tests that pin the mutated file, fastest first.
+FAST_TESTS: dict[str, list[str]] = {
+    "n2n_fx/indexmaps.py": ["tests/test_indexmaps.py", "tests/test_spaces.py"],
+    "n2n_fx/spaces.py": ["tests/test_spaces.py"],
+    "n2n_fx/planning.py": ["tests/test_planning.py"],
+}
 # norm_fill (31 s: most of the proofs' time) is left to `python -m proofs`; fill_factor is pinned by test_indexmaps
 PROOF_NAMES = ["dense_matrix", "concat_offsets", "flatten_stride", "normalize", "split_pieces"]
 PROPERTY_TESTS = ["tests/test_properties.py"]
@@ -54,23 +60,100 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
     ("n2n_fx/indexmaps.py", "totals = torch.zeros(n, dtype=torch.float64).index_add_(0, g, raw)",
      "totals = torch.zeros(n, dtype=torch.float64).index_add_( -1, g, raw)"): "totals is 1-D: dim -1 is dim 0",
 }
+# spaces.py: cut()'s isolating edges are unit and unit + 1, with 0 <= unit < units
+_EDGE_LOW = "edge is unit or unit + 1 >= 0, so 0 < edge is edge != 0 (and 0 is CPython's cached small int)"
+_EDGE_HIGH = ("edge == units only as unit + 1 with unit = units - 1 >= 1: the edge units - 1 has just cut the "
+              "atom, so a refine at its full width finds no piece strictly containing it and changes nothing")
+_ONE_SEGMENT = ("unify's pieces are cut at every boundary of both sides (and normalize drops empty segments): "
+                "each holds exactly one segment, so [0] is [-1]")
+_PAIRS = "for x, y in zip(_split_fixed(a, _sizes(a, b)), _split_fixed(b, _sizes(a, b)), strict={}):"
+_ISOLATE = "  # isolate the one unit the cut falls in; its neighbours stay widenable"
+_LINK = "  # both now stand for the same leaves; link the roots too"
+_CUTS = "cuts = sorted(set(_cut_points(ra)) {} set(_cut_points(rb)))"
+EQUIVALENT |= {
+    ("n2n_fx/spaces.py", "if 0 < edge < units:", f"if {op} edge < units:"): _EDGE_LOW for op in ("0 !=", "0 is not")
+} | {
+    ("n2n_fx/spaces.py", "if 0 < edge < units:", f"if 0 < edge {op} units:"): _EDGE_HIGH
+    for op in ("<=", "!=", "is not")
+} | {
+    ("n2n_fx/spaces.py", "for edge in (unit, unit + 1):", "for edge in (unit, unit | 1):"): (
+        "unit | 1 is unit + 1 for an even unit; for an odd one the second refine is a no-op and cut's recursion "
+        "isolates the unit from the right instead: the same pieces, the same frozen unit"),
+    ("n2n_fx/spaces.py", "if ra is rb:", "if ra == rb:"): "Atom is a dataclass(eq=False): == is identity",
+    ("n2n_fx/spaces.py", f"if ra is not rb:{_LINK}", f"if ra != rb:{_LINK}"): "Atom is a dataclass(eq=False): != is not identity",
+    ("n2n_fx/spaces.py", f"if units > 1:{_ISOLATE}", f"if units != 1:{_ISOLATE}"): (
+        "units is the width of the atom the cut falls inside: >= 1, so != 1 is > 1"),
+    ("n2n_fx/spaces.py", _PAIRS.format("True"), _PAIRS.format("False")): (
+        "both sides are split into the same sizes: equally many pieces, so strict never fires"),
+    ("n2n_fx/spaces.py", "for x, y in zip(la, lb, strict=True):", "for x, y in zip(la, lb, strict=False):"): (
+        "both roots were just cut at the union of their cut points: equally many leaves, so strict never fires"),
+    ("n2n_fx/spaces.py", "if offset < pos < offset + w:", "if offset != pos < offset + w:"): (
+        "a refined atom has two pieces and every caller passes 0 < pos: a pos the first piece does not hold is "
+        ">= the second's offset, so offset != pos and offset < pos pick the same piece"),
+    ("n2n_fx/spaces.py", "sx, sy = x[0], y[0]", "sx, sy = x[ -1], y[0]"): _ONE_SEGMENT,
+    ("n2n_fx/spaces.py", "sx, sy = x[0], y[0]", "sx, sy = x[0], y[ -1]"): _ONE_SEGMENT,
+    ("n2n_fx/spaces.py", _CUTS.format("|"), _CUTS.format("^")): (
+        "the points ^ drops are cuts of both roots already: refining an atom at one of its boundaries changes nothing"),
+} | {
+    ("n2n_fx/spaces.py", "for _ in range(10_000):", f"for _ in range( {n}):"): (
+        "the size of a safety bound: each round that changes takes at least one position out of a segment's "
+        "interior for good (a cut), so a unify ends within 2 x (width - 1) + 1 rounds; the bound could bind only "
+        "on axes over 5_000 wide losing one interior position per round (argued, not proved)")
+    for n in (9999, 10001)
+}
+
+# planning.py
+_NORM_FILL = "and (q := scaled_width(live[{}].width, factor)) % live[{}].width:"
+EQUIVALENT |= {
+    ("n2n_fx/planning.py", _NORM_FILL.format(0, 0), _NORM_FILL.format(*ix)): (
+        "the condition requires len(live) == 1 (the line before): live[0] is live[-1]") for ix in ((" -1", 0), (0, " -1"))
+}
 
 
 STAGES = ("fast", "proofs", "properties")
+_LAZY = "an annotation only: `from __future__ import annotations` keeps it a string nothing evaluates"
 
 
-def _test() -> int:
-    """The per-mutant test command: 0 when the mutant survives every stage.
+def _annotation_only(before: str, after: str) -> bool:
+    """Two `def` lines that differ only in their annotations."""
+    import ast
+
+    def strip(line: str) -> str | None:
+        try:
+            fn = ast.parse(line.strip() + " ...").body[0]
+        except SyntaxError:
+            return None
+        if not isinstance(fn, ast.FunctionDef):
+            return None
+        fn.returns = None
+        for a in (*fn.args.posonlyargs, *fn.args.args, *fn.args.kwonlyargs, fn.args.vararg, fn.args.kwarg):
+            if a is not None:
+                a.annotation = None
+        return ast.dump(fn)
+
+    return before != after and strip(before) is not None and strip(before) == strip(after)
+
+
+def _why_equivalent(module: str, before: str, after: str) -> str:
+    """The reason a mutant cannot change any result, or "" (then a survivor is a hole)."""
+    if (module, before, after) in EQUIVALENT:
+        return EQUIVALENT[(module, before, after)]
+    lazy = "from __future__ import annotations" in (ROOT / module).read_text()
+    return _LAZY if lazy and _annotation_only(before, after) else ""
+
+
+def _test(module: str) -> int:
+    """The per-mutant test command for a mutant of `module`: 0 when it survives every stage.
 
     N2N_MUTATION_STAGES="fast,proofs" runs only those stages (a cheaper bound: fewer stages can
-    only kill fewer mutants); N2N_MUTATION_FAST_TESTS="a.py,b.py" replaces FAST_TESTS."""
+    only kill fewer mutants); N2N_MUTATION_FAST_TESTS="a.py,b.py" replaces FAST_TESTS[module]."""
     os.environ.setdefault("HYPOTHESIS_PROFILE", "mutation")
     stages = os.environ.get("N2N_MUTATION_STAGES", ",".join(STAGES)).split(",")
     import pytest
 
     args = ["-x", "-q", "-p", "no:cacheprovider"]
     fast = os.environ.get("N2N_MUTATION_FAST_TESTS")
-    if "fast" in stages and pytest.main([*(fast.split(",") if fast else FAST_TESTS), *args]):
+    if "fast" in stages and pytest.main([*(fast.split(",") if fast else FAST_TESTS[module]), *args]):
         return 1
     if "proofs" in stages:
         from . import run_all
@@ -82,7 +165,7 @@ def _test() -> int:
 
 
 def _config(module: str, timeout: float) -> str:
-    command = " ".join(shlex.quote(a) for a in (sys.executable, "-m", "proofs.mutation_tool", "test"))
+    command = " ".join(shlex.quote(a) for a in (sys.executable, "-m", "proofs.mutation_tool", "test", module))
     return (f'[cosmic-ray]\nmodule-path = "{module}"\ntimeout = {timeout}\nexcluded-modules = []\n'
             f'test-command = "{command}"\n\n[cosmic-ray.distributor]\nname = "local"\n')
 
@@ -99,6 +182,23 @@ def _keep_only(db_path: Path, sample: int, seed: int) -> int:
             if w.job_id not in keep:
                 db.set_result(w.job_id, WorkResult(output="not in the sample", worker_outcome=WorkerOutcome.SKIPPED))
     return len(keep)
+
+
+def _reopen_survivors(db_path: Path, module: str) -> int:
+    """Forget the results of the session's survivors that EQUIVALENT does not excuse, so that exec
+    runs them again (after new tests); return how many."""
+    import sqlite3
+
+    from cosmic_ray.work_db import WorkDB, use_db
+    from cosmic_ray.work_item import TestOutcome, WorkerOutcome
+
+    with use_db(str(db_path), WorkDB.Mode.open) as db:
+        jobs = [item.job_id for item, r in db.completed_work_items
+                if r.worker_outcome == WorkerOutcome.NORMAL and r.test_outcome == TestOutcome.SURVIVED
+                and not _why_equivalent(module, *_changed_lines(r.diff or ""))]
+    with sqlite3.connect(db_path) as con:
+        con.executemany("DELETE FROM work_results WHERE job_id = ?", [(j,) for j in jobs])
+    return len(jobs)
 
 
 def _changed_lines(diff: str) -> tuple[str, str]:
@@ -121,14 +221,14 @@ def _verdicts(db_path: Path, module: str) -> list[dict]:
             if result.worker_outcome != WorkerOutcome.NORMAL:
                 verdict = "incompetent"  # the tool could not apply or run it
             elif result.test_outcome == TestOutcome.SURVIVED:
-                verdict = "equivalent" if (module, before, after) in EQUIVALENT else "survived"
+                verdict = "equivalent" if _why_equivalent(module, before, after) else "survived"
             elif result.test_outcome == TestOutcome.KILLED:
                 verdict = "timeout" if result.output == "timeout" else "killed"
             else:
                 verdict = "incompetent"
             rows.append({"line": m.start_pos[0], "operator": m.operator_name.removeprefix("core/"),
                          "occurrence": m.occurrence, "before": before, "after": after, "verdict": verdict,
-                         "why": EQUIVALENT.get((module, before, after), "")})
+                         "why": _why_equivalent(module, before, after)})
     return sorted(rows, key=lambda r: (r["line"], r["operator"], r["occurrence"]))
 
 
@@ -147,7 +247,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.fast_tests:
         env["N2N_MUTATION_FAST_TESTS"] = args.fast_tests
     failing, lines = 0, []
-    for module in args.module or MODULES:
+    modules = args.module or MODULES
+    for i, module in enumerate(modules):
+        share = args.sample // len(modules) + (i < args.sample % len(modules))  # --sample is the total
         name = Path(module).stem
         session = out / (f"{name}-{args.tag}" if args.tag else name)
         config, db = session.with_suffix(".toml"), session.with_suffix(".sqlite")
@@ -158,9 +260,15 @@ def _run(args: argparse.Namespace) -> int:
             pyc.unlink()
         t0 = time.perf_counter()
         try:
-            subprocess.run([cosmic_ray, "init", str(config), str(db)], cwd=ROOT, env=env, check=True)
-            if args.sample:
-                print(f"{module}: a fixed sample of {_keep_only(db, args.sample, args.seed)} mutants (seed {args.seed})")
+            if args.recheck:
+                if not db.exists():
+                    print(f"--recheck: no session {db} to recheck", file=sys.stderr)
+                    return 2
+                print(f"{module}: running {_reopen_survivors(db, module)} survivors of {db.name} again")
+            else:
+                subprocess.run([cosmic_ray, "init", str(config), str(db)], cwd=ROOT, env=env, check=True)
+            if args.sample and not args.recheck:
+                print(f"{module}: a fixed sample of {_keep_only(db, share, args.seed)} mutants (seed {args.seed})")
             subprocess.run([cosmic_ray, "exec", str(config), str(db)], cwd=ROOT, env=env, check=True)
         finally:
             if source.read_bytes() != original:  # an interrupted run leaves its mutant on disk
@@ -185,19 +293,27 @@ def _run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str]) -> int:
     if argv[:1] == ["test"]:
-        return _test()
+        module = argv[1] if len(argv) > 1 else MODULES[0]
+        if module not in FAST_TESTS:
+            print(f"no fast tests for {module}: one of {', '.join(FAST_TESTS)}", file=sys.stderr)
+            return 2
+        return _test(module)
     parser = argparse.ArgumentParser(prog="python -m proofs.mutation_tool")
     sub = parser.add_subparsers(dest="cmd", required=True)
     run = sub.add_parser("run", help="init a cosmic-ray session per module and execute it")
     run.add_argument("--module", action="append", help=f"a file to mutate (default: {', '.join(MODULES)})")
-    run.add_argument("--sample", type=int, default=0, help="run only this many mutants, a fixed seeded sample")
+    run.add_argument("--sample", type=int, default=0,
+                     help="run only this many mutants in all, a fixed seeded sample shared evenly by the modules")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--timeout", type=float, default=300.0, help="seconds per mutant; beyond it counts killed")
     run.add_argument("--stages", help=f"comma-separated subset of {','.join(STAGES)} (default: all)")
-    run.add_argument("--fast-tests", help=f"comma-separated test files for the fast stage (default: {','.join(FAST_TESTS)})")
+    run.add_argument("--fast-tests", help="comma-separated test files for the fast stage (default: FAST_TESTS[module])")
     run.add_argument("--tag", default="", help="a name for this session's files under build/mutation_tool/")
+    run.add_argument("--recheck", action="store_true",
+                     help="run the survivors of the existing session (same --tag) again, after new tests; "
+                          "documented equivalents are not rerun")
     run.add_argument("-v", "--verbose", action="store_true", help="print every mutant, not only survivors")
-    sub.add_parser("test", help="the per-mutant test command")
+    sub.add_parser("test", help="the per-mutant test command: test MODULE (default: the first of MODULES)")
     return _run(parser.parse_args(argv))
 
 
