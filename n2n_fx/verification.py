@@ -213,8 +213,12 @@ def perturbed(t: torch.Tensor, rel: float, key: str, seed: int = 0) -> torch.Ten
     with rel = eps/4, a typical rounding's worth of error on every entry, reproducibly."""
     from .planning import seeded
 
-    u = torch.rand(t.shape, generator=seeded(seed, "rounding", key), dtype=torch.float64)
-    return t.to(torch.float64) * (1 + rel * (2 * u - 1))
+    out = torch.empty(t.shape, dtype=torch.float64, device=t.device).copy_(t)  # contiguous, whatever t's strides
+    flat, gen = out.view(-1), seeded(seed, "rounding", key)
+    for start in range(0, flat.numel(), 1 << 22):  # u a chunk at a time: a streamed 12B check stays small
+        part = flat[start:start + (1 << 22)]
+        part.mul_(torch.rand(part.shape, generator=gen, dtype=torch.float64).mul_(2 * rel).add_(1 - rel))
+    return out
 
 
 def rounding_rtol(rtol: float, rounding_rel_err: float) -> float:

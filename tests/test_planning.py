@@ -538,3 +538,38 @@ class AttnAfter(nn.Module):
 def test_an_attention_reset_restores_each_space_to_its_own_width():
     w = _widths(_plan(AttnAfter(), XS, factor=1.25))  # z: 5 is off the grid; a: 6 -> 8 is not the attention's
     assert (w["a"], w["z"], w["att.heads"]) == (8, 4, 2)
+
+
+class _Sdpa(nn.Module):
+    """q, k, v projections split into 2 heads of 2, sdpa with a literal scale or its default."""
+
+    def __init__(self, scale: float | None) -> None:
+        super().__init__()
+        self.a, self.q, self.k, self.v, self.o = nn.Linear(3, 4), nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 4), \
+            nn.Linear(4, 2)
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a(x)
+        q, k, v = (p(h).view(1, 2, 2, 2).transpose(1, 2) for p in (self.q, self.k, self.v))
+        return self.o(torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=self.scale)
+                      .transpose(1, 2).reshape(1, 2, 4))
+
+
+@pytest.mark.parametrize("teacher,student,want", [
+    (None, None, 4 / 2),  # both derived: r^2 = d'/d, head_dim 2 -> 4
+    (0.5, None, 0.25 * 4),  # a literal against the student's derived 1/sqrt(4): s^2 d'
+    (None, 0.25, (1 / 2) / 0.0625),  # derived 1/sqrt(2) against the target's literal: 1 / (d s'^2)
+    (0.5, 0.25, 0.25 / 0.0625),  # literals: (s / s')^2
+    (0.5, 0.5, 1.0),  # a literal the student keeps: r = 1
+])
+def test_wider_heads_ratio_is_the_square_of_the_teacher_scale_over_the_student_scale(teacher, student, want):
+    x = torch.randn(1, 2, 3)
+    an = n2n_fx.plan(_Sdpa(teacher), x, heads="dim").analysis
+    (link,) = an.qk
+    plan = P.Plan(an, widths={"q.head_dim": 4}, qk_scales={link.node: student}, replication="uniform")
+    (ratio_sq,) = set(plan._qk_ratio.values())
+    assert ratio_sq == pytest.approx(want, rel=1e-15)
+    # f^4 = r^2 / c^2 on every q row: each of the 2 units copied twice
+    assert torch.allclose(plan.layout_qk(an.param_layouts[("q.weight", 0)]), torch.full((8,), want / 4,
+                                                                                        dtype=torch.float64))

@@ -115,3 +115,13 @@ def test_a_deep_bfloat16_student_is_judged_against_its_own_rounding():
         grown.model.layers[3].mlp.down_proj.weight.mul_(2)
     wrong = n2n_fx.verify(teacher, grown, ids)
     assert not wrong.ok and wrong.max_rel_err > wrong.rtol, wrong
+
+
+def test_the_rounding_measure_perturbs_within_its_bound_reproducibly():
+    from n2n_fx.verification import perturbed
+
+    t = torch.randn(300, 7, dtype=torch.bfloat16).t()  # strided, and more than one chunk's worth of keys
+    a, b = perturbed(t, 2**-10, "w"), perturbed(t.contiguous(), 2**-10, "w")
+    assert a.dtype == torch.float64 and torch.equal(a, b) and not torch.equal(a, perturbed(t, 2**-10, "other"))
+    rel = (a / t.double() - 1).abs()
+    assert rel.max() <= 2**-10 and rel.mean() > 2**-12  # u spreads over [-rel, rel]
