@@ -266,7 +266,8 @@ def _run(args: argparse.Namespace) -> int:
                     return 2
                 print(f"{module}: running {_reopen_survivors(db, module)} survivors of {db.name} again")
             else:
-                subprocess.run([cosmic_ray, "init", str(config), str(db)], cwd=ROOT, env=env, check=True)
+                # a fresh run starts over (a session of the same name from an earlier run is replaced)
+                subprocess.run([cosmic_ray, "init", "--force", str(config), str(db)], cwd=ROOT, env=env, check=True)
             if args.sample and not args.recheck:
                 print(f"{module}: a fixed sample of {_keep_only(db, share, args.seed)} mutants (seed {args.seed})")
             subprocess.run([cosmic_ray, "exec", str(config), str(db)], cwd=ROOT, env=env, check=True)
