@@ -11,6 +11,14 @@ then, each in its own process so peak RSS (VmHWM) is the operation's own:
 Prints seconds, the ratio to the floor, peak RSS, the load when each step ended, and bytes; nothing
 downloads. The ratio is what counts: the floor and the growth run side by side on the same machine.
 
+Measured on 2 otherwise idle cores (load 1.3), 23 GB of memory, ~3B (the defaults): floor 58.3 s,
+grow_checkpoint 65.9 s = 1.13x the floor, planning (7.0 s) included, peak RSS 1.82 GB. The
+streamed check of that pair (verify_checkpoint, where eps/4 fails judged against the measured
+rounding of every weight: verification.rounding_rtol): 321 s, peak RSS 2.97 GB, float64 4.24e-3
+against the measured bound 1.92e-2 (2x a typical rounding of every weight, 9.6e-3): preserved;
+bfloat16 student 3.35e-2, teacher 3.19e-2 (rtol 0.13). On loaded cores (load 4) the same grow took
+129.6 s against a 73.4 s floor (1.76x): it is compute-bound there.
+
 Measured on 2 cores shared with other jobs (1-minute load 4.2-5.9 throughout), 23 GB of memory:
   * ~3B (the defaults): source 6.28 GB (3.14B parameters) -> student 24.34 GB (12.4B). Floor 104.3 s,
     grow_checkpoint 132.8 s = 1.27x the floor, planning (12.4 s under that load) included; peak RSS
