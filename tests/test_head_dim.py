@@ -111,11 +111,14 @@ def test_the_rescaling_is_what_makes_it_exact() -> None:
     assert not n2n_fx.verify(teacher, student, _x(2)).ok
 
 
-def test_wider_heads_in_train_mode_and_bfloat16() -> None:
+def test_wider_heads_in_train_mode_float32_and_bfloat16() -> None:
     torch.manual_seed(0)
     teacher = Attn(fused=True).double()
     student = n2n_fx.widen(teacher, _x(2), factor=2.0, heads="dim", mode="train")
     assert n2n_fx.verify(teacher, student, _x(2), mode="train").ok
+    single = Attn().float().eval()  # float32, at a batch of one
+    single_student = n2n_fx.widen(single, _x(1, torch.float32), factor=1.5, heads="dim")
+    assert n2n_fx.verify(single, single_student, _x(1, torch.float32)).ok
     low = Attn().to(torch.bfloat16).eval()
     low_student = n2n_fx.widen(low, _x(2, torch.bfloat16), factor=1.5, heads="dim")
     report = n2n_fx.verify(low, low_student, _x(2, torch.bfloat16))
