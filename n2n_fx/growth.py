@@ -664,18 +664,12 @@ def target_qk_scales(an: Analysis, target: torch.nn.Module, inputs: Any, *, kept
     if an.qk and any(not _literal_scale(v) for _, v in theirs):
         raise GrowError("the target computes an attention scale in its graph", node=theirs[0][0], op="sdpa",
                         fix="wider heads need the target's scale as a literal or sdpa's default")
-    values = {v for _, v in theirs}
-    if len(values) == 1:
-        (value,) = values
-        pairs = {n: value for n, _ in ours}
-    elif len(ours) == len(theirs):
-        pairs = dict(zip((n for n, _ in ours), (v for _, v in theirs)))
-    elif an.qk:
-        raise GrowError(f"the target's {len(theirs)} attentions use {len(values)} scales and the teacher has "
-                        f"{len(ours)}: their pairing is unknown", node=an.qk[0].node, op="sdpa",
+    pairs = _pair_calls([n for n, _ in ours], [v for _, v in theirs])
+    if pairs is None and an.qk:
+        raise GrowError(f"the target's {len(theirs)} attentions use {len({v for _, v in theirs})} scales and the "
+                        f"teacher has {len(ours)}: their pairing is unknown", node=an.qk[0].node, op="sdpa",
                         fix="grow head_dim and the number of layers in two steps")
-    else:
-        pairs = {}  # unknown pairing: the verification judges
+    pairs = pairs or {}  # unknown pairing and no rescaled attention: the verification judges
     rescaled = {link.node for link in an.qk}
     if kept:
         for name, scale in ours:
@@ -709,12 +703,8 @@ def _check_attention_shapes(plan: Plan, target_gm: torch.fx.GraphModule) -> None
     head_growth does not read, no head_dim attribute at all) would read the grown rows as other
     heads. The calls pair as the scales do: one shape for all of the target's, or in order."""
     ours = [n for n, _ in sdpa_scales(plan.analysis.gm)]
-    theirs = [_qk_shape(target_gm, n) for n, _ in sdpa_scales(target_gm)]
-    if len(set(theirs)) == 1:
-        pairs = dict.fromkeys(ours, theirs[0])
-    elif len(ours) == len(theirs):
-        pairs = dict(zip(ours, theirs))
-    else:
+    pairs = _pair_calls(ours, [_qk_shape(target_gm, n) for n, _ in sdpa_scales(target_gm)])
+    if pairs is None:
         return  # the pairing is unknown: the verification judges
     for name in ours:
         q = plan.analysis.vals[_sdpa_query(plan.analysis.gm, name).name]
@@ -724,6 +714,15 @@ def _check_attention_shapes(plan: Plan, target_gm: torch.fx.GraphModule) -> None
                             f"class makes it {pairs[name]}: it would read the grown rows as other heads", node=name, op="sdpa",
                             fix="give the attention modules head_dim and num_heads attributes (so that grow sees "
                             "which one grows), and grow either the heads or head_dim")
+
+
+def _pair_calls(ours: list[str], theirs: list[Any]) -> dict[str, Any] | None:
+    """The teacher's sdpa calls paired with what the target's hold (scales, query shapes): one value
+    for all of the target's (the usual case) applies to every call, else they pair in order; None
+    where neither holds (extra layers with values of their own)."""
+    if len(set(theirs)) == 1:
+        return dict.fromkeys(ours, theirs[0])
+    return dict(zip(ours, theirs)) if len(ours) == len(theirs) else None
 
 
 def _qk_shape(gm: torch.fx.GraphModule, name: str) -> tuple[int, ...]:

@@ -127,7 +127,7 @@ def widen_optimizer(plan: Plan, teacher: torch.nn.Module, optimizer: torch.optim
             grouped = grouped_of.get(name)
             a = gradient_divisor(plan, name, axes, p.ndim) if axes else torch.ones(())
             if p in optimizer.state:
-                _check_not_filled(plan, name, axes)
+                _check_state_mappable(plan, name, axes)
                 state[sp] = _remap_state(optimizer.state[p], plan, name, axes, a, grouped)
                 _check_shapes(state[sp], sp, name)
             if exact:
@@ -183,7 +183,7 @@ def _check_shapes(st: dict, sp: torch.nn.Parameter, name: str) -> None:
                               op="widen_optimizer", fix="pass the plan the student was made with")
 
 
-def _check_not_filled(plan: Plan, name: str, axes: list[int]) -> None:
+def _check_state_mappable(plan: Plan, name: str, axes: list[int]) -> None:
     """A space grown by fill (zero or mean rows, a gain) has no moment mapping: its new units' and
     gains' gradients are not gathers of the teacher's, so Adam's v would be scaled wrongly. Nor
     have rescaled q/k rows (wider heads) yet."""

@@ -143,6 +143,7 @@ def check_qk(ctx: Context) -> None:
     linear producers (their OUT rows and biases take the factor), and leaves them, when v shares
     the space, into linear consumers (their columns take 1/(c f)). Anything else (rotary
     embeddings, q/k norms, activations) freezes the space with the op that breaks it."""
+    nodes = {n.name: n for n in ctx.gm.graph.nodes} if ctx.qk else {}
     for link in ctx.qk:
         space = {S.find(a) for a in S.atoms_of(link.layout)}
         frozen = [a for a in space if a.frozen]
@@ -153,7 +154,7 @@ def check_qk(ctx: Context) -> None:
             for a in space - set(frozen):
                 S.freeze(a, why)
             continue
-        found = _qk_params(ctx, link, space)
+        found = _qk_params(ctx, link, space, nodes)
         if not isinstance(found, Reason):
             link.params = found
             continue
@@ -161,7 +162,7 @@ def check_qk(ctx: Context) -> None:
             S.freeze(a, found)
 
 
-def _qk_params(ctx: Context, link: Any, space: set) -> tuple[ParamAxis, ...] | Reason:
+def _qk_params(ctx: Context, link: Any, space: set, nodes: dict[str, torch.fx.Node]) -> tuple[ParamAxis, ...] | Reason:
     """The parameter axes on the space (every call on it commutes with the factor), or why not."""
     def no(node: str, why: str) -> Reason:
         return Reason(Code.CONSTRAINT, node, ctx.ops.get(node, "?"), f"wider heads rescale the q and k rows of {link.node}: {why}")
@@ -170,7 +171,6 @@ def _qk_params(ctx: Context, link: Any, space: set) -> tuple[ParamAxis, ...] | R
         return isinstance(v, Val) and any(S.find(a) in space for lay in v.layouts for a in S.atoms_of(lay))
 
     params: set[ParamAxis] = set()
-    nodes = {n.name: n for n in ctx.gm.graph.nodes}
     for name, ev in ctx.events.items():
         operands = [v for v in _walk(ev.bound) if isinstance(v, Val)]
         if not any(on(v) for v in operands + [v for v in _walk(ev.out) if isinstance(v, Val)]):
