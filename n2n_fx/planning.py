@@ -192,11 +192,18 @@ class Plan:
                 raise FrozenSpaceError(f"space {name!r} cannot be widened: {r}", node=r.node, op=r.op,
                                        fix="widen another space; `n2n-fx explain` lists the widenable ones")
             targets[name] = q
-        tied = self._apply_ties(targets, set(widths))
-        self._apply_uniform(targets, set(widths) | tied, factor)  # a tie-mate of a request is asked too
-        self._apply_links(targets, set(widths) | tied)  # a tie-mate of a request is asked too
+        # a request spreads through conv ties and norm groups until nothing new is asked: a tie-mate of a
+        # request is asked too, and so is a norm-mate whose k a request fixed (which may tie further)
+        asked = set(widths)
+        while True:
+            spread = asked | self._apply_ties(targets, asked)
+            spread |= self._apply_uniform(targets, spread, factor)
+            if spread == asked:
+                break
+            asked = spread
+        self._apply_links(targets, asked)
         self._settle_ties(targets, set(widths))
-        self._solve_fills(targets, set(widths) | tied, factor)
+        self._solve_fills(targets, asked, factor)
         return targets
 
     def _solve_fills(self, targets: dict[str, int], requested: set[str], factor: float | None) -> None:
@@ -224,7 +231,6 @@ class Plan:
         width its tie group got: then the group and what is tied to it keep their widths (a
         requested width that cannot hold is an error)."""
         an = self.analysis
-        by_name = {sp.name: sp for sp in an.spaces}
         for _ in range(len(an.ties) + 1):
             reset: set[str] = set()
             for group in an.ties:
@@ -242,8 +248,7 @@ class Plan:
                 reset |= names
             if not reset:
                 return
-            for name in self._closure(reset):
-                targets[name] = by_name[name].width
+            self._reset(targets, reset, requested, "a grouped conv's pieces")
             self._apply_links(targets, requested)
         raise ConstraintError("grouped conv widths did not settle", op="conv",  # pragma: no cover
                               fix="request widths for the grouped conv's spaces explicitly")
@@ -261,10 +266,12 @@ class Plan:
             groups.append(([node] + [n for g in joined for n in g[0]], members))
         return [(nodes[0], list(members.values())) for nodes, members in groups]
 
-    def _apply_uniform(self, targets: dict[str, int], requested: set[str], factor: float | None) -> None:
+    def _apply_uniform(self, targets: dict[str, int], requested: set[str], factor: float | None) -> set[str]:
         """Spaces under a LayerNorm/RMSNorm grow by one integer k: k = floor(factor), or the one k
         their requested widths imply. A requested width that is not a multiple (or, with norm_fill,
-        a factor's) grows by fill instead (fill.py; replication='uniform' keeps the old refusal)."""
+        a factor's) grows by fill instead (fill.py; replication='uniform' keeps the old refusal).
+        Returns the spaces whose k a request fixed."""
+        asked: set[str] = set()
         for node, spaces in self.uniform_groups():
             live = [sp for sp in spaces if not sp.frozen]
             ks = set()
@@ -295,9 +302,12 @@ class Plan:
                 raise ConstraintError(f"spaces {[sp.name for sp in live]} are normalised together at {node} and "
                                       f"need one replication factor; got {sorted(ks)}", node=node, op="normalize",
                                       fix="request widths with one ratio to their current widths")
+            if ks:
+                asked |= {sp.name for sp in live}
             k = ks.pop() if ks else (max(1, math.floor(factor + 1e-9)) if factor is not None else 1)
             for sp in live:
                 targets[sp.name] = sp.width * k
+        return asked
 
     def _apply_links(self, targets: dict[str, int], requested: set[str]) -> None:
         """nn.MultiheadAttention: heads = embed width / head_dim. A factor that gives an embed width
@@ -328,8 +338,7 @@ class Plan:
                 reset |= {heads.name, *(sp.name for sp in embed)}
             if not reset:
                 return
-            for name in self._closure(reset):
-                targets[name] = next(sp.width for sp in an.spaces if sp.name == name)
+            self._reset(targets, reset, requested, "an attention's embed width off its head grid")
         raise ConstraintError("attention widths did not settle", op="attention",  # pragma: no cover
                               fix="request widths for the attention's spaces explicitly")
 
@@ -339,6 +348,20 @@ class Plan:
             sp = self.analysis.space_of(s.atom) if isinstance(s, Seg) else None
             total += (targets[sp.name] * s.inner if sp is not None else s.size)
         return total
+
+    def _reset(self, targets: dict[str, int], names: set[str], requested: set[str], why: str) -> None:
+        """`names` keep their widths, and so does everything tied to them; a requested width among
+        them cannot hold, which is an error, never a silent drop."""
+        by_name = {sp.name: sp for sp in self.analysis.spaces}
+        closure = self._closure(names)
+        lost = sorted(n for n in closure if n in requested and targets[n] != by_name[n].width)
+        if lost:
+            raise ConstraintError(
+                f"the widths requested for {lost} cannot hold: {why} keeps {sorted(names)} at their widths, and "
+                f"{lost} are tied to them (conv ties, norm groups)", node=lost[0], op="widths",
+                fix=f"request widths for {sorted(closure)} together, or leave {lost} out")
+        for name in closure:
+            targets[name] = by_name[name].width
 
     def _closure(self, names: set[str]) -> set[str]:
         """Spaces that must keep their width with `names`: their norm groups and conv tie groups."""

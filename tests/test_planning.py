@@ -573,3 +573,50 @@ def test_wider_heads_ratio_is_the_square_of_the_teacher_scale_over_the_student_s
     # f^4 = r^2 / c^2 on every q row: each of the 2 units copied twice
     assert torch.allclose(plan.layout_qk(an.param_layouts[("q.weight", 0)]), torch.full((8,), want / 4,
                                                                                         dtype=torch.float64))
+
+
+class TwoTies(nn.Module):
+    """Two grouped convs: g1's piece g1[0:4] is an attention's embed (2 heads x 2), its mate g1[4:8] is
+    normalised with g2[0:4], whose mate g2[4:8] is not: a request for g2[4:8] reaches the attention
+    through a tie, a norm group and a tie again."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.c2 = nn.Conv1d(3, 8, 1), nn.Conv1d(3, 8, 1)
+        self.g1, self.g2 = nn.Conv1d(8, 8, 1, groups=2), nn.Conv1d(8, 8, 1, groups=2)
+        self.att = nn.MultiheadAttention(4, 2, batch_first=True)
+        self.o, self.n, self.p = nn.Linear(4, 2), nn.Linear(8, 2), nn.Conv1d(4, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = self.g1(self.c1(x)).split(4, 1)
+        c, d = self.g2(self.c2(x)).split(4, 1)
+        q = a.permute(0, 2, 1)
+        bc = nn.functional.layer_norm(torch.cat([b, c], 1).permute(0, 2, 1), (8,))
+        return self.o(self.att(q, q, q, need_weights=False)[0]).sum() + self.n(bc).sum() + self.p(torch.relu(d)).sum()
+
+
+X3 = torch.randn(2, 3, 5, dtype=torch.float64)
+TWO_TIES = ("g1[0:4]", "g1[4:8]", "g2[0:4]", "g2[4:8]", "att.heads")
+
+
+@pytest.mark.parametrize("name", ["g2[4:8]", "g2[0:4]", "g1[4:8]"])
+def test_a_request_spreads_through_ties_and_norm_groups_until_nothing_new_is_asked(name):
+    """It was dropped: the norm group carried 8 to g1[4:8], whose tie-mate (the embed) stayed 4, so the
+    grouped-conv settling reset the whole chain, the request included, with no error."""
+    model = TwoTies().double()
+    plan = _plan(model, X3, widths={name: 8})
+    assert tuple(_widths(plan)[n] for n in TWO_TIES) == (8, 8, 8, 8, 4)
+    student = n2n_fx.widen(model, X3, widths={name: 8})
+    report = n2n_fx.verify(model, student, X3)
+    assert report.ok and report.max_rel_err < 1e-12, report
+    assert student.att.num_heads == 4 and student.g2.weight.shape[0] == 16
+
+
+def test_a_reset_that_reaches_a_requested_width_is_an_error_never_a_silent_drop():
+    plan = _plan(TwoTies(), X3)
+    targets = {sp.name: sp.width for sp in plan.analysis.spaces} | {"g2[4:8]": 8}
+    with pytest.raises(n2n_fx.ConstraintError, match=r"requested for \['g2\[4:8\]'\] cannot hold") as info:
+        plan._reset(dict(targets), {"g1[0:4]"}, {"g2[4:8]"}, "a test")  # through a tie, a norm group, a tie
+    assert info.value.node == "g2[4:8]"
+    plan._reset(targets, {"g1[0:4]"}, set(), "a test")  # unrequested: the whole chain keeps its widths
+    assert all(targets[n] == 4 for n in TWO_TIES[:4])
