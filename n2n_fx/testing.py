@@ -815,6 +815,9 @@ class WidenRequest:
     seed: int
     fill: bool = False  # growth: normalised spaces ask for a width that is not a multiple (fill)
     heads: str = "count"  # attention grows by whole heads, or ("dim") by wider heads
+    # growth: which open spaces are asked (cycled over them; empty: all). A request for some spaces
+    # must spread to what is tied to them (conv ties, norm groups, attention embeds) or be refused
+    subset: tuple[bool, ...] = ()
 
     def kwargs(self, spaces: list) -> dict:
         """Arguments for n2n_fx.plan/widen given the teacher's plan spaces (planned with self.heads)."""
@@ -823,6 +826,8 @@ class WidenRequest:
             return {**base, "factor": self.factor}
         # attention spaces are left to the plan (heads follow the embed width, a multiple of head_dim)
         open_spaces = [p for p in spaces if not p.reasons and not p.space.attention]
+        if self.subset:
+            open_spaces = [p for i, p in enumerate(open_spaces) if self.subset[i % len(self.subset)]]
         k = 1 + int(self.growth[0] + 0.5)  # normalised spaces grow by one integer factor
         widths = {p.name: p.width * k if p.space.uniform else p.width + int(p.width * self.growth[i % len(self.growth)] + 0.5)
                   for i, p in enumerate(open_spaces)}
@@ -841,6 +846,7 @@ def widen_requests() -> st.SearchStrategy[WidenRequest]:
         st.integers(0, 2**16),
         st.booleans(),
         st.sampled_from(["count", "dim"]),
+        st.one_of(st.just(()), st.lists(st.booleans(), min_size=1, max_size=4).map(tuple)),
     ).map(lambda r: r if r.factor is not None or r.growth is not None
           else WidenRequest(2.0, None, r.symmetry, r.seed, heads=r.heads))
 

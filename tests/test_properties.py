@@ -40,6 +40,11 @@ FUSED = Arch(2, 2, (("conv", 0, 4, 1, 1), ("sdpa", 1, 2, "slice"), ("sdpa", 2, 2
                     ("slices", 3, 3, "getitem"), ("conv", 4, 4, 1, 1), ("add", 8, 3), ("cat", (9, 5, 6))), "mean")
 TIED = Arch(2, 2, (("conv", 0, 3, 1, 1), ("bn_act", 1, "relu"), ("add", 2, 1)), "tied")  # tied table behind a gain
 TIED_SHARED = Arch(2, 2, (("conv", 0, 3, 1, 1),), "tied_shared")  # ... whose gain is read twice: the tie freezes
+# a grouped conv's piece is an attention's embed, its mate is normalised with another grouped conv's piece:
+# a request for that conv's other piece reaches the attention through a tie, a norm group and a tie
+TWO_TIES = Arch(3, 3, (("conv", 0, 8, 1, 1), ("conv", 1, 8, 1, 2), ("chunk", 2), ("conv", 0, 8, 1, 1),
+                       ("conv", 5, 8, 1, 2), ("chunk", 6), ("attention", 3, 2), ("cat", (4, 7)), ("norm", 10, "layer"),
+                       ("cat", (11, 9, 8))), "mean")
 
 
 def grow(arch: Arch, req: WidenRequest, built=None):
@@ -73,6 +78,7 @@ def grow(arch: Arch, req: WidenRequest, built=None):
 @example(TIED_SHARED, WidenRequest(2.0, None, "none", 0))
 @example(FUSED, WidenRequest(1.5, None, "none", 0, heads="dim"))  # wider heads: q, k rows rescaled
 @example(FUSED, WidenRequest(None, (0.5, 1.0), "split", 3, heads="dim"))
+@example(TWO_TIES, WidenRequest(None, (1.0,), "none", 0, subset=(False,) * 6 + (True,)))  # layers.4[4:8] alone
 def test_widen_preserves_random_architectures(arch, req):
     model, x = arch.build()
     snap = snapshot(model)
