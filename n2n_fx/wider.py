@@ -372,11 +372,23 @@ def _rewrite_view(node: torch.fx.Node, widths: list[int]) -> bool:
     return True
 
 
+def _rewrite_unflatten(node: torch.fx.Node, rw: Rewrite, widths: list[int]) -> bool:
+    """unflatten(x, dim, sizes): literal sizes of the new dims follow the new widths (-1 stays)."""
+    sizes = list(node.args[2] if len(node.args) > 2 else node.kwargs["sizes"])
+    new = [w if isinstance(s, int) and s != -1 else s for s, w in zip(sizes, widths)]
+    if new == sizes:
+        return False
+    if len(node.args) > 2:
+        node.args = (*node.args[:2], tuple(new), *node.args[3:])
+    else:
+        node.kwargs = {**node.kwargs, "sizes": tuple(new)}
+    return True
 
 # every kind of Rewrite and the pass that changes its literal (keyed by the enum: a kind missing
 # here raises in _rewrite_graph instead of being skipped)
 REWRITES = {
     RewriteKind.VIEW_SHAPE: lambda node, rw, widths: _rewrite_view(node, widths),
+    RewriteKind.UNFLATTEN_SIZES: _rewrite_unflatten,
     RewriteKind.SPLIT_SIZES: _rewrite_split,
     RewriteKind.NORMALIZED_SHAPE: _rewrite_normalized_shape,
     RewriteKind.ARG: _rewrite_arg,

@@ -30,6 +30,7 @@ class RewriteKind(enum.StrEnum):
     """Which literal of the student's graph a Rewrite changes (wider.py dispatches on it)."""
 
     VIEW_SHAPE = "view_shape"  # view/reshape/expand sizes
+    UNFLATTEN_SIZES = "unflatten_sizes"  # unflatten: the sizes of the dims it makes (from `dim` on)
     SPLIT_SIZES = "split_sizes"  # split/chunk: the pieces' sizes
     GROUPS = "groups"  # conv groups (positional argument 6)
     NORMALIZED_SHAPE = "normalized_shape"  # F.layer_norm's normalized_shape

@@ -185,9 +185,12 @@ def reshape(ctx: Context, spec: OpSpec, a: dict[str, Any]) -> Any:
     node, table, gm = ctx.node, ctx.table, ctx.gm  # asked only by a split that could be heads
     layouts = _fold_batch(x.shape, x.layouts, shape) or reshape_layouts(
         x.shape, x.layouts, shape, ctx.reason, heads=lambda: ctx.heads == HeadGrowth.COUNT and _feeds_attention(node, table, gm))
-    if "shape" in a:
-        sizes = a["shape"]
-        for k, (arg, lay) in enumerate(zip(sizes, layouts)):
+    # the literal sizes and the output dims they size: view's every dim, unflatten's new dims
+    literal = (a["shape"], 0, RewriteKind.VIEW_SHAPE) if "shape" in a else \
+        (a["sizes"], _norm_dim(a.get("dim", 0), x.ndim), RewriteKind.UNFLATTEN_SIZES) if "sizes" in a else None
+    if literal is not None:
+        sizes, first, kind = literal
+        for k, (arg, lay) in enumerate(zip(sizes, layouts[first:])):
             if isinstance(arg, Scalar) and S.is_spaced(lay):
                 # checked once the graph is read: SENet's y.view(b, c, 1, 1) sizes a space that a
                 # later `x * y` makes the very space `c` was read from
@@ -195,7 +198,7 @@ def reshape(ctx: Context, spec: OpSpec, a: dict[str, Any]) -> Any:
             elif isinstance(arg, Scalar) and arg.taint:
                 # a fixed dim whose size is computed from a width: it would change on the student
                 ctx.freeze_all(arg, ctx.reason(Code.SIZE_USED, f"size argument {k} depends on a width"))
-        ctx.rewrites.append(Rewrite(ctx.node.name, RewriteKind.VIEW_SHAPE, layouts))
+        ctx.rewrites.append(Rewrite(ctx.node.name, kind, layouts[first:first + len(sizes)], dim=first))
     return Val(shape, layouts, x.param_axes if shape == x.shape else None)  # a no-op view keeps a parameter
 
 
