@@ -697,6 +697,38 @@ class FunctionalRMSNet(nn.Module):
         return self.head(F.rms_norm(h, (2,), self.g, 1e-6) + torch.rms_norm(h, (2,)))
 
 
+class SwinNet(nn.Module):
+    """torchvision's Swin window attention on a residual stream (channels-last (B, 1, 4, C), 2 heads,
+    windows of 1 x 2 tokens shifted by one: two windows, the shift's mask)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from torchvision.models.swin_transformer import ShiftedWindowAttention
+
+        self.a, self.head = nn.Linear(3, 4), nn.Linear(4, 2)
+        self.attn = ShiftedWindowAttention(4, [1, 2], [0, 1], 2)
+        nn.init.normal_(self.attn.relative_position_bias_table)  # its init is near zero: make the copy visible
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a(x)
+        return self.head(h + self.attn(h))
+
+
+class MaxVitNet(nn.Module):
+    """torchvision's MaxViT attention (a leaf: 2 heads of 1 over 4 tokens, a relative position bias)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from torchvision.models.maxvit import RelativePositionalMultiHeadAttention
+
+        self.a, self.head = nn.Linear(3, 2), nn.Linear(2, 2)
+        self.attn = RelativePositionalMultiHeadAttention(2, 1, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a(x)
+        return self.head(h + self.attn(h))
+
+
 class MeanSquareNet(nn.Module):
     """RMSNorm written out (mean of squares, rsqrt), as exported Llama models spell it."""
 
@@ -1210,6 +1242,12 @@ def attention_heads() -> list[Claim]:
                            plan_kw={"factor": 1.5, "seed": 5}) for b in (1, 2)]
     claims += aten_claims("bmm attention, heads folded into the batch (batch 2): heads 2 -> 3", BmmNet(),
                           torch.randn(2, 2, 3), core=False, plan_kw={"factor": 1.5, "seed": 5})
+    claims.append(widen_claim("torchvision Swin shifted-window attention (two windows, the shift's mask): heads "
+                              "2 -> 3, the relative position bias table copied with its heads", SwinNet(),
+                              torch.randn(1, 1, 4, 3), plan_kw={"factor": 1.5, "seed": 6}))
+    claims.append(widen_claim("torchvision MaxViT relative positional attention (4 tokens): heads 2 -> 3, the bias "
+                              "table copied with its heads", MaxVitNet(), torch.randn(1, 1, 4, 3),
+                              plan_kw={"factor": 1.5, "seed": 7}))
     a, b, c, d = sympy.symbols("a b c d", real=True)
     teacher = (a * c + b * d) / sympy.sqrt(2)  # one head, head_dim 2: a score
     student = (a * c / 2 + a * c / 2 + b * d) / sympy.sqrt(3)  # q dim 0 copied, k halved: head_dim 3

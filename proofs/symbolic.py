@@ -518,6 +518,27 @@ def _mha_module(it: SymInterpreter, m: nn.Module, target: str, args: tuple, kwar
     return w, None
 
 
+def _maxvit_attention(it: SymInterpreter, m: nn.Module, target: str, args: tuple, kwargs: dict) -> Any:
+    """torchvision's MaxViT RelativePositionalMultiHeadAttention on (B, G, P, D)."""
+    x = args[0]
+    b, g, p, d = x.shape
+    heads, hd = m.n_heads, m.head_dim
+    qkv = x @ it._p(target, "to_qkv.weight").T + it._p(target, "to_qkv.bias")
+    q, k, v = (t.reshape(b, g, p, heads, hd).transpose(0, 1, 3, 2, 4) for t in np.split(qkv, 3, axis=-1))
+    index = np.asarray(m.relative_position_index).reshape(-1)
+    bias = it._p(target, "relative_position_bias_table")[index].reshape(p, p, -1).transpose(2, 0, 1)[None]
+    o = _heads_attention(q, k * _scale_of(m.scale_factor), v, bias)
+    return o.transpose(0, 1, 3, 2, 4).reshape(b, g, p, d) @ it._p(target, "merge.weight").T + it._p(target, "merge.bias")
+
+
+try:  # torchvision is optional, as in the table
+    from torchvision.models.maxvit import RelativePositionalMultiHeadAttention
+
+    sym_impl(RelativePositionalMultiHeadAttention)(_maxvit_attention)
+except ImportError:  # pragma: no cover
+    pass
+
+
 @sym_impl(nn.Identity, nn.Dropout)
 def _identity_module(it: SymInterpreter, m: nn.Module, target: str, args: tuple, kwargs: dict) -> Any:
     return args[0]
@@ -755,6 +776,72 @@ def _stochastic_depth(it: SymInterpreter, args: tuple, kwargs: dict) -> Any:  # 
     if _arg(args, kwargs, 3, "training", True) and _arg(args, kwargs, 1, "p") > 0:
         raise NotImplementedError("symbolic stochastic depth in training mode")
     return args[0]
+
+
+def _scale_of(v: float) -> Any:
+    """A float attention scale as the surd it stands for (1/sqrt(d) for an integer d)."""
+    d = v ** -2
+    return 1 / sympy.sqrt(round(d)) if abs(d - round(d)) < 1e-9 else exact(v)
+
+
+def _heads_attention(q: Array, k: Array, v: Array, bias: Array, mask: Array | None = None) -> Array:
+    """softmax(q k^T + bias (+ mask)) v over (..., heads, N, head_dim) (q already scaled)."""
+    attn = q @ np.swapaxes(k, -1, -2) + bias
+    if mask is not None:
+        attn = attn + mask
+    e = _exp(attn)
+    return (e / e.sum(axis=-1, keepdims=True)) @ v
+
+
+def _swin_mask(size: tuple[int, int], window: list[int], shift: list[int]) -> np.ndarray:
+    """torchvision's shifted-window attention mask (0 or -100 per window, query, key): sizes only."""
+    mask = torch.zeros(size)
+    count = 0
+    for h in ((0, -window[0]), (-window[0], -shift[0]), (-shift[0], None)):
+        for w in ((0, -window[1]), (-window[1], -shift[1]), (-shift[1], None)):
+            mask[h[0]:h[1], w[0]:w[1]] = count
+            count += 1
+    mask = mask.view(size[0] // window[0], window[0], size[1] // window[1], window[1]).permute(0, 2, 1, 3)
+    mask = mask.reshape(-1, window[0] * window[1])
+    mask = mask.unsqueeze(1) - mask.unsqueeze(2)
+    return np.where(mask.numpy() != 0, -100, 0).astype(object)
+
+
+@sym_impl(ByName("shifted_window_attention"))
+def _shifted_window_attention(it: SymInterpreter, args: tuple, kwargs: dict) -> Any:
+    """torchvision's Swin (V1) window attention: pad, cyclic shift, windows, heads with the relative
+    position bias (and the shift's mask), projection, and back."""
+    names = ("input", "qkv_weight", "proj_weight", "relative_position_bias", "window_size", "num_heads", "shift_size",
+             "attention_dropout", "dropout", "qkv_bias", "proj_bias", "logit_scale", "training")
+    a = {**dict(zip(names, args)), **kwargs}
+    if a.get("logit_scale") is not None:
+        raise NotImplementedError("symbolic Swin V2 cosine attention")
+    x, window, heads = a["input"], list(a["window_size"]), a["num_heads"]
+    b, h, w, c = x.shape
+    pads = [(window[0] - h % window[0]) % window[0], (window[1] - w % window[1]) % window[1]]
+    x = np.pad(x, [(0, 0), (0, pads[0]), (0, pads[1]), (0, 0)], constant_values=sympy.Integer(0))
+    size = x.shape[1:3]
+    shift = [0 if window[d] >= size[d] else a.get("shift_size", [0, 0])[d] for d in range(2)]
+    x = np.roll(x, (-shift[0], -shift[1]), axis=(1, 2)) if sum(shift) else x
+    nh, nw, n = size[0] // window[0], size[1] // window[1], window[0] * window[1]
+    x = x.reshape(b, nh, window[0], nw, window[1], c).transpose(0, 1, 3, 2, 4, 5).reshape(b * nh * nw, n, c)
+    qkv = x @ a["qkv_weight"].T + (a["qkv_bias"] if a.get("qkv_bias") is not None else 0)
+    q, k, v = qkv.reshape(b * nh * nw, n, 3, heads, c // heads).transpose(2, 0, 3, 1, 4)
+    mask = None
+    if sum(shift):
+        mask = np.tile(_swin_mask(size, window, shift)[:, None], (b, 1, 1, 1))
+    o = _heads_attention(q / sympy.sqrt(c // heads), k, v, a["relative_position_bias"], mask)
+    o = np.swapaxes(o, 1, 2).reshape(b * nh * nw, n, c) @ a["proj_weight"].T
+    o = o + (a["proj_bias"] if a.get("proj_bias") is not None else 0)
+    o = o.reshape(b, nh, nw, window[0], window[1], c).transpose(0, 1, 3, 2, 4, 5).reshape(b, *size, c)
+    o = np.roll(o, tuple(shift), axis=(1, 2)) if sum(shift) else o
+    return o[:, :h, :w]
+
+
+@sym_impl(ByName("_get_relative_position_bias"))
+def _relative_position_bias(it: SymInterpreter, args: tuple, kwargs: dict) -> Any:  # (table, index, window_size)
+    n = args[2][0] * args[2][1]
+    return args[0][np.asarray(args[1])].reshape(n, n, -1).transpose(2, 0, 1)[None]
 
 
 @sym_impl(F.softmax, torch.softmax)
