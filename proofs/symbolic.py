@@ -741,7 +741,8 @@ sym_impl(F.embedding)(lambda it, args, kwargs: args[1][np.asarray(args[0])])  # 
 
 
 def _number(v: Any) -> Any:
-    return exact(v) if isinstance(v, float) else v
+    """A float literal as the rational its shortest repr spells (exact() would round 1e-6 to 0)."""
+    return sympy.Rational(repr(v)) if isinstance(v, float) else v
 
 
 def _compare(rel: Callable[[Any, Any], Any]) -> SymFn:
