@@ -101,12 +101,16 @@ def widen_claim(statement: str, model: nn.Module, x: torch.Tensor, **kw: Any) ->
     return Claim(statement, not diffs and not vacuous, counterexample=concrete_counterexample(diffs) if diffs else None)
 
 
-def aten_claims(statement: str, model: nn.Module, x: torch.Tensor, *, core: bool = True, **kw: Any) -> list[Claim]:
+def aten_claims(statement: str, model: nn.Module, x: torch.Tensor, *, core: bool = True, dynamic: bool = False,
+                **kw: Any) -> list[Claim]:
     """widen_claim on the graphs torch.export hands over: the exported (ATen) module and (core) its
-    core ATen decomposition, so that the table's ATen spellings are proved as its Python ones are."""
+    core ATen decomposition, so that the table's ATen spellings are proved as its Python ones are.
+    dynamic: the batch axis exported as a dynamic dim, so that sizes read from it are sym_size calls."""
     torch.manual_seed(0)
-    ep = torch.export.export(model.double().eval(), (x.double(),))
-    forms = [("torch.export", ep.module())] + ([("core ATen", ep.run_decompositions().module())] if core else [])
+    shapes = ({0: torch.export.Dim("batch")},) if dynamic else None
+    ep = torch.export.export(model.double().eval(), (x.double(),), dynamic_shapes=shapes)
+    export = "torch.export, dynamic batch" if dynamic else "torch.export"
+    forms = [(export, ep.module())] + ([("core ATen", ep.run_decompositions().module())] if core else [])
     return [widen_claim(f"{statement} [{form}]", gm, x, **kw) for form, gm in forms]
 
 
@@ -159,12 +163,36 @@ class ConvNet(nn.Module):
 
 
 class BNNet(nn.Module):
-    def __init__(self) -> None:
+    """conv -> BatchNorm2d -> relu -> conv; functional: F.batch_norm on the module's tensors ("eval":
+    its running statistics, "train": batch statistics, no running ones)."""
+
+    def __init__(self, functional: str | None = None) -> None:
         super().__init__()
         self.a, self.bn, self.b = nn.Conv2d(2, 3, 1), nn.BatchNorm2d(3), nn.Conv2d(3, 2, 1)
+        self.functional = functional
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.b(torch.relu(self.bn(self.a(x))))
+        h, bn = self.a(x), self.bn
+        if self.functional == "eval":
+            h = F.batch_norm(h, bn.running_mean, bn.running_var, bn.weight, bn.bias)
+        elif self.functional == "train":
+            h = F.batch_norm(h, None, None, bn.weight, bn.bias, training=True)
+        else:
+            h = bn(h)
+        return self.b(torch.relu(h))
+
+
+class FunctionalConvNet(nn.Module):
+    """Conv1d/2d/3d weights applied by F.conv1d/2d/3d (a 3-tap kernel, padding 1, then 1x1)."""
+
+    def __init__(self, dims: int = 2) -> None:
+        super().__init__()
+        conv = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[dims - 1]
+        self.a, self.b, self.fn = conv(2, 4, 3), conv(4, 2, 1), (F.conv1d, F.conv2d, F.conv3d)[dims - 1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.fn(x, self.a.weight, self.a.bias, 1, 1))
+        return self.fn(h, self.b.weight, self.b.bias)
 
 
 class PoolNet(nn.Module):
@@ -177,6 +205,43 @@ class PoolNet(nn.Module):
         y = torch.relu(self.a(x))
         pooled = self.avg(self.max(y) + F.adaptive_avg_pool2d(y, 1))
         return self.b(torch.flatten(pooled, 1) + y.mean((2, 3)))  # mean over spatial dims: reduce
+
+
+class PoolNdNet(nn.Module):
+    """1d or 3d pools in module and function spellings (adaptive max: the module only, which
+    torch.export spells as adaptive_max_pool*d, an op the table does not list)."""
+
+    def __init__(self, dims: int, adaptive_max: bool = True) -> None:
+        super().__init__()
+        d = f"{dims}d"
+        self.a, self.b = (nn.Conv1d, None, nn.Conv3d)[dims - 1](1, 3, 1), nn.Linear(3, 2)
+        self.max, self.avg = getattr(nn, f"MaxPool{d}")(2), getattr(nn, f"AvgPool{d}")(2)
+        self.gavg = getattr(nn, f"AdaptiveAvgPool{d}")(1)
+        self.gmax = getattr(nn, f"AdaptiveMaxPool{d}")(1) if adaptive_max else None
+        self.fns = tuple(getattr(F, f"{name}{d}") for name in ("max_pool", "avg_pool", "adaptive_avg_pool"))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.a(x))
+        y = self.max(y) + self.avg(y) + self.fns[0](y, 2) + self.fns[1](y, 2)
+        z = self.gavg(y) + self.fns[2](y, 1) + (self.gmax(y) if self.gmax is not None else 0)
+        return self.b(torch.flatten(z, 1))
+
+
+class PadNet(nn.Module):
+    """Every padding module of the table's 2d spellings and F.pad in reflect mode: per channel."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(1, 3, 1), nn.Linear(3, 2)
+        self.pads = nn.ModuleList([nn.ZeroPad2d((1, 1, 1, 1)), nn.ConstantPad2d(1, 0.5), nn.ReflectionPad2d(1),
+                                   nn.ReplicationPad2d((1, 1, 1, 1)), nn.CircularPad2d(1)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.tanh(self.a(x))
+        z = F.pad(y, (1, 1, 1, 1), mode="reflect")
+        for pad in self.pads:
+            z = z + pad(y)
+        return self.b(z.mean((2, 3)))
 
 
 class ReduceNet(nn.Module):
@@ -252,6 +317,36 @@ class ActivationsNet(nn.Module):
         for act in self.acts:
             y = y + act(h)
         return self.b(y)
+
+
+class WhereNet(nn.Module):
+    """Masks of comparisons (eq, ne, against a literal or a tensor) choosing elements with where
+    (tensor or literal operands): one g for the mask and both operands."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.c, self.b = nn.Linear(2, 3), nn.Linear(2, 3), nn.Linear(3, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, k = torch.tanh(self.a(x)), self.c(x)
+        y = torch.where(torch.ne(h, 0.5), h, k) + torch.where(h.eq(k), k, 0.0) + torch.where(torch.eq(h, 1.0), 2.0, h)
+        return self.b(y + torch.where(h.ne(k), h, k))
+
+
+class LikeNet(nn.Module):
+    """Constants shaped like a space (full_like, zeros_like, ones_like) and torchvision's stochastic
+    depth (eval: the identity) on it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from torchvision.ops import StochasticDepth
+
+        self.a, self.b, self.drop = nn.Linear(2, 3), nn.Linear(3, 2), StochasticDepth(0.5, "row")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a(x)
+        y = h * torch.full_like(h, 0.5) + torch.zeros_like(h) + torch.ones_like(h) * torch.tanh(h)
+        return self.b(y + self.drop(h))
 
 
 class BinaryNet(nn.Module):
@@ -451,9 +546,10 @@ class EmbedNet(nn.Module):
         super().__init__()
         self.emb, self.a, self.head = nn.Embedding(4, 2), nn.Linear(3, 2), nn.Linear(2, 2)
         self.register_buffer("ids", torch.tensor([[2, 0, 2]]))
+        self.register_buffer("other", torch.tensor([[1, 3, 0]]))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(torch.tanh(self.emb(self.ids) + self.a(x)))
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # the module and F.embedding on its table
+        return self.head(torch.tanh(self.emb(self.ids) + F.embedding(self.other, self.emb.weight) + self.a(x)))
 
 
 class ConstantNet(nn.Module):
@@ -586,7 +682,51 @@ class BmmNet(nn.Module):
         q, k, v = (qkv[i].view(b, n, self.heads, d).transpose(1, 2).reshape(-1, n, d) for i in range(3))
         o = torch.bmm(torch.softmax(torch.bmm(q, k.transpose(1, 2)), -1), v)
         o = o.view(b, self.heads, n, d).transpose(1, 2).reshape(b, n, c)
-        return self.head(h + torch.bmm(o, self.proj.expand(b, c, c)))
+        return self.head(h + o.bmm(self.proj.expand(b, c, c)))  # the method spelling
+
+
+class FunctionalRMSNet(nn.Module):
+    """F.rms_norm (a gain, a literal eps) and torch.rms_norm (no gain, the default eps) on one space."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.head, self.g = nn.Linear(3, 2), nn.Linear(2, 2), nn.Parameter(torch.randn(2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a(x)
+        return self.head(F.rms_norm(h, (2,), self.g, 1e-6) + torch.rms_norm(h, (2,)))
+
+
+class SwinNet(nn.Module):
+    """torchvision's Swin window attention on a residual stream (channels-last (B, 1, 4, C), 2 heads,
+    windows of 1 x 2 tokens shifted by one: two windows, the shift's mask)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from torchvision.models.swin_transformer import ShiftedWindowAttention
+
+        self.a, self.head = nn.Linear(3, 4), nn.Linear(4, 2)
+        self.attn = ShiftedWindowAttention(4, [1, 2], [0, 1], 2)
+        nn.init.normal_(self.attn.relative_position_bias_table)  # its init is near zero: make the copy visible
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a(x)
+        return self.head(h + self.attn(h))
+
+
+class MaxVitNet(nn.Module):
+    """torchvision's MaxViT attention (a leaf: 2 heads of 1 over 4 tokens, a relative position bias)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from torchvision.models.maxvit import RelativePositionalMultiHeadAttention
+
+        self.a, self.head = nn.Linear(3, 2), nn.Linear(2, 2)
+        self.attn = RelativePositionalMultiHeadAttention(2, 1, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a(x)
+        return self.head(h + self.attn(h))
 
 
 class MeanSquareNet(nn.Module):
@@ -610,7 +750,8 @@ class SelectNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = torch.tanh(self.a(x))
-        return self.head(h.select(1, 0) + h.narrow(1, 1, 1).squeeze(1))
+        y = h.select(1, 0) + h.narrow(1, 1, 1).squeeze(1)
+        return self.head(y + torch.select(h, 1, 2) + torch.narrow(h, 1, 0, 1).squeeze(1))
 
 
 # ------------------------------------------------------------------------------ proofs
@@ -664,6 +805,9 @@ def conv_matrix() -> list[Claim]:
                     ConvNet(depthwise_mult=2), x, plan_kw={"factor": 1.5, "seed": 2}),
         widen_claim("grouped conv (groups=2): each group widened alike, columns gathered per group",
                     ConvNet(groups=2), x, plan_kw={"factor": 2.0, "seed": 3}),
+        *[widen_claim(f"F.conv{d}d on a Conv{d}d's weight and bias (3 taps, padding 1; 4 -> 6)", FunctionalConvNet(d),
+                      torch.randn(1, 2, *shape), plan_kw={"factor": 1.5, "seed": 3 + d})
+          for d, shape in ((1, (3,)), (2, (2, 2)), (3, (1, 1, 2)))],
     ]
 
 
@@ -677,6 +821,10 @@ def batch_norm() -> list[Claim]:
                     plan_kw={"factor": 1.7, "seed": 1}),
         widen_claim("BatchNorm train: a replicated channel has the same batch statistics", BNNet().train(), x2,
                     training=True, plan_kw={"factor": 1.7, "seed": 2}),
+        widen_claim("F.batch_norm with the running statistics, weight and bias (eval)", BNNet("eval").eval(), x1,
+                    plan_kw={"factor": 1.7, "seed": 3}),
+        widen_claim("F.batch_norm on batch statistics (training=True, batch 2), weight and bias", BNNet("train"), x2,
+                    plan_kw={"factor": 1.7, "seed": 4}),
     ]
     # deepen: the engine's BatchNorm undo (gamma = sqrt(var + eps), beta = mean) is the identity
     value = torch.randn(4, 3, 2, 2, dtype=torch.float64)
@@ -708,7 +856,24 @@ def channelwise() -> list[Claim]:
                         torch.randn(1, 1, 1, 2), plan_kw={"factor": 1.7, "seed": 1}),
             # core ATen spells upsampling as index arithmetic, which freezes: the export form only
             *aten_claims("nn.Upsample nearest and bilinear", UpsampleNet(), torch.randn(1, 1, 1, 2), core=False,
-                         plan_kw={"factor": 1.7, "seed": 1})]
+                         plan_kw={"factor": 1.7, "seed": 1}),
+            *_pool_nd_claims(),
+            widen_claim(PADS, PadNet(), torch.randn(1, 1, 2, 2), plan_kw={"factor": 1.7, "seed": 2}),
+            # core ATen spells reflect, replicate and circular pads as index arithmetic: the export form only
+            *aten_claims(PADS, PadNet(), torch.randn(1, 1, 2, 2), core=False, plan_kw={"factor": 1.7, "seed": 2})]
+
+
+PADS = "zero, constant (0.5), reflection, replication and circular pads (modules, F.pad) act per channel (3 -> 5)"
+
+
+def _pool_nd_claims() -> list[Claim]:
+    """1d and 3d pools; exported without AdaptiveMaxPool (torch.export's adaptive_max_pool*d is not in the table)."""
+    claims = []
+    for d, x in ((1, torch.randn(1, 1, 4)), (3, torch.randn(1, 1, 2, 2, 2))):
+        what = f"{d}d max / average / adaptive pools, modules and functions, act per channel (3 -> 5)"
+        claims += [widen_claim(what, PoolNdNet(d), x, plan_kw={"factor": 1.7, "seed": d}),
+                   *aten_claims(what, PoolNdNet(d, adaptive_max=False), x, plan_kw={"factor": 1.7, "seed": d})]
+    return claims
 
 
 ACTIVATIONS: dict[str, Callable[[Any], Any]] = {
@@ -761,6 +926,9 @@ def elementwise_unary() -> list[Claim]:
     what = "every unary spelling (modules, functions, Tensor methods) on one space commutes with replication (3 -> 5)"
     claims += [widen_claim(what, ActivationsNet(), x, plan_kw={"factor": 1.7, "seed": 1}),
                *aten_claims(what, ActivationsNet(), x, plan_kw={"factor": 1.7, "seed": 1})]
+    like = "full_like, zeros_like and ones_like of a space, and stochastic depth (eval), commute with replication (3 -> 5)"
+    claims += [widen_claim(like, LikeNet(), x, plan_kw={"factor": 1.7, "seed": 2}),
+               *aten_claims(like, LikeNet(), x, plan_kw={"factor": 1.7, "seed": 2})]
     return claims
 
 
@@ -831,6 +999,10 @@ def elementwise_binary() -> list[Claim]:
     what = "add, sub, mul and div in every spelling, by a per-unit parameter and a literal: one shared g (3 -> 5)"
     claims += [widen_claim(what, BinaryNet(), torch.randn(2, 2), plan_kw={"factor": 1.7, "seed": 1}),
                *aten_claims(what, BinaryNet(), torch.randn(2, 2), plan_kw={"factor": 1.7, "seed": 1})]
+    where = "eq / ne masks (of a literal, of two tensors) and where (tensor and literal operands): one g (3 -> 5)"
+    # core ATen turns where's literals into scalar_tensor, an op the table does not list: the export form only
+    claims += [widen_claim(where, WhereNet(), torch.randn(2, 2), plan_kw={"factor": 1.7, "seed": 2}),
+               *aten_claims(where, WhereNet(), torch.randn(2, 2), core=False, plan_kw={"factor": 1.7, "seed": 2})]
     return claims
 
 
@@ -852,9 +1024,9 @@ def split_pieces() -> list[Claim]:
                         "their new offsets", SliceNet(), torch.randn(2, 3), plan_kw={"factor": 1.8, "seed": 3}),
         *aten_claims("constant slices of a space are pieces widened on their own; the student's bounds are "
                         "their new offsets", SliceNet(), torch.randn(2, 3), plan_kw={"factor": 1.8, "seed": 3}),
-            widen_claim("select and narrow index a fixed axis; the space beside them widens (2 -> 3)",
+            widen_claim("select and narrow (methods and functions) index a fixed axis; the space beside them widens (2 -> 3)",
                         SelectNet(), torch.randn(1, 3, 3), plan_kw={"widths": {"a": 3}, "seed": 2}),
-        *aten_claims("select and narrow index a fixed axis; the space beside them widens (2 -> 3)",
+        *aten_claims("select and narrow (methods and functions) index a fixed axis; the space beside them widens (2 -> 3)",
                         SelectNet(), torch.randn(1, 3, 3), plan_kw={"widths": {"a": 3}, "seed": 2})]
 
 
@@ -868,6 +1040,9 @@ def flatten_stride() -> list[Claim]:
                         torch.randn(1, 1, 2, 2), plan_kw={"factor": 1.7, "seed": 1}),
         *aten_claims("view / flatten (C, H, W) -> C*H*W: unit c owns an H*W block; squeeze (3 -> 5)", Flatten(),
                         torch.randn(1, 1, 2, 2), plan_kw={"factor": 1.7, "seed": 1}),
+        # a size read from a dynamic batch is aten.sym_size.int (a static export folds it into a literal)
+        *aten_claims("view sized by y.size(0), a dynamic batch (batch 2, 3 -> 5)", Flatten(), torch.randn(2, 1, 2, 2),
+                     core=False, dynamic=True, plan_kw={"factor": 1.7, "seed": 1}),
         widen_claim(SPELLINGS, SpellingsNet(), torch.randn(2, 2), plan_kw={"factor": 1.7, "seed": 1}),
         *aten_claims(SPELLINGS, SpellingsNet(), torch.randn(2, 2), plan_kw={"factor": 1.7, "seed": 1})]
 
@@ -887,6 +1062,10 @@ def normalize() -> list[Claim]:
     x = torch.randn(1, 2)
     claims = [widen_claim(f"LayerNorm, RMSNorm and F.layer_norm on a residual stream, uniform x{k} (MLP 3 -> {m})",
                           NormNet(), x, plan_kw={"factor": float(k), "seed": 1}) for k, m in ((2, 6), (3, 9))]
+    claims += aten_claims("LayerNorm, RMSNorm and F.layer_norm on a residual stream, uniform x2 (MLP 3 -> 6)",
+                          NormNet(), x, plan_kw={"factor": 2.0, "seed": 1})
+    claims.append(widen_claim("F.rms_norm (a gain) and torch.rms_norm (no gain) on one space, uniform x2",
+                              FunctionalRMSNet(), torch.randn(1, 3), plan_kw={"factor": 2.0, "seed": 2}))
     a, b = sympy.symbols("a b", real=True)
     one = np.array([[a, b]], dtype=object)
     lopsided = np.array([[a, a, b]], dtype=object)  # a replicated, b not: the mean moves
@@ -1003,7 +1182,8 @@ def expand() -> list[Claim]:
 def embedding() -> list[Claim]:
     """A looked-up table row is copied through g like a producer's output (no division)."""
     x = torch.randn(1, 3, 3)
-    claims = [widen_claim(f"embedding rows added to a hidden space (2 -> {w})", EmbedNet(), x,
+    claims = [widen_claim(f"embedding rows (nn.Embedding, F.embedding on its table) added to a hidden space (2 -> {w})",
+                          EmbedNet(), x,
                           plan_kw={"widths": {"emb": w}, "seed": 2}) for w in (3, 5)]
     # tied: the head reads the looked-up table undivided; the gain and shift before it are divided
     claims += [widen_claim("tied table, head input h * gain + shift: gain and shift divided by replica counts, "
@@ -1060,6 +1240,14 @@ def attention_heads() -> list[Claim]:
     claims += [widen_claim(f"bmm attention, heads folded into the batch (batch {b}): heads 2 -> 3, the output "
                            "projection a bmm of a broadcast weight", BmmNet(), torch.randn(b, 2, 3),
                            plan_kw={"factor": 1.5, "seed": 5}) for b in (1, 2)]
+    claims += aten_claims("bmm attention, heads folded into the batch (batch 2): heads 2 -> 3", BmmNet(),
+                          torch.randn(2, 2, 3), core=False, plan_kw={"factor": 1.5, "seed": 5})
+    claims.append(widen_claim("torchvision Swin shifted-window attention (two windows, the shift's mask): heads "
+                              "2 -> 3, the relative position bias table copied with its heads", SwinNet(),
+                              torch.randn(1, 1, 4, 3), plan_kw={"factor": 1.5, "seed": 6}))
+    claims.append(widen_claim("torchvision MaxViT relative positional attention (4 tokens): heads 2 -> 3, the bias "
+                              "table copied with its heads", MaxVitNet(), torch.randn(1, 1, 4, 3),
+                              plan_kw={"factor": 1.5, "seed": 7}))
     a, b, c, d = sympy.symbols("a b c d", real=True)
     teacher = (a * c + b * d) / sympy.sqrt(2)  # one head, head_dim 2: a score
     student = (a * c / 2 + a * c / 2 + b * d) / sympy.sqrt(3)  # q dim 0 copied, k halved: head_dim 3

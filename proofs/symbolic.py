@@ -299,15 +299,48 @@ def resample(x: Array, fn: Callable[[torch.Tensor], torch.Tensor]) -> Array:
     return (x.reshape(*x.shape[:2], -1) @ m).reshape(*x.shape[:2], *out_sp)
 
 
-def _pool(x: Array, k: int, stride: int, reduce: Callable) -> Array:
-    n, c, h, w = x.shape
-    ho, wo = (h - k) // stride + 1, (w - k) // stride + 1
-    out = np.empty((n, c, ho, wo), dtype=object)
-    for i, j in np.ndindex(ho, wo):
-        win = x[:, :, i * stride:i * stride + k, j * stride:j * stride + k].reshape(n, c, -1)
+def _pool(x: Array, k: Any, stride: Any, reduce: Callable) -> Array:
+    """Max or average pooling over the spatial axes of (N, C, *spatial), no padding; stride None
+    (or torch's empty list) is the kernel."""
+    nsp = x.ndim - 2
+    as_t = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v,) * nsp  # noqa: E731
+    k = as_t(k)
+    stride = as_t(stride) if stride not in (None, [], ()) else k
+    n, c = x.shape[:2]
+    out_sp = [(x.shape[2 + d] - k[d]) // stride[d] + 1 for d in range(nsp)]
+    out = np.empty((n, c, *out_sp), dtype=object)
+    for pos in np.ndindex(*out_sp):
+        win = x[(slice(None), slice(None), *(slice(p * s, p * s + kk) for p, s, kk in zip(pos, stride, k)))]
+        win = win.reshape(n, c, -1)
         for a, b in np.ndindex(n, c):
-            out[a, b, i, j] = reduce(list(win[a, b]))
+            out[(a, b, *pos)] = reduce(list(win[a, b]))
     return out
+
+
+def _global_pool(x: Array, size: Any, reduce: Callable) -> Array:
+    """Adaptive pooling to output size 1 (every spatial axis reduced, kept as size 1)."""
+    if any(s != 1 for s in (size if isinstance(size, (tuple, list)) else (size,))):
+        raise NotImplementedError(f"symbolic adaptive pooling to {size}")
+    return _pool(x, x.shape[2:], None, reduce)
+
+
+def _max(v: list) -> Any:
+    return sympy.Max(*v)
+
+
+def _avg(v: list) -> Any:
+    return sum(v) / len(v)
+
+
+def np_pad(x: Array, pad: Any, mode: str = "constant", value: Any = None) -> Array:
+    """F.pad on object arrays: (left, right) per trailing dim, last first; torch's reflect,
+    replicate and circular are numpy's reflect, edge and wrap."""
+    pads = [(0, 0)] * x.ndim
+    for k in range(len(pad) // 2):
+        pads[-1 - k] = (pad[2 * k], pad[2 * k + 1])
+    if mode == "constant":
+        return np.pad(x, pads, constant_values=sympy.nsimplify(value or 0))
+    return np.pad(x, pads, mode={"reflect": "reflect", "replicate": "edge", "circular": "wrap"}[mode])
 
 
 class SymInterpreter(torch.fx.Interpreter):
@@ -485,26 +518,71 @@ def _mha_module(it: SymInterpreter, m: nn.Module, target: str, args: tuple, kwar
     return w, None
 
 
+def _maxvit_attention(it: SymInterpreter, m: nn.Module, target: str, args: tuple, kwargs: dict) -> Any:
+    """torchvision's MaxViT RelativePositionalMultiHeadAttention on (B, G, P, D)."""
+    x = args[0]
+    b, g, p, d = x.shape
+    heads, hd = m.n_heads, m.head_dim
+    qkv = x @ it._p(target, "to_qkv.weight").T + it._p(target, "to_qkv.bias")
+    q, k, v = (t.reshape(b, g, p, heads, hd).transpose(0, 1, 3, 2, 4) for t in np.split(qkv, 3, axis=-1))
+    index = np.asarray(m.relative_position_index).reshape(-1)
+    bias = it._p(target, "relative_position_bias_table")[index].reshape(p, p, -1).transpose(2, 0, 1)[None]
+    o = _heads_attention(q, k * _scale_of(m.scale_factor), v, bias)
+    return o.transpose(0, 1, 3, 2, 4).reshape(b, g, p, d) @ it._p(target, "merge.weight").T + it._p(target, "merge.bias")
+
+
+try:  # torchvision is optional, as in the table
+    from torchvision.models.maxvit import RelativePositionalMultiHeadAttention
+
+    sym_impl(RelativePositionalMultiHeadAttention)(_maxvit_attention)
+except ImportError:  # pragma: no cover
+    pass
+
+
 @sym_impl(nn.Identity, nn.Dropout)
 def _identity_module(it: SymInterpreter, m: nn.Module, target: str, args: tuple, kwargs: dict) -> Any:
     return args[0]
 
 
-@sym_impl(nn.MaxPool2d)
+@sym_impl(nn.modules.pooling._MaxPoolNd)
 def _max_pool_module(it: SymInterpreter, m: nn.Module, target: str, args: tuple, kwargs: dict) -> Any:
-    return _pool(args[0], m.kernel_size, m.stride, lambda v: sympy.Max(*v))
+    _no_padding(m.padding, m.dilation, m.ceil_mode)
+    return _pool(args[0], m.kernel_size, m.stride, _max)
 
 
-@sym_impl(nn.AvgPool2d)
+@sym_impl(nn.modules.pooling._AvgPoolNd)
 def _avg_pool_module(it: SymInterpreter, m: nn.Module, target: str, args: tuple, kwargs: dict) -> Any:
-    return _pool(args[0], m.kernel_size, m.stride, lambda v: sum(v) / len(v))
+    _no_padding(m.padding, 1, m.ceil_mode)
+    return _pool(args[0], m.kernel_size, m.stride, _avg)
 
 
-@sym_impl(nn.AdaptiveAvgPool2d)
+@sym_impl(nn.modules.pooling._AdaptiveAvgPoolNd)
 def _adaptive_avg_pool_module(it: SymInterpreter, m: nn.Module, target: str, args: tuple, kwargs: dict) -> Any:
-    if m.output_size not in (1, (1, 1)):
-        raise NotImplementedError(f"symbolic AdaptiveAvgPool2d({m.output_size})")
-    return args[0].mean(axis=(2, 3), keepdims=True)
+    return _global_pool(args[0], m.output_size, _avg)
+
+
+@sym_impl(nn.modules.pooling._AdaptiveMaxPoolNd)
+def _adaptive_max_pool_module(it: SymInterpreter, m: nn.Module, target: str, args: tuple, kwargs: dict) -> Any:
+    if m.return_indices:
+        raise NotImplementedError("symbolic adaptive max pooling with indices")
+    return _global_pool(args[0], m.output_size, _max)
+
+
+def _no_padding(padding: Any, dilation: Any, ceil_mode: bool) -> None:
+    if any(v != 0 for v in np.atleast_1d(padding)) or any(v != 1 for v in np.atleast_1d(dilation)) or ceil_mode:
+        raise NotImplementedError("symbolic pooling with padding, dilation or ceil_mode")
+
+
+@sym_impl(nn.modules.padding._ConstantPadNd)
+def _constant_pad_module(it: SymInterpreter, m: nn.Module, target: str, args: tuple, kwargs: dict) -> Any:
+    return np_pad(args[0], m.padding, "constant", m.value)
+
+
+@sym_impl(nn.modules.padding._ReflectionPadNd, nn.modules.padding._ReplicationPadNd, nn.modules.padding._CircularPadNd)
+def _mode_pad_module(it: SymInterpreter, m: nn.Module, target: str, args: tuple, kwargs: dict) -> Any:
+    mode = {nn.modules.padding._ReflectionPadNd: "reflect", nn.modules.padding._ReplicationPadNd: "replicate",
+            nn.modules.padding._CircularPadNd: "circular"}
+    return np_pad(args[0], m.padding, next(v for cls, v in mode.items() if isinstance(m, cls)))
 
 
 @sym_impl(nn.Flatten)
@@ -617,13 +695,154 @@ def _conv_transpose(it: SymInterpreter, args: tuple, kwargs: dict) -> Any:
 
 
 @sym_impl(F.pad)
-def _pad(it: SymInterpreter, args: tuple, kwargs: dict) -> Any:
-    if len(args) != 2:
-        raise NotImplementedError("symbolic pad with a mode or value")
-    pads = [(0, 0)] * args[0].ndim  # constant 0, (left, right) per trailing dim, last first
-    for k in range(len(args[1]) // 2):
-        pads[-1 - k] = (args[1][2 * k], args[1][2 * k + 1])
-    return np.pad(args[0], pads, constant_values=sympy.Integer(0))
+def _pad(it: SymInterpreter, args: tuple, kwargs: dict) -> Any:  # (input, pad, mode="constant", value=None)
+    return np_pad(args[0], args[1], _arg(args, kwargs, 2, "mode", "constant"), _arg(args, kwargs, 3, "value"))
+
+
+def _pool_fn(reduce: Callable) -> SymFn:
+    """F.max_pool* / F.avg_pool* and their ATen ops: (input, kernel_size, stride=None, padding=0)."""
+
+    def fn(it: SymInterpreter, args: tuple, kwargs: dict) -> Any:
+        _no_padding(_arg(args, kwargs, 3, "padding", 0), 1, False)
+        return _pool(args[0], _arg(args, kwargs, 1, "kernel_size"), _arg(args, kwargs, 2, "stride"), reduce)
+
+    return fn
+
+
+sym_impl(F.max_pool1d, torch.max_pool1d, F.max_pool3d, torch.max_pool3d)(_pool_fn(_max))
+sym_impl(torch.avg_pool1d, torch._C._nn.avg_pool3d)(_pool_fn(_avg))
+sym_impl(torch.adaptive_avg_pool1d, F.adaptive_avg_pool3d, torch._C._nn.adaptive_avg_pool3d)(
+    lambda it, args, kwargs: _global_pool(args[0], _arg(args, kwargs, 1, "output_size"), _avg))
+
+
+@sym_impl(torch.conv1d, torch.conv2d, torch.conv3d)  # F.conv1d/2d/3d are these
+def _conv(it: SymInterpreter, args: tuple, kwargs: dict) -> Any:  # (input, weight, bias, stride, padding, dilation, groups)
+    padding = _arg(args, kwargs, 4, "padding", 0)
+    return conv_nd(args[0], args[1], _arg(args, kwargs, 2, "bias"), _arg(args, kwargs, 3, "stride", 1),
+                   0 if padding == "valid" else padding, _arg(args, kwargs, 5, "dilation", 1),
+                   _arg(args, kwargs, 6, "groups", 1))
+
+
+@sym_impl(F.batch_norm)
+def _batch_norm(it: SymInterpreter, args: tuple, kwargs: dict) -> Any:
+    # (input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5)
+    return batch_norm(args[0], args[1], args[2], _arg(args, kwargs, 3, "weight"), _arg(args, kwargs, 4, "bias"),
+                      _arg(args, kwargs, 5, "training", False), _arg(args, kwargs, 7, "eps", 1e-5))
+
+
+@sym_impl(F.rms_norm, torch.rms_norm)
+def _rms_norm(it: SymInterpreter, args: tuple, kwargs: dict) -> Any:  # (input, normalized_shape, weight, eps)
+    eps = _arg(args, kwargs, 3, "eps")
+    return norm_last(args[0], _arg(args, kwargs, 2, "weight"), None,
+                     eps if eps is not None else torch.finfo(torch.float64).eps, rms=True)
+
+
+sym_impl(F.embedding)(lambda it, args, kwargs: args[1][np.asarray(args[0])])  # (input, weight, ...)
+
+
+def _number(v: Any) -> Any:
+    """A float literal as the rational its shortest repr spells (exact() would round 1e-6 to 0)."""
+    return sympy.Rational(repr(v)) if isinstance(v, float) else v
+
+
+def _compare(rel: Callable[[Any, Any], Any]) -> SymFn:
+    """eq / ne of each element: a sympy relation (True or False when it decides at once)."""
+    return lambda it, args, kwargs: np.vectorize(lambda u, v: rel(u, _number(v)), otypes=[object])(args[0], args[1])
+
+
+def _where(it: SymInterpreter, args: tuple, kwargs: dict) -> Any:
+    """where(condition, input, other): an element picked from one of two, as a Piecewise."""
+    pick = lambda c, u, v: sympy.Piecewise((_number(u), c), (_number(v), True))  # noqa: E731
+    return np.vectorize(pick, otypes=[object])(*args[:3])
+
+
+def _full_like(value: Any = None) -> SymFn:
+    """full_like(input, fill_value) (zeros_like, ones_like: value given): one constant per element."""
+    return lambda it, args, kwargs: np.full(np.shape(args[0]), sympy.nsimplify(
+        value if value is not None else _arg(args, kwargs, 1, "fill_value")), dtype=object)
+
+
+sym_impl(torch.eq, "eq")(_compare(sympy.Eq))
+sym_impl(torch.ne, "ne")(_compare(sympy.Ne))
+sym_impl(torch.where)(_where)
+sym_impl(torch.full_like)(_full_like())
+sym_impl(torch.zeros_like)(_full_like(0))
+sym_impl(torch.ones_like)(_full_like(1))
+sym_impl(torch.select)(lambda it, args, kwargs: np.take(args[0], args[2], axis=args[1]))
+sym_impl(torch.narrow)(lambda it, args, kwargs: np.take(args[0], range(args[2], args[2] + args[3]), axis=args[1]))
+
+
+@sym_impl(ByName("stochastic_depth"))
+def _stochastic_depth(it: SymInterpreter, args: tuple, kwargs: dict) -> Any:  # (input, p, mode, training=True)
+    if _arg(args, kwargs, 3, "training", True) and _arg(args, kwargs, 1, "p") > 0:
+        raise NotImplementedError("symbolic stochastic depth in training mode")
+    return args[0]
+
+
+def _scale_of(v: float) -> Any:
+    """A float attention scale as the surd it stands for (1/sqrt(d) for an integer d)."""
+    d = v ** -2
+    return 1 / sympy.sqrt(round(d)) if abs(d - round(d)) < 1e-9 else exact(v)
+
+
+def _heads_attention(q: Array, k: Array, v: Array, bias: Array, mask: Array | None = None) -> Array:
+    """softmax(q k^T + bias (+ mask)) v over (..., heads, N, head_dim) (q already scaled)."""
+    attn = q @ np.swapaxes(k, -1, -2) + bias
+    if mask is not None:
+        attn = attn + mask
+    e = _exp(attn)
+    return (e / e.sum(axis=-1, keepdims=True)) @ v
+
+
+def _swin_mask(size: tuple[int, int], window: list[int], shift: list[int]) -> np.ndarray:
+    """torchvision's shifted-window attention mask (0 or -100 per window, query, key): sizes only."""
+    mask = torch.zeros(size)
+    count = 0
+    for h in ((0, -window[0]), (-window[0], -shift[0]), (-shift[0], None)):
+        for w in ((0, -window[1]), (-window[1], -shift[1]), (-shift[1], None)):
+            mask[h[0]:h[1], w[0]:w[1]] = count
+            count += 1
+    mask = mask.view(size[0] // window[0], window[0], size[1] // window[1], window[1]).permute(0, 2, 1, 3)
+    mask = mask.reshape(-1, window[0] * window[1])
+    mask = mask.unsqueeze(1) - mask.unsqueeze(2)
+    return np.where(mask.numpy() != 0, -100, 0).astype(object)
+
+
+@sym_impl(ByName("shifted_window_attention"))
+def _shifted_window_attention(it: SymInterpreter, args: tuple, kwargs: dict) -> Any:
+    """torchvision's Swin (V1) window attention: pad, cyclic shift, windows, heads with the relative
+    position bias (and the shift's mask), projection, and back."""
+    names = ("input", "qkv_weight", "proj_weight", "relative_position_bias", "window_size", "num_heads", "shift_size",
+             "attention_dropout", "dropout", "qkv_bias", "proj_bias", "logit_scale", "training")
+    a = {**dict(zip(names, args)), **kwargs}
+    if a.get("logit_scale") is not None:
+        raise NotImplementedError("symbolic Swin V2 cosine attention")
+    x, window, heads = a["input"], list(a["window_size"]), a["num_heads"]
+    b, h, w, c = x.shape
+    pads = [(window[0] - h % window[0]) % window[0], (window[1] - w % window[1]) % window[1]]
+    x = np.pad(x, [(0, 0), (0, pads[0]), (0, pads[1]), (0, 0)], constant_values=sympy.Integer(0))
+    size = x.shape[1:3]
+    shift = [0 if window[d] >= size[d] else a.get("shift_size", [0, 0])[d] for d in range(2)]
+    x = np.roll(x, (-shift[0], -shift[1]), axis=(1, 2)) if sum(shift) else x
+    nh, nw, n = size[0] // window[0], size[1] // window[1], window[0] * window[1]
+    x = x.reshape(b, nh, window[0], nw, window[1], c).transpose(0, 1, 3, 2, 4, 5).reshape(b * nh * nw, n, c)
+    qkv = x @ a["qkv_weight"].T + (a["qkv_bias"] if a.get("qkv_bias") is not None else 0)
+    q, k, v = qkv.reshape(b * nh * nw, n, 3, heads, c // heads).transpose(2, 0, 3, 1, 4)
+    mask = None
+    if sum(shift):
+        mask = np.tile(_swin_mask(size, window, shift)[:, None], (b, 1, 1, 1))
+    o = _heads_attention(q / sympy.sqrt(c // heads), k, v, a["relative_position_bias"], mask)
+    o = np.swapaxes(o, 1, 2).reshape(b * nh * nw, n, c) @ a["proj_weight"].T
+    o = o + (a["proj_bias"] if a.get("proj_bias") is not None else 0)
+    o = o.reshape(b, nh, nw, window[0], window[1], c).transpose(0, 1, 3, 2, 4, 5).reshape(b, *size, c)
+    o = np.roll(o, tuple(shift), axis=(1, 2)) if sum(shift) else o
+    return o[:, :h, :w]
+
+
+@sym_impl(ByName("_get_relative_position_bias"))
+def _relative_position_bias(it: SymInterpreter, args: tuple, kwargs: dict) -> Any:  # (table, index, window_size)
+    n = args[2][0] * args[2][1]
+    return args[0][np.asarray(args[1])].reshape(n, n, -1).transpose(2, 0, 1)[None]
 
 
 @sym_impl(F.softmax, torch.softmax)
@@ -864,8 +1083,10 @@ _ATEN: dict[Any, SymFn] = {
     aten.mul.Scalar: lambda it, a, k: a[0] * a[1],
     aten.div.Scalar: lambda it, a, k: a[0] / a[1],
     aten._assert_tensor_metadata.default: lambda it, a, k: None,  # a check, no value
-    aten.max_pool2d_with_indices.default:
-        lambda it, a, k: (_pool(a[0], a[1][0], (a[2] or a[1])[0], lambda v: sympy.Max(*v)), None),
+    aten.sym_size.int: lambda it, a, k: a[0].shape[a[1]],  # a dynamic export's size read
+    aten.max_pool1d_with_indices.default: lambda it, a, k: (_pool_fn(_max)(it, a, k), None),
+    aten.max_pool2d_with_indices.default: lambda it, a, k: (_pool_fn(_max)(it, a, k), None),
+    aten.max_pool3d_with_indices.default: lambda it, a, k: (_pool_fn(_max)(it, a, k), None),
     aten.rms_norm.default: lambda it, a, k: norm_last(a[0], _arg(a, k, 2, "weight"), None,
                                                       _arg(a, k, 3, "eps") or torch.finfo(torch.float64).eps,
                                                       rms=True),
@@ -887,12 +1108,9 @@ _ATEN: dict[Any, SymFn] = {
     aten.to.dtype: lambda it, a, k: a[0],
     aten.type_as.default: lambda it, a, k: a[0],
     aten.dropout.default: lambda it, a, k: a[0],  # eval mode (train=False): the identity
-    aten.conv1d.default: lambda it, a, k: conv_nd(a[0], a[1], _arg(a, k, 2, "bias"), _arg(a, k, 3, "stride", 1),
-                                                  _arg(a, k, 4, "padding", 0), _arg(a, k, 5, "dilation", 1),
-                                                  _arg(a, k, 6, "groups", 1)),
-    aten.conv2d.default: lambda it, a, k: conv_nd(a[0], a[1], _arg(a, k, 2, "bias"), _arg(a, k, 3, "stride", 1),
-                                                  _arg(a, k, 4, "padding", 0), _arg(a, k, 5, "dilation", 1),
-                                                  _arg(a, k, 6, "groups", 1)),
+    aten.conv1d.default: lambda it, a, k: _conv(it, a, k),
+    aten.conv2d.default: lambda it, a, k: _conv(it, a, k),
+    aten.conv3d.default: lambda it, a, k: _conv(it, a, k),
     aten.convolution.default: lambda it, a, k: _aten_convolution(*a),
     aten.conv_transpose1d.default: lambda it, a, k: _aten_conv_transpose(*a),
     aten.conv_transpose2d.input: lambda it, a, k: _aten_conv_transpose(*a),
@@ -917,8 +1135,26 @@ _ATEN: dict[Any, SymFn] = {
     aten.adaptive_avg_pool2d.default: lambda it, a, k: a[0].mean(axis=(2, 3), keepdims=True),
     aten.zeros.default: lambda it, a, k: _filled(0)(it, (a[0],), {}),
     aten.ones.default: lambda it, a, k: _filled(1)(it, (a[0],), {}),
-    aten.max_pool2d.default: lambda it, a, k: _pool(a[0], a[1][0], (a[2] or a[1])[0], lambda v: sympy.Max(*v)),
-    aten.avg_pool2d.default: lambda it, a, k: _pool(a[0], a[1][0], (a[2] or a[1])[0], lambda v: sum(v) / len(v)),
+    aten.max_pool2d.default: _pool_fn(_max),
+    aten.avg_pool2d.default: _pool_fn(_avg),
+    aten.max_pool1d.default: _pool_fn(_max),
+    aten.avg_pool1d.default: _pool_fn(_avg),
+    aten.max_pool3d.default: _pool_fn(_max),
+    aten.avg_pool3d.default: _pool_fn(_avg),
+    aten.adaptive_avg_pool1d.default: lambda it, a, k: _global_pool(a[0], a[1], _avg),
+    aten.adaptive_avg_pool3d.default: lambda it, a, k: _global_pool(a[0], a[1], _avg),
+    aten.pad.default: lambda it, a, k: np_pad(a[0], a[1], _arg(a, k, 2, "mode", "constant"), _arg(a, k, 3, "value")),
+    aten.constant_pad_nd.default: lambda it, a, k: np_pad(a[0], a[1], "constant", _arg(a, k, 2, "value", 0)),
+    aten.eq.Scalar: _compare(sympy.Eq),
+    aten.eq.Tensor: _compare(sympy.Eq),
+    aten.ne.Scalar: _compare(sympy.Ne),
+    aten.ne.Tensor: _compare(sympy.Ne),
+    aten.where.self: _where,
+    aten.where.ScalarOther: _where,
+    aten.where.ScalarSelf: _where,
+    aten.full_like.default: _full_like(),
+    aten.zeros_like.default: _full_like(0),
+    aten.ones_like.default: _full_like(1),
     aten.scaled_dot_product_attention.default:
         lambda it, a, k: sdpa(*a[:3], is_causal=k.get("is_causal", False), scale=k.get("scale")),
 }
