@@ -443,6 +443,19 @@ class Flatten(nn.Module):
         return self.b(y.view(y.size(0), 12)) + self.c(torch.flatten(y, 1))  # literal 12 is rewritten
 
 
+class UnflattenNet(nn.Module):
+    """A conv map flattened (a stride map) and unflattened back, by function and by method."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.c = nn.Conv2d(1, 3, 1), nn.Conv2d(3, 2, 1), nn.Linear(3, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.a(x)).flatten(1)
+        z = self.b(torch.unflatten(y, 1, (3, 2, 2)))  # literal 3 is rewritten
+        return z.sum((2, 3)) + self.c(y.unflatten(-1, (3, 4)).mean(-1))
+
+
 class ChannelsLast(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -1043,6 +1056,10 @@ def flatten_stride() -> list[Claim]:
         # a size read from a dynamic batch is aten.sym_size.int (a static export folds it into a literal)
         *aten_claims("view sized by y.size(0), a dynamic batch (batch 2, 3 -> 5)", Flatten(), torch.randn(2, 1, 2, 2),
                      core=False, dynamic=True, plan_kw={"factor": 1.7, "seed": 1}),
+        widen_claim("unflatten C*H*W -> (C, H, W) and -> (C, HW) (3 -> 5)", UnflattenNet(), torch.randn(1, 1, 2, 2),
+                    plan_kw={"factor": 1.7, "seed": 1}),
+        *aten_claims("unflatten C*H*W -> (C, H, W) and -> (C, HW) (3 -> 5)", UnflattenNet(), torch.randn(1, 1, 2, 2),
+                     core=False, plan_kw={"factor": 1.7, "seed": 1}),
         widen_claim(SPELLINGS, SpellingsNet(), torch.randn(2, 2), plan_kw={"factor": 1.7, "seed": 1}),
         *aten_claims(SPELLINGS, SpellingsNet(), torch.randn(2, 2), plan_kw={"factor": 1.7, "seed": 1})]
 

@@ -857,6 +857,15 @@ def _sizes(args: tuple) -> Any:
 
 
 sym_impl("view", "reshape")(lambda it, args, kwargs: args[0].reshape(*_sizes(args)))
+
+
+def _unflatten(it: SymInterpreter, args: tuple, kwargs: dict) -> Any:
+    x, dim, sizes = (*args, *(kwargs[k] for k in ("dim", "sizes")[len(args) - 1:]))[:3]
+    dim %= x.ndim
+    return x.reshape(*x.shape[:dim], *sizes, *x.shape[dim + 1:])
+
+
+sym_impl("unflatten", torch.unflatten)(_unflatten)
 sym_impl("permute")(lambda it, args, kwargs: np.transpose(args[0], args[1:] if len(args) > 2 else args[1]))
 sym_impl("size")(lambda it, args, kwargs: args[0].shape if len(args) == 1 else args[0].shape[args[1]])
 sym_impl("pow")(lambda it, args, kwargs: args[0] ** args[1])
@@ -1055,6 +1064,7 @@ _ATEN: dict[Any, SymFn] = {
     aten.permute.default: lambda it, a, k: np.transpose(a[0], a[1]),
     aten.transpose.int: lambda it, a, k: np.swapaxes(a[0], a[1], a[2]),
     aten.view.default: lambda it, a, k: a[0].reshape(*a[1]),
+    aten.unflatten.int: lambda it, a, k: _unflatten(it, a, k),
     aten.reshape.default: lambda it, a, k: a[0].reshape(*a[1]),
     aten._unsafe_view.default: lambda it, a, k: a[0].reshape(*a[1]),
     aten.flatten.using_ints: lambda it, a, k: _flatten(it, a, k),
