@@ -120,6 +120,15 @@ EQUIVALENT |= {
         "the condition requires len(live) == 1 (the line before): live[0] is live[-1]") for ix in ((" -1", 0), (0, " -1"))
 }
 
+# inference/rules/structure.py, inference/rules/linear.py, inference/solver.py, inference/rules/pointwise.py,
+# inference/rules/attention.py, inference/layouts.py (the inference sample)
+_S2D = "if not isinstance(x, Val) or not isinstance(meta, TensorMetadata) or len(meta.shape) {} x.ndim:"
+EQUIVALENT |= {
+    ("n2n_fx/inference/rules/structure.py", _S2D.format("!="), _S2D.format("<")): (
+        "every space_to_depth op of the table (pixel_shuffle, pixel_unshuffle, swin's patch merging) returns a "
+        "tensor of its input's rank, so a rank above x.ndim, where != and < differ, never reaches the rule"),
+}
+
 
 STAGES = ("fast", "proofs", "properties")
 _LAZY = "an annotation only: `from __future__ import annotations` keeps it a string nothing evaluates"

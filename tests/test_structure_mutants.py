@@ -117,3 +117,75 @@ def test_pixel_shuffle_entry_without_a_channel_axis_reads_channels_at_axis_1():
     assert an.ops and "pixel_shuffle" in an.ops.values()
     (sp,) = [s for s in an.spaces if s.name == "a"]
     assert sp.width == 2 and not sp.reasons  # 8 channels = 2 output channels x r^2 = 4: each unit 4 wide
+
+
+def _consistent(an) -> None:
+    """Every value the rules produced has one layout per axis, each as wide as the axis."""
+    from n2n_fx import spaces as S
+    from n2n_fx.inference.values import Val, _walk
+
+    for name, value in an.vals.items():
+        for v in _walk(value):
+            if isinstance(v, Val):
+                assert len(v.layouts) == v.ndim, (name, v)
+                assert all(S.width(lay) == d for lay, d in zip(v.layouts, v.shape)), (name, v)
+
+
+class Unbind(nn.Module):
+    """unbind on an odd axis (W of NCHW): every piece keeps the channel space on axis 1."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 4, 1), nn.Linear(4, 2)
+
+    def forward(self, x):
+        h = self.a(x)
+        p, q, r = h.unbind(3)
+        y = p + q * r  # (B, C, H)
+        return self.b(y.transpose(1, 2)[:, None])  # a None index: a new axis of size 1
+
+
+def test_unbind_and_a_none_index_keep_one_layout_per_axis():
+    torch.manual_seed(0)
+    model, x = Unbind().double().eval(), torch.randn(2, 3, 4, 3, dtype=torch.float64)
+    _consistent(n2n_fx.infer(n2n_fx.trace(model, x)))
+    plan, student = _grow(model, x)
+    (sp,) = [p for p in plan.spaces if p.name == "a"]
+    assert not sp.reasons and student.b.in_features == 8
+
+
+class PixelUnshuffle(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 5, 1), nn.Conv2d(20, 2, 1)
+
+    def forward(self, x):
+        return self.b(F.pixel_unshuffle(self.a(x), 2))
+
+
+def test_pixel_unshuffle_of_five_channels_is_a_stride_map():
+    """20 output channels are whole copies (r^2 = 4) of 5: 20 % 5 == 0 though 20 & 5 != 0."""
+    torch.manual_seed(0)
+    plan, student = _grow(PixelUnshuffle(), torch.randn(2, 3, 4, 4))
+    (sp,) = [p for p in plan.spaces if p.name == "a"]
+    assert not sp.reasons and sp.new_width == 10 and student.b.in_channels == 40
+
+
+class DimRead(nn.Module):
+    """x.dim() is a rank, not a width: a size computed from it freezes nothing."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(3, 4), nn.Linear(4, 2)
+
+    def forward(self, x):
+        h = self.a(x)  # (5, 4)
+        n = h.t().dim()  # the space leads the transposed value: a rank read must not taint with it
+        return self.b(h.reshape(h.shape[0], 4, n - 1).squeeze(-1))
+
+
+def test_a_rank_read_does_not_taint_a_size_with_the_space_of_axis_0():
+    torch.manual_seed(0)
+    plan, _ = _grow(DimRead(), torch.randn(5, 3))
+    (sp,) = [p for p in plan.spaces if p.name == "a"]
+    assert not sp.reasons and sp.new_width == 8, sp.reasons
