@@ -39,7 +39,7 @@ FAST_TESTS: dict[str, list[str]] = {
     "n2n_fx/planning.py": ["tests/test_planning.py"],
     # the inference rules: test_ops drives every rule family on small models, value by value
     "n2n_fx/inference/rules/structure.py": ["tests/test_structure_mutants.py", "tests/test_ops.py"],
-    "n2n_fx/inference/rules/linear.py": ["tests/test_ops.py"],
+    "n2n_fx/inference/rules/linear.py": ["tests/test_linear_mutants.py", "tests/test_ops.py"],
 }
 # norm_fill (31 s: most of the proofs' time) is left to `python -m proofs`; fill_factor is pinned by test_indexmaps
 PROOF_NAMES = ["dense_matrix", "concat_offsets", "flatten_stride", "normalize", "split_pieces"]
