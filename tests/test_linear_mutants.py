@@ -3,6 +3,7 @@ activations with heads folded into the batch (the attention of older transformer
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -42,5 +43,31 @@ def test_bmm_of_folded_heads_grows_whole_heads():
     assert heads and all(p.width == H and p.new_width == 2 * H and not p.reasons for p in heads), [
         (p.name, p.width, p.new_width, p.reasons) for p in plan.spaces]
     student = n2n_fx.apply_plan(plan)
+    for batch in (x[:1], x):
+        assert_preserved(model, student, batch)
+
+
+class BroadcastBias(nn.Module):
+    """F.linear broadcasts its bias: a (1, out) or 0-d bias parameter is legal torch."""
+
+    def __init__(self, bias_shape):
+        super().__init__()
+        self.w, self.b = nn.Parameter(torch.randn(4, 3)), nn.Parameter(torch.randn(bias_shape))
+        self.o = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.o(torch.nn.functional.linear(x, self.w, self.b))
+
+
+@pytest.mark.parametrize("bias_shape", [(4,), (1, 4), ()])
+def test_linear_with_a_broadcast_bias_widens_its_last_axis(bias_shape):
+    """Was an InternalError (the rule unified the out-features with the bias's axis 0, of size 1)."""
+    torch.manual_seed(0)
+    model, x = BroadcastBias(bias_shape).double().eval(), torch.randn(2, 3, dtype=torch.float64)
+    plan = n2n_fx.plan(model, x, factor=2.0, seed=0)
+    (sp,) = [p for p in plan.spaces if p.name == "w"]
+    assert sp.new_width == 8 and not sp.reasons  # a 0-d bias adds one number to every unit: no coupling
+    student = n2n_fx.apply_plan(plan)
+    assert student.b.shape == ((1, 8) if bias_shape == (1, 4) else (8,) if bias_shape else ())
     for batch in (x[:1], x):
         assert_preserved(model, student, batch)
