@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import re
 import shlex
 import shutil
 import subprocess
@@ -36,11 +37,19 @@ FAST_TESTS: dict[str, list[str]] = {
     "n2n_fx/indexmaps.py": ["tests/test_indexmaps.py", "tests/test_spaces.py"],
     "n2n_fx/spaces.py": ["tests/test_spaces.py"],
     "n2n_fx/planning.py": ["tests/test_planning.py"],
+    # the inference rules: test_ops drives every rule family on small models, value by value
+    "n2n_fx/inference/rules/structure.py": ["tests/test_structure_mutants.py", "tests/test_ops.py"],
+    "n2n_fx/inference/rules/linear.py": ["tests/test_linear_mutants.py", "tests/test_ops.py"],
 }
 # norm_fill (31 s: most of the proofs' time) is left to `python -m proofs`; fill_factor is pinned by test_indexmaps
 PROOF_NAMES = ["dense_matrix", "concat_offsets", "flatten_stride", "normalize", "split_pieces"]
 # a module whose mutants the proofs' sympy models can see more of runs more of them (default PROOF_NAMES)
-MODULE_PROOFS: dict[str, list[str]] = {}
+MODULE_PROOFS: dict[str, list[str]] = {
+    # the proofs of the kinds each rules file infers (specs/ops.toml's `proof =` of its kinds)
+    "n2n_fx/inference/rules/structure.py": ["permute_axes", "normalize", "space_to_depth", "pixel_shuffle", "flatten_stride",
+                                            "split_pieces", "concat_offsets", "elementwise_binary", "channelwise"],
+    "n2n_fx/inference/rules/linear.py": ["dense_matrix", "conv_matrix", "conv_transpose", "embedding"],
+}
 PROPERTY_TESTS = ["tests/test_properties.py"]
 
 # (module, original line, mutated line) -> why no input of the engine can tell them apart
@@ -111,6 +120,15 @@ EQUIVALENT |= {
         "the condition requires len(live) == 1 (the line before): live[0] is live[-1]") for ix in ((" -1", 0), (0, " -1"))
 }
 
+# inference/rules/structure.py, inference/rules/linear.py, inference/solver.py, inference/rules/pointwise.py,
+# inference/rules/attention.py, inference/layouts.py (the inference sample)
+_S2D = "if not isinstance(x, Val) or not isinstance(meta, TensorMetadata) or len(meta.shape) {} x.ndim:"
+EQUIVALENT |= {
+    ("n2n_fx/inference/rules/structure.py", _S2D.format("!="), _S2D.format("<")): (
+        "every space_to_depth op of the table (pixel_shuffle, pixel_unshuffle, swin's patch merging) returns a "
+        "tensor of its input's rank, so a rank above x.ndim, where != and < differ, never reaches the rule"),
+}
+
 
 STAGES = ("fast", "proofs", "properties")
 _LAZY = "an annotation only: `from __future__ import annotations` keeps it a string nothing evaluates"
@@ -136,10 +154,23 @@ def _annotation_only(before: str, after: str) -> bool:
     return before != after and strip(before) is not None and strip(before) == strip(after)
 
 
+_FREEZE_SHAPE = re.compile(r"freeze_all\(Val\(\(\s*-?\d+,\)")
+_THROWAWAY = ("only the shape of the Val handed to freeze_all: Context.freeze_all reads a Val's layouts, never its "
+              "shape, and the Val is built for that call alone")
+
+
+def _freeze_shape_only(before: str, after: str) -> bool:
+    """Two lines that differ only in the shape literal of a `freeze_all(Val((1,), ...))` wrapper."""
+    return before != after and bool(_FREEZE_SHAPE.search(before)) and (
+        _FREEZE_SHAPE.sub("", before) == _FREEZE_SHAPE.sub("", after))
+
+
 def _why_equivalent(module: str, before: str, after: str) -> str:
     """The reason a mutant cannot change any result, or "" (then a survivor is a hole)."""
     if (module, before, after) in EQUIVALENT:
         return EQUIVALENT[(module, before, after)]
+    if _freeze_shape_only(before, after):
+        return _THROWAWAY
     lazy = "from __future__ import annotations" in (ROOT / module).read_text()
     return _LAZY if lazy and _annotation_only(before, after) else ""
 

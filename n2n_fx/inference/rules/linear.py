@@ -23,9 +23,9 @@ def dense(ctx: Context, spec: OpSpec, a: dict[str, Any]) -> Any:
     S.unify(x.layouts[-1], w.layouts[1], ctx.reason(Code.FIXED_COUPLING, "in-features meet a fixed axis"))
     ctx.role(w, 1, Role.CONTRACT)
     ctx.role(w, 0, Role.OUT)
-    if isinstance(b, Val):
-        S.unify(w.layouts[0], b.layouts[0], ctx.reason(Code.FIXED_COUPLING, "bias"))
-        if not ctx.role(b, 0, Role.CARRY):
+    if isinstance(b, Val) and b.ndim:  # F.linear broadcasts its bias: (out,) or (1, out); a 0-d one is fixed
+        S.unify(w.layouts[0], b.layouts[-1], ctx.reason(Code.FIXED_COUPLING, "bias"))
+        if not ctx.role(b, b.ndim - 1, Role.CARRY):
             ctx.freeze_all(b, ctx.reason(Code.FIXED_COUPLING, "bias is computed, not a parameter"))
     ctx.module_attr(spec, "in", x.layouts[-1])
     ctx.module_attr(spec, "out", w.layouts[0])
