@@ -36,6 +36,10 @@ FAST_TESTS: dict[str, list[str]] = {
     "n2n_fx/indexmaps.py": ["tests/test_indexmaps.py", "tests/test_spaces.py"],
     "n2n_fx/spaces.py": ["tests/test_spaces.py"],
     "n2n_fx/planning.py": ["tests/test_planning.py"],
+    # the passes: not in MODULES (the integrator adds them), scored by seeded samples
+    "n2n_fx/wider.py": ["tests/test_wider_mutants.py", "tests/test_passes.py"],
+    "n2n_fx/deeper.py": ["tests/test_deepen_residual.py", "tests/test_passes.py"],
+    "n2n_fx/fill.py": ["tests/test_fill.py"],
 }
 # norm_fill (31 s: most of the proofs' time) is left to `python -m proofs`; fill_factor is pinned by test_indexmaps
 PROOF_NAMES = ["dense_matrix", "concat_offsets", "flatten_stride", "normalize", "split_pieces"]
@@ -111,37 +115,77 @@ EQUIVALENT |= {
         "the condition requires len(live) == 1 (the line before): live[0] is live[-1]") for ix in ((" -1", 0), (0, " -1"))
 }
 
+# wider.py, deeper.py, fill.py (the passes; scored by seeded samples)
+_HALF = ("the float64 route gives the same bits: tests/test_dtypes.py checks every {} value against every count up "
+         "to HALF_COUNTS (the fast path only saves time)")
+_REWRITES_CHECK = 'raise InternalError(f"rewrite kinds without a pass: {{sorted(set(RewriteKind) {} set(REWRITES))}}") / '
+EQUIVALENT |= {
+    ("n2n_fx/wider.py", "HALF_COUNTS = {torch.bfloat16: 2**8, torch.float16: 2**11}",
+     "HALF_COUNTS = {torch.bfloat16: 2**8, torch.float16: 2//11}"): (
+        "float16 loses its fast path (no count is <= 0): " + _HALF.format("float16")),
+    ("n2n_fx/wider.py", "node.args = (*node.args[:6], widths[0], *node.args[7:])",
+     "node.args = (*node.args[:6], widths[ -1], *node.args[7:])"): (
+        "a GROUPS rewrite has one layout (inference/rules/linear.py _rewrite_groups): widths[-1] is widths[0]"),
+    ("n2n_fx/wider.py", "items[where] = slice(None) if before == after == 0 else slice(before, before + piece)",
+     "items[where] = slice(None) if before <= after == 0 else slice(before, before + piece)"): (
+        "before is a width (plan.new_width, >= 0): before <= 0 is before == 0"),
+    ("n2n_fx/wider.py", _REWRITES_CHECK.format("-"), _REWRITES_CHECK.format("^")): (
+        "only an error message, built only when the import-time check fails (it never does: the import would "
+        "fail); REWRITES' keys are RewriteKind members, so ^ and - give the same set"),
+}
 
 STAGES = ("fast", "proofs", "properties")
 _LAZY = "an annotation only: `from __future__ import annotations` keeps it a string nothing evaluates"
 
 
-def _annotation_only(before: str, after: str) -> bool:
-    """Two `def` lines that differ only in their annotations."""
+def _signature_lines(source: str) -> tuple[set[str], set[str]]:
+    """The (stripped) lines of `source` inside a def's signature, and all its other lines."""
     import ast
 
-    def strip(line: str) -> str | None:
-        try:
-            fn = ast.parse(line.strip() + " ...").body[0]
-        except SyntaxError:
-            return None
-        if not isinstance(fn, ast.FunctionDef):
-            return None
-        fn.returns = None
-        for a in (*fn.args.posonlyargs, *fn.args.args, *fn.args.kwonlyargs, fn.args.vararg, fn.args.kwarg):
-            if a is not None:
-                a.annotation = None
-        return ast.dump(fn)
+    lines = source.splitlines()
+    inside: set[int] = set()
+    for fn in ast.walk(ast.parse(source)):
+        if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            inside.update(range(fn.lineno - 1, fn.body[0].lineno - 1))
+    return {lines[i].strip() for i in inside}, {ln.strip() for i, ln in enumerate(lines) if i not in inside}
 
-    return before != after and strip(before) is not None and strip(before) == strip(after)
+
+def _annotation_only(before: str, after: str, source: str) -> bool:
+    """A line of a def's signature in `source` (the whole def line, or one line of a signature
+    over several; a line found nowhere else in it) whose mutant differs only in the annotations."""
+    import ast
+
+    signature, other = _signature_lines(source)
+    if before == after or before not in signature or before in other:
+        return False
+
+    def strip(line: str) -> str | None:
+        # a whole def line, the first line of a longer one, a middle or the last line of its parameters
+        for text in (f"{line} ...", f"{line.rstrip(',')}): ...", f"def _(*, {line.rstrip(',')}): ...",
+                     f"def _(*, {line} ..."):
+            try:
+                fn = ast.parse(text).body[0]
+            except SyntaxError:
+                continue
+            if not isinstance(fn, ast.FunctionDef):
+                return None
+            fn.returns = None
+            for a in (*fn.args.posonlyargs, *fn.args.args, *fn.args.kwonlyargs, fn.args.vararg, fn.args.kwarg):
+                if a is not None:
+                    a.annotation = None
+            return ast.dump(fn)
+        return None
+
+    return strip(before) is not None and strip(before) == strip(after)
 
 
 def _why_equivalent(module: str, before: str, after: str) -> str:
     """The reason a mutant cannot change any result, or "" (then a survivor is a hole)."""
     if (module, before, after) in EQUIVALENT:
         return EQUIVALENT[(module, before, after)]
-    lazy = "from __future__ import annotations" in (ROOT / module).read_text()
-    return _LAZY if lazy and _annotation_only(before, after) else ""
+    source = (ROOT / module).read_text()
+    lazy = "from __future__ import annotations" in source
+    return _LAZY if lazy and _annotation_only(before, after, source) else ""
 
 
 def _test(module: str) -> int:
