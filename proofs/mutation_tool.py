@@ -123,6 +123,11 @@ EQUIVALENT |= {
     ("n2n_fx/wider.py", "HALF_COUNTS = {torch.bfloat16: 2**8, torch.float16: 2**11}",
      "HALF_COUNTS = {torch.bfloat16: 2**8, torch.float16: 2//11}"): (
         "float16 loses its fast path (no count is <= 0): " + _HALF.format("float16")),
+    ("n2n_fx/wider.py", "if index.numel() > n and torch.equal(index[:n], torch.arange(n)):",
+     "if index.numel() <= n and torch.equal(index[:n], torch.arange(n)):"): (
+        "take's block copy is a speed path with index_select's values: cat([x, x[g[n:]]]) is x[g] when g[:n] is "
+        "0..n-1; under <= it runs only at numel == n (a shorter index fails torch.equal), where cat([x, empty]) is "
+        "x[g] too, and every other index takes index_select: the same values, fresh tensors either way"),
     ("n2n_fx/wider.py", "node.args = (*node.args[:6], widths[0], *node.args[7:])",
      "node.args = (*node.args[:6], widths[ -1], *node.args[7:])"): (
         "a GROUPS rewrite has one layout (inference/rules/linear.py _rewrite_groups): widths[-1] is widths[0]"),

@@ -103,3 +103,74 @@ def test_functional_layer_norm_shape_literal_follows_the_width(batch: int) -> No
     assert tuple(norm.args[1]) == (8,)
     report = n2n_fx.verify(model, student, x)
     assert report.ok and report.max_rel_err <= 1e-10, report
+
+
+class _Fused(nn.Module):
+    """A fused projection sliced into two pieces by literal bounds: the only literals that change."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj, self.fa, self.fb = nn.Linear(3, 6), nn.Linear(2, 2), nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.proj(x))
+        return self.fa(h[:, :2]) + self.fb(h[:, 2:])
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_slice_bounds_alone_recompile_the_student(batch: int) -> None:
+    torch.manual_seed(0)
+    model, x = _Fused().double().eval(), torch.randn(batch, 3, dtype=torch.float64)
+    student = n2n_fx.widen(model, x, factor=2.0)
+    assert student.proj.weight.shape == (12, 3)
+    assert "slice(0, 4, None))]" in student.code and "slice(4, 12, None))]" in student.code  # the code, recompiled
+    report = n2n_fx.verify(model, student, x)
+    assert report.ok and report.max_rel_err <= 1e-10, report
+
+
+def test_a_literal_argument_is_replaced_by_position_or_by_keyword() -> None:
+    from n2n_fx.inference import Rewrite, RewriteKind
+    from n2n_fx.wider import _rewrite_arg
+
+    graph = torch.fx.Graph()
+    x = graph.placeholder("x")
+    by_position = graph.call_function(F.group_norm, (x, 2, None, None, 1e-5))
+    by_keyword = graph.call_function(F.group_norm, (x,), {"num_groups": 2, "eps": 1e-5})
+    rw = Rewrite(by_position.name, RewriteKind.ARG, ((),), 1, "num_groups")
+    assert _rewrite_arg(by_position, rw, [4]) and by_position.args == (x, 4, None, None, 1e-5)
+    assert by_position.kwargs == {}
+    assert _rewrite_arg(by_keyword, rw, [4]) and by_keyword.args == (x,)
+    assert by_keyword.kwargs == {"num_groups": 4, "eps": 1e-5}
+
+
+def test_the_self_planning_pass_widens_by_two_when_given_no_factor_or_widths() -> None:
+    from n2n_fx.wider import Net2WiderNet
+
+    model, x = _mlp()
+    result = Net2WiderNet(example_inputs=x)(torch.fx.symbolic_trace(model))
+    assert result.modified and result.graph_module.fc1.weight.shape == (8, 3)
+    report = n2n_fx.verify(model, result.graph_module, x)
+    assert report.ok and report.max_rel_err <= 1e-10, report
+
+
+def test_the_student_graphs_tensor_meta_holds_the_new_shapes_and_contiguous_strides() -> None:
+    """Later passes read meta['tensor_meta']: it must describe the student, not the teacher."""
+    from n2n_fx.wider import Net2WiderNet
+
+    model, x = _mlp()
+    gm = Net2WiderNet(widths={"fc1": 6}, example_inputs=x)(torch.fx.symbolic_trace(model)).graph_module
+    metas = {n.name: n.meta["tensor_meta"] for n in gm.graph.nodes if "tensor_meta" in n.meta}
+    assert metas["fc1"].shape == (5, 6) and metas["fc1"].stride == (6, 1)
+    assert metas["relu"].shape == (5, 6) and metas["fc2"].shape == (5, 2) and metas["fc2"].stride == (2, 1)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("inplace", [False, True])
+def test_half_weights_divided_by_counts_round_once_either_way(dtype: torch.dtype, inplace: bool) -> None:
+    """The 16-bit fast path, out of place (the teacher's tensor: the pass scales it first) and in place."""
+    w = (torch.randn(5, 6, generator=torch.Generator().manual_seed(0)) * 3).to(dtype)
+    scale = 1 / torch.tensor([1.0, 2, 3, 5, 7, 255], dtype=torch.float64)
+    before = w.clone()
+    got = _scale_along(w, 1, scale, inplace=inplace)
+    assert torch.equal(got, (before.double() * scale).to(dtype))
+    assert torch.equal(w, got if inplace else before)  # out of place: the input is untouched
