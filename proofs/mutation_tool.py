@@ -119,6 +119,7 @@ EQUIVALENT |= {
 _HALF = ("the float64 route gives the same bits: tests/test_dtypes.py checks every {} value against every count up "
          "to HALF_COUNTS (the fast path only saves time)")
 _REWRITES_CHECK = 'raise InternalError(f"rewrite kinds without a pass: {{sorted(set(RewriteKind) {} set(REWRITES))}}") / '
+_NORM_SHAPE = "node.args = (node.args[0], (*tuple(node.args[1])[:{}], widths[0]), *node.args[2:])"
 EQUIVALENT |= {
     ("n2n_fx/wider.py", "HALF_COUNTS = {torch.bfloat16: 2**8, torch.float16: 2**11}",
      "HALF_COUNTS = {torch.bfloat16: 2**8, torch.float16: 2//11}"): (
@@ -137,6 +138,11 @@ EQUIVALENT |= {
     ("n2n_fx/wider.py", _REWRITES_CHECK.format("-"), _REWRITES_CHECK.format("^")): (
         "only an error message, built only when the import-time check fails (it never does: the import would "
         "fail); REWRITES' keys are RewriteKind members, so ^ and - give the same set"),
+}
+EQUIVALENT |= {
+    ("n2n_fx/wider.py", _NORM_SHAPE.format("-1"), _NORM_SHAPE.format(cut)): (
+        "a NORMALIZED_SHAPE rewrite exists only for a one-entry normalized_shape (inference/rules/pointwise.py "
+        "stops at any other length): its [:-1] is (), and so is this slice") for cut in ("not 1", "- 0", "- 2")
 }
 
 STAGES = ("fast", "proofs", "properties")
