@@ -38,7 +38,7 @@ FAST_TESTS: dict[str, list[str]] = {
     "n2n_fx/planning.py": ["tests/test_planning.py"],
     # the passes: not in MODULES (the integrator adds them), scored by seeded samples
     "n2n_fx/wider.py": ["tests/test_wider_mutants.py", "tests/test_passes.py"],
-    "n2n_fx/deeper.py": ["tests/test_deepen_residual.py", "tests/test_passes.py"],
+    "n2n_fx/deeper.py": ["tests/test_deeper_mutants.py", "tests/test_deepen_residual.py", "tests/test_passes.py"],
     "n2n_fx/fill.py": ["tests/test_fill.py"],
 }
 # norm_fill (31 s: most of the proofs' time) is left to `python -m proofs`; fill_factor is pinned by test_indexmaps
@@ -119,6 +119,7 @@ EQUIVALENT |= {
 _HALF = ("the float64 route gives the same bits: tests/test_dtypes.py checks every {} value against every count up "
          "to HALF_COUNTS (the fast path only saves time)")
 _REWRITES_CHECK = 'raise InternalError(f"rewrite kinds without a pass: {{sorted(set(RewriteKind) {} set(REWRITES))}}") / '
+_TARGET_ORDER = 'for name, node in sorted(last.items(), key=lambda kv: (order[kv[1]], {}kv[0].count("."))):'
 _NORM_SHAPE = "node.args = (node.args[0], (*tuple(node.args[1])[:{}], widths[0]), *node.args[2:])"
 EQUIVALENT |= {
     ("n2n_fx/wider.py", "HALF_COUNTS = {torch.bfloat16: 2**8, torch.float16: 2**11}",
@@ -143,6 +144,9 @@ EQUIVALENT |= {
     ("n2n_fx/wider.py", _NORM_SHAPE.format("-1"), _NORM_SHAPE.format(cut)): (
         "a NORMALIZED_SHAPE rewrite exists only for a one-entry normalized_shape (inference/rules/pointwise.py "
         "stops at any other length): its [:-1] is (), and so is this slice") for cut in ("not 1", "- 0", "- 2")
+} | {
+    ("n2n_fx/deeper.py", _TARGET_ORDER.format("-"), _TARGET_ORDER.format("~")): (
+        "~c is -c - 1: the same order of the dot counts, so the same sort"),
 }
 
 STAGES = ("fast", "proofs", "properties")
