@@ -133,3 +133,16 @@ def test_a_method_name_is_not_a_node_or_module_name() -> None:
     with pytest.raises(n2n_fx.UnknownNodeError, match="no node or module named 'abs'"):
         n2n_fx.deepen(model, x, after=["abs"])
     assert_preserved(model, n2n_fx.deepen(model, x, after=["abs_1"]), x)
+
+
+def test_the_gated_blocks_w2_is_drawn_uniform_in_plus_minus_one_over_sqrt_hidden() -> None:
+    """The gate keeps a gated block closed, so its W2 starts as a real layer: the seeded draw after W1's."""
+    model, x = _net()
+    student = n2n_fx.deepen(model, x, after=["act"], block="gated", hidden=6, seed=2)
+    gen = torch.Generator().manual_seed(2 * 1_000_003 + len("act"))
+    w1 = (torch.rand((6, 4), generator=gen, dtype=torch.float64) * 2 - 1) * 4 ** -0.5
+    torch.rand((6,), generator=gen, dtype=torch.float64)  # b1
+    w2 = (torch.rand((4, 6), generator=gen, dtype=torch.float64) * 2 - 1) * 6 ** -0.5
+    assert torch.equal(student.get_submodule("n2n_deepen_act.residual_in").weight.detach(), w1)
+    assert torch.equal(student.get_submodule("n2n_deepen_act.residual_out").weight.detach(), w2)
+    assert_preserved(model, student, x)
