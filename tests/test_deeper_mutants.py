@@ -146,3 +146,71 @@ def test_the_gated_blocks_w2_is_drawn_uniform_in_plus_minus_one_over_sqrt_hidden
     assert torch.equal(student.get_submodule("n2n_deepen_act.residual_in").weight.detach(), w1)
     assert torch.equal(student.get_submodule("n2n_deepen_act.residual_out").weight.detach(), w2)
     assert_preserved(model, student, x)
+
+
+def test_the_identity_tap_of_odd_and_even_kernels() -> None:
+    """'same' padding pads an even kernel more on the right: the identity tap is (k - 1) // 2."""
+    from n2n_fx.deeper import identity_tap
+
+    assert [identity_tap(k) for k in range(1, 7)] == [0, 0, 1, 1, 2, 2]
+
+
+class _Conv(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.act, self.head = nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.Conv2d(3, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.act(self.conv(x)))
+
+
+@pytest.mark.parametrize("kernel_size", [2, 4])
+def test_an_even_kernel_identity_conv_is_exact(kernel_size: int) -> None:
+    torch.manual_seed(0)
+    model, x = _Conv().double().eval(), torch.randn(2, 2, 5, 5, dtype=torch.float64)
+    report = assert_preserved(model, n2n_fx.deepen(model, x, after=["act"], kernel_size=kernel_size), x)
+    assert report.max_rel_err <= 1e-15
+
+
+def test_batch_norm_goes_with_the_identity_block_only() -> None:
+    model, x = _net()
+    for block in ("residual", "gated"):
+        with pytest.raises(n2n_fx.DeepenError, match="exact without a BatchNorm undo"):
+            n2n_fx.deepen(model, x, after=["act"], block=block, batch_norm=True)
+    conv, image = _Conv().double().eval(), torch.randn(2, 2, 5, 5, dtype=torch.float64)
+    assert_preserved(conv, n2n_fx.deepen(conv, image, after=["act"], batch_norm=True), image)
+
+
+class _Seq(nn.Module):
+    """(B, T, C) values: features on the last axis, even where axis 1 is a space too (after the transpose)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(3, 5), nn.Linear(4, 6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.relu(self.fc1(x)).transpose(1, 2))
+
+
+@pytest.mark.parametrize("after", ["fc1", "fc2"])
+def test_a_sequence_gets_an_identity_linear_on_its_last_axis(after: str) -> None:
+    torch.manual_seed(0)
+    model, x = _Seq().double().eval(), torch.randn(2, 4, 3, dtype=torch.float64)
+    student = n2n_fx.deepen(model, x, after=[after])
+    assert isinstance(student.get_submodule(f"n2n_deepen_{after}.layer"), nn.Linear)
+    assert_preserved(model, student, x)
+
+
+def test_deepening_one_node_again_numbers_the_new_layers() -> None:
+    model, x = _net()
+    student = model
+    for _ in range(3):
+        student = n2n_fx.deepen(student, x, after=["fc1"], activation=None)
+    names = {n.split(".")[0] for n, _ in student.named_modules() if n.startswith("n2n_deepen_fc1")}
+    assert names == {"n2n_deepen_fc1", "n2n_deepen_fc1_2", "n2n_deepen_fc1_3"}
+
+
+def test_an_unknown_name_lists_the_last_six_targets() -> None:
+    model, x = _net()
+    with pytest.raises(n2n_fx.UnknownNodeError, match=r"e\.g\. \['fc1', 'act', 'block.0', 'block.1', 'block', 'out'\]"):
+        n2n_fx.deepen(model, x, after=["nowhere"])
