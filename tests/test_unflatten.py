@@ -78,3 +78,43 @@ def test_unflatten_into_blocks_shares_one_map_like_view():
     assert n2n_fx.verify(model, student, x).max_rel_err < 1e-13
     sizes = [n.args[2] for n in student.graph.nodes if n.target == "unflatten"]
     assert sizes == [(2, 6)]
+
+
+class HeadsByUnflatten(nn.Module):
+    """q, k, v split into (heads, head_dim) by unflatten, on the last dim or a positive one, into sdpa."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.dim = dim
+        self.q, self.k, self.v, self.o = nn.Linear(4, 8), nn.Linear(4, 8), nn.Linear(4, 8), nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = (p(x).unflatten(self.dim, (2, 4)).transpose(1, 2) for p in (self.q, self.k, self.v))
+        y = nn.functional.scaled_dot_product_attention(q, k, v)
+        return self.o(y.transpose(1, 2).flatten(2))
+
+
+class FixedDim(nn.Module):
+    """unflatten of a fixed dim (positions 6 -> (2, 3)): its literal must stay."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.o = nn.Linear(4, 6), nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.o(self.a(x).unflatten(1, (2, 3)).flatten(1, 2)).sum(1)
+
+
+@pytest.mark.parametrize("model", [HeadsByUnflatten(-1), HeadsByUnflatten(2), FixedDim()], ids=["heads-1", "heads2", "fixed"])
+@pytest.mark.parametrize("frontend", ["fx", "export"])
+@pytest.mark.parametrize("heads", ["count", "dim"])
+def test_unflatten_into_heads_and_of_a_fixed_dim(model, frontend, heads):
+    model = model.double()
+    x = torch.randn(2 if frontend == "fx" else 1, 6 if isinstance(model, FixedDim) else 5, 4, dtype=torch.float64)
+    student = n2n_fx.widen(model, x, factor=2.0, frontend=frontend, heads=heads)
+    report = n2n_fx.verify(model, student, x)
+    assert report.ok and report.max_rel_err < 1e-13, report
+    assert sum(p.new_width > p.width for p in n2n_fx.plan(model, x, factor=2.0, frontend=frontend, heads=heads).spaces) >= 1
+    if isinstance(model, FixedDim):
+        sizes = [tuple(n.args[2]) for n in student.graph.nodes if "unflatten" in str(n.target)]
+        assert sizes == [(2, 3)]
