@@ -360,7 +360,7 @@ def _rewrite_view(node: torch.fx.Node, widths: list[int]) -> bool:
     sizes = list(node.args[1]) if packed else list(node.args[1:])
     if not sizes and "shape" in node.kwargs:
         sizes, packed = list(node.kwargs["shape"]), None
-    new = [w if isinstance(s, int) and s != -1 else s for s, w in zip(sizes, widths)]
+    new = _follow_widths(sizes, widths)
     if new == sizes:
         return False
     if packed is None:
@@ -372,10 +372,15 @@ def _rewrite_view(node: torch.fx.Node, widths: list[int]) -> bool:
     return True
 
 
+def _follow_widths(sizes: list, widths: list[int]) -> list:
+    """Literal sizes replaced by the new widths; -1 and computed sizes (nodes) stay."""
+    return [w if isinstance(s, int) and s != -1 else s for s, w in zip(sizes, widths)]
+
+
 def _rewrite_unflatten(node: torch.fx.Node, rw: Rewrite, widths: list[int]) -> bool:
     """unflatten(x, dim, sizes): literal sizes of the new dims follow the new widths (-1 stays)."""
     sizes = list(node.args[2] if len(node.args) > 2 else node.kwargs["sizes"])
-    new = [w if isinstance(s, int) and s != -1 else s for s, w in zip(sizes, widths)]
+    new = _follow_widths(sizes, widths)
     if new == sizes:
         return False
     if len(node.args) > 2:
@@ -383,6 +388,7 @@ def _rewrite_unflatten(node: torch.fx.Node, rw: Rewrite, widths: list[int]) -> b
     else:
         node.kwargs = {**node.kwargs, "sizes": tuple(new)}
     return True
+
 
 # every kind of Rewrite and the pass that changes its literal (keyed by the enum: a kind missing
 # here raises in _rewrite_graph instead of being skipped)

@@ -18,6 +18,7 @@ file itself (and puts it back), so a run needs a checkout of its own: never run 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import random
 import re
@@ -173,6 +174,7 @@ STAGES = ("fast", "proofs", "properties")
 _LAZY = "an annotation only: `from __future__ import annotations` keeps it a string nothing evaluates"
 
 
+@functools.lru_cache(maxsize=8)  # one parse per module, not one per mutant
 def _signature_lines(source: str) -> tuple[set[str], set[str]]:
     """The (stripped) lines of `source` inside a def's signature, and all its other lines."""
     import ast
@@ -312,17 +314,18 @@ def _verdicts(db_path: Path, module: str) -> list[dict]:
                 continue
             m = item.mutations[0]
             before, after = _changed_lines(result.diff or "")
+            why = _why_equivalent(module, before, after)
             if result.worker_outcome != WorkerOutcome.NORMAL:
                 verdict = "incompetent"  # the tool could not apply or run it
             elif result.test_outcome == TestOutcome.SURVIVED:
-                verdict = "equivalent" if _why_equivalent(module, before, after) else "survived"
+                verdict = "equivalent" if why else "survived"
             elif result.test_outcome == TestOutcome.KILLED:
                 verdict = "timeout" if result.output == "timeout" else "killed"
             else:
                 verdict = "incompetent"
             rows.append({"line": m.start_pos[0], "operator": m.operator_name.removeprefix("core/"),
                          "occurrence": m.occurrence, "before": before, "after": after, "verdict": verdict,
-                         "why": _why_equivalent(module, before, after)})
+                         "why": why})
     return sorted(rows, key=lambda r: (r["line"], r["operator"], r["occurrence"]))
 
 

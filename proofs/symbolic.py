@@ -860,8 +860,7 @@ sym_impl("view", "reshape")(lambda it, args, kwargs: args[0].reshape(*_sizes(arg
 
 
 def _unflatten(it: SymInterpreter, args: tuple, kwargs: dict) -> Any:
-    x, dim, sizes = (*args, *(kwargs[k] for k in ("dim", "sizes")[len(args) - 1:]))[:3]
-    dim %= x.ndim
+    x, dim, sizes = args[0], _arg(args, kwargs, 1, "dim") % args[0].ndim, _arg(args, kwargs, 2, "sizes")
     return x.reshape(*x.shape[:dim], *sizes, *x.shape[dim + 1:])
 
 

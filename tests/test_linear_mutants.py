@@ -10,16 +10,11 @@ from torch import nn
 import n2n_fx
 
 from .helpers import assert_preserved
-from .test_structure_mutants import _consistent
-
-E, H, D = 8, 2, 4
+from .test_structure_mutants import D, E, H, ManualAttention, _consistent
 
 
-class BmmAttention(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.inp = nn.Linear(3, E)
-        self.q, self.k, self.v, self.o = (nn.Linear(E, E) for _ in range(4))
+class BmmAttention(ManualAttention):
+    """ManualAttention's projections, attention by bmm over the heads folded into the batch."""
 
     def forward(self, x):
         h = self.inp(x)

@@ -185,9 +185,12 @@ def reshape(ctx: Context, spec: OpSpec, a: dict[str, Any]) -> Any:
     node, table, gm = ctx.node, ctx.table, ctx.gm  # asked only by a split that could be heads
     layouts = _fold_batch(x.shape, x.layouts, shape) or reshape_layouts(
         x.shape, x.layouts, shape, ctx.reason, heads=lambda: ctx.heads == HeadGrowth.COUNT and _feeds_attention(node, table, gm))
-    # the literal sizes and the output dims they size: view's every dim, unflatten's new dims
-    literal = (a["shape"], 0, RewriteKind.VIEW_SHAPE) if "shape" in a else \
-        (a["sizes"], _norm_dim(a.get("dim", 0), x.ndim), RewriteKind.UNFLATTEN_SIZES) if "sizes" in a else None
+    # the literal sizes and the first output dim they size: view sizes every dim, unflatten its new dims
+    literal = None
+    if "shape" in a:
+        literal = a["shape"], 0, RewriteKind.VIEW_SHAPE
+    elif "sizes" in a:
+        literal = a["sizes"], _norm_dim(a.get("dim", 0), x.ndim), RewriteKind.UNFLATTEN_SIZES
     if literal is not None:
         sizes, first, kind = literal
         for k, (arg, lay) in enumerate(zip(sizes, layouts[first:])):
