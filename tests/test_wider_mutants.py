@@ -174,3 +174,14 @@ def test_half_weights_divided_by_counts_round_once_either_way(dtype: torch.dtype
     got = _scale_along(w, 1, scale, inplace=inplace)
     assert torch.equal(got, (before.double() * scale).to(dtype))
     assert torch.equal(w, got if inplace else before)  # out of place: the input is untouched
+
+
+def test_a_plan_that_widens_nothing_reports_the_graph_unmodified():
+    """_rewrite_graph starts from 'nothing changed': a plan at the teacher's widths (no literal to
+    rewrite, no tensor replaced) is a PassResult with modified=False."""
+    from n2n_fx.wider import Net2WiderNet
+
+    model, x = MLP().double(), torch.randn(2, 3, dtype=torch.float64)
+    result = Net2WiderNet(n2n_fx.plan(model, x))(torch.fx.symbolic_trace(model))
+    assert result.modified is False
+    assert Net2WiderNet(n2n_fx.plan(model, x, factor=2.0))(torch.fx.symbolic_trace(model)).modified is True
